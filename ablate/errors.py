@@ -1,0 +1,77 @@
+"""The project's own errors: a user's mistake becomes one line on stderr and exit status 2.
+
+Anything raised that is not an :class:`AblateError` is a bug and keeps its traceback.
+Every error carries the data needed to act on it (file, line, key path, trial id) and a hint
+saying what to do next; ``str(err)`` renders all of it as one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+
+
+class AblateError(Exception):
+    """Base of every user-facing error. Rendered as ``file:line: key: what; hint``."""
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(what)
+        self.what = what
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.key = key
+        self.hint = hint
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = self.file + (f":{self.line}" if self.line else "")
+        parts = [p for p in (where, self.key) if p]
+        head = ": ".join(parts)
+        text = f"{head}: {self.what}" if head else self.what
+        if self.hint:
+            text += f"; {self.hint}"
+        return " ".join(text.split())  # one line, always
+
+
+class SpecError(AblateError):
+    """A sweep file is malformed or describes an impossible plan."""
+
+
+class ModelConfigError(AblateError, ValueError):
+    """A model or mixer was asked for with names or values it does not support."""
+
+
+class DataError(AblateError):
+    """A data folder is missing or not laid out as expected."""
+
+
+class RecordError(AblateError):
+    """A trial record or results folder is missing, corrupt or of an unknown version."""
+
+
+class TrialError(AblateError):
+    """A trial cannot be started as asked (unknown id, conflicting state)."""
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """Return the valid choice nearest to ``name``, or None when none is close."""
+    match = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
+    return match[0] if match else None
+
+
+def unknown_name_hint(name: str, choices: Iterable[str]) -> str:
+    """A hint listing the valid names and the nearest one: 'did you mean X? valid: a, b, c'."""
+    choices = sorted(choices)
+    near = closest(name, choices)
+    listing = ", ".join(choices)
+    return (f"did you mean '{near}'? " if near else "") + f"valid: {listing}"

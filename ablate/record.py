@@ -1,0 +1,167 @@
+"""The on-disk record of a trial: documented, versioned, and independent of Ray's own files.
+
+A results folder (``results/<sweep>/``) holds ``trials/<trial id>/`` per trial::
+
+    trial.json        the planned Trial (Trial.to_dict(): id, sweep, arm, varied, config, ...)
+    state.json        {"schema", "state", "attempt", "updated", "error"?: {"type", "message",
+                       "traceback", "kind"}}; state in STATES
+    metrics.jsonl     one JSON object per finished epoch: {"epoch": 1.., "train/loss", "val/top1",
+                       ...}; keys are ``split/name``; appended after each epoch
+    result.json       {"schema", "final": {...last epoch...}, "best": {... "epoch"}, "epochs",
+                       "wall_time_s", ...}; written once, when the trial is done (or diverged)
+    provenance.json   {"schema", "git_commit", "git_dirty", "python", "torch", "timm", "ray",
+                       "device", "host", "data_fingerprint", "seed", "params", "flops", ...}
+    checkpoints/      epoch_NNNN.pt (the last few) and best.pt; written atomically
+
+Every JSON file is written atomically (temporary file, then rename), so a crash never leaves a
+half-written one. ``metrics.jsonl`` is appended line by line; a reader ignores a truncated last
+line, and when epochs repeat (a resumed trial re-running an epoch) the last record wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ablate.config import Trial
+from ablate.errors import RecordError
+
+RECORD_SCHEMA = 1
+
+RUNNING, DONE, FAILED, DIVERGED = "running", "done", "failed", "diverged"
+STATES = (RUNNING, DONE, FAILED, DIVERGED)
+# Derived states, never written: no record yet, or "running" with nobody running it.
+NEW, INTERRUPTED = "new", "interrupted"
+FINISHED = (DONE, DIVERGED)  # never recomputed
+
+
+def trials_root(results_dir: str | Path) -> Path:
+    return Path(results_dir) / "trials"
+
+
+def trial_dir(results_dir: str | Path, trial_id: str) -> Path:
+    return trials_root(results_dir) / trial_id
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` so that readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """Read a record JSON file; None if absent; RecordError if corrupt or of a newer schema."""
+    if not path.exists():
+        return None
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecordError(f"corrupt JSON ({e.msg if hasattr(e, 'msg') else e})", file=path,
+                          hint="delete the file or the trial folder to recompute it") from None
+    if not isinstance(obj, dict):
+        raise RecordError("expected a JSON object", file=path)
+    schema = obj.get("schema", RECORD_SCHEMA)
+    if schema != RECORD_SCHEMA:
+        raise RecordError(f"unknown record schema {schema!r} (this ablate reads {RECORD_SCHEMA})",
+                          file=path, hint="collect it with the ablate version that wrote it")
+    return obj
+
+
+def write_trial(tdir: Path, trial: Trial) -> None:
+    write_json_atomic(tdir / "trial.json", {"schema": RECORD_SCHEMA, **trial.to_dict()})
+
+
+def read_trial(tdir: Path) -> Trial:
+    obj = read_json(tdir / "trial.json")
+    if obj is None:
+        raise RecordError("no trial.json", file=tdir, hint="not a trial folder")
+    try:
+        return Trial.from_dict(obj)
+    except (KeyError, TypeError, ValueError) as e:
+        raise RecordError(f"malformed trial record ({e})", file=tdir / "trial.json") from None
+
+
+def write_state(tdir: Path, state: str, **extra: Any) -> None:
+    assert state in STATES, state
+    prev = read_state_raw(tdir) or {}
+    obj = {"schema": RECORD_SCHEMA, "state": state, "updated": time.time(),
+           "attempt": extra.pop("attempt", prev.get("attempt", 0)), **extra}
+    write_json_atomic(tdir / "state.json", obj)
+
+
+def read_state_raw(tdir: Path) -> dict[str, Any] | None:
+    try:
+        return read_json(tdir / "state.json")
+    except RecordError:
+        return None
+
+
+def read_state(tdir: Path) -> str:
+    """The written state, or NEW when the trial has no (readable) state yet."""
+    raw = read_state_raw(tdir)
+    return raw["state"] if raw and raw.get("state") in STATES else NEW
+
+
+def append_metrics(tdir: Path, row: dict[str, Any]) -> None:
+    """Append one epoch's metrics as a JSON line and flush it to disk."""
+    with open(tdir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row, sort_keys=True, default=float) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(tdir: Path) -> list[dict[str, Any]]:
+    """Epoch records in epoch order, one per epoch (the last written wins); bad lines skipped."""
+    path = tdir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            by_epoch[int(row["epoch"])] = row
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # a truncated last line from a crash mid-write
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def truncate_metrics(tdir: Path, last_epoch: int) -> None:
+    """Drop records after ``last_epoch`` (used when resuming from that epoch's checkpoint)."""
+    rows = [r for r in read_metrics(tdir) if r["epoch"] <= last_epoch]
+    tmp = tdir / ".metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    os.replace(tmp, tdir / "metrics.jsonl")
+
+
+def write_result(tdir: Path, result: dict[str, Any]) -> None:
+    write_json_atomic(tdir / "result.json", {"schema": RECORD_SCHEMA, **result})
+
+
+def read_result(tdir: Path) -> dict[str, Any] | None:
+    return read_json(tdir / "result.json")
+
+
+def write_provenance(tdir: Path, prov: dict[str, Any]) -> None:
+    write_json_atomic(tdir / "provenance.json", {"schema": RECORD_SCHEMA, **prov})
+
+
+def read_provenance(tdir: Path) -> dict[str, Any] | None:
+    return read_json(tdir / "provenance.json")
+
+
+def list_trial_dirs(results_dir: str | Path) -> list[Path]:
+    root = trials_root(results_dir)
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
