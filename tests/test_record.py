@@ -1,0 +1,64 @@
+import json
+
+import pytest
+
+from ablate import record
+from ablate.config import ModelConfig, Trial, TrialConfig
+from ablate.errors import RecordError
+
+
+@pytest.fixture
+def tdir(tmp_path):
+    trial = Trial(config=TrialConfig(model=ModelConfig(arch="dwnet_nano")), sweep="s", arm="a")
+    d = record.trial_dir(tmp_path, trial.id)
+    record.write_trial(d, trial)
+    return d
+
+
+def test_trial_record_round_trips(tdir):
+    trial = record.read_trial(tdir)
+    assert trial.id == tdir.name
+    assert record.list_trial_dirs(tdir.parent.parent) == [tdir]
+
+
+def test_state_defaults_to_new_and_keeps_the_attempt_count(tdir):
+    assert record.read_state(tdir) == record.NEW
+    record.write_state(tdir, record.RUNNING, attempt=2)
+    record.write_state(tdir, record.DONE)
+    raw = record.read_state_raw(tdir)
+    assert raw["state"] == record.DONE and raw["attempt"] == 2
+
+
+def test_metrics_reader_skips_truncated_line_and_last_record_wins(tdir):
+    record.append_metrics(tdir, {"epoch": 1, "val/top1": 10.0})
+    record.append_metrics(tdir, {"epoch": 2, "val/top1": 20.0})
+    record.append_metrics(tdir, {"epoch": 2, "val/top1": 25.0})  # resumed, re-ran epoch 2
+    with open(tdir / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "val/to')  # crash mid-write
+    rows = record.read_metrics(tdir)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["val/top1"] == 25.0
+
+
+def test_truncate_metrics_drops_later_epochs(tdir):
+    for e in range(1, 5):
+        record.append_metrics(tdir, {"epoch": e})
+    record.truncate_metrics(tdir, 2)
+    assert [r["epoch"] for r in record.read_metrics(tdir)] == [1, 2]
+
+
+def test_corrupt_or_future_json_raises_record_error_naming_the_file(tdir):
+    (tdir / "result.json").write_text('{"final": ')
+    with pytest.raises(RecordError, match="result.json"):
+        record.read_result(tdir)
+    (tdir / "result.json").write_text(json.dumps({"schema": 99}))
+    with pytest.raises(RecordError, match="unknown record schema 99"):
+        record.read_result(tdir)
+
+
+def test_atomic_write_leaves_old_file_when_serialisation_fails(tdir):
+    record.write_result(tdir, {"final": {"val/top1": 1.0}})
+    with pytest.raises(TypeError):
+        record.write_json_atomic(tdir / "result.json", {1j: 1})  # complex keys can't be JSON
+    assert record.read_result(tdir)["final"] == {"val/top1": 1.0}
+    assert not list(tdir.glob(".result.json.*"))  # no temporary left behind
