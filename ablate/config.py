@@ -104,9 +104,25 @@ class TrialConfig:
         )
 
     def trial_id(self) -> str:
-        """12 hex digits of the sha256 of the canonical JSON of this configuration."""
-        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """12 hex digits of the sha256 of the canonical JSON of this configuration.
+
+        Float fields are hashed as floats, so ``warmup_epochs=1`` and ``1.0`` are one trial.
+        """
+        canon = json.dumps(_canonical(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+
+def _canonical(obj: Any) -> Any:
+    """Nested dict of a config dataclass, with ints in float-typed fields made floats."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = _canonical(value)
+        elif isinstance(value, int) and not isinstance(value, bool) and "float" in str(f.type):
+            value = float(value)
+        out[f.name] = value
+    return out
 
 
 @dataclass(frozen=True)

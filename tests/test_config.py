@@ -61,3 +61,11 @@ def test_flatten_makes_dotted_columns():
     assert flat["model.group_size"] == 4
     assert flat["train.epochs"] == 3 and flat["seed"] == 1
     assert not any(isinstance(v, dict) for v in flat.values())
+
+
+def test_int_and_float_spellings_of_a_float_field_are_one_trial():
+    a = TrialConfig(model=ModelConfig(arch="x"), train=RecipeConfig(warmup_epochs=1, lr=1))
+    b = TrialConfig(model=ModelConfig(arch="x"), train=RecipeConfig(warmup_epochs=1.0, lr=1.0))
+    assert a.trial_id() == b.trial_id()
+    c = TrialConfig(model=ModelConfig(arch="x"), train=RecipeConfig(warmup_epochs=2, lr=1))
+    assert c.trial_id() != a.trial_id()

@@ -1,5 +1,151 @@
-"""(being written)"""
+"""``ablate plan``: show what a sweep would run, before anything runs.
+
+Prints every trial (id, label, the varied axes, seed), the totals, each distinct model's
+parameters and FLOPs, and, when the results folder has records, each trial's state and what
+``ablate run`` would do with it. ``--json`` prints the same as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
 
 
-def add_parser(sub):
-    pass
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan", help="validate a sweep file and show its trials",
+        description="Validate a sweep file and show every trial it would run, the models' "
+                    "sizes, and (with existing results) each trial's state and what a run "
+                    "would do. Nothing is started.")
+    p.add_argument("sweep", help="sweep file, e.g. sweeps/quickstart.yaml")
+    p.add_argument("--results", metavar="DIR", help="results folder (default: results/NAME)")
+    p.add_argument("--json", action="store_true", help="print one JSON object for programs")
+    p.add_argument("--yes", action="store_true", help="confirm a plan larger than max_trials")
+    p.add_argument("--no-data-check", action="store_true",
+                   help="do not require data folders to exist (plan a paper-scale sweep "
+                        "on a machine without the data)")
+    p.add_argument("--no-stats", action="store_true",
+                   help="skip counting the models' parameters and FLOPs")
+    p.set_defaults(func=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from ablate.plan import load_plan
+
+    sweep, trials = load_plan(args.sweep, confirm=args.yes, check_data=not args.no_data_check)
+    results = args.results or str(sweep.results_dir)
+    report = build_report(sweep, trials, results, stats=not args.no_stats)
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+    else:
+        print(render(report))
+    return 0
+
+
+def build_report(sweep: Any, trials: list, results_dir: str, *, stats: bool) -> dict[str, Any]:
+    """Everything ``ablate plan`` shows, as plain JSON-ready data."""
+    from ablate.plan import run_action, trial_states
+
+    states = trial_states(trials, results_dir)
+    rows = [{"id": t.id, "label": t.arm, "role": t.role, "seed": t.config.seed,
+             "varied": t.varied, "state": states[t.id], "action": run_action(states[t.id]),
+             "expected": t.expected, "config": t.config.to_dict()} for t in trials]
+    return {
+        "sweep": {"name": sweep.name, "description": sweep.description,
+                  "path": str(sweep.path), "results_dir": results_dir,
+                  "seeds": list(sweep.seeds), "max_trials": sweep.max_trials,
+                  "max_concurrent": sweep.max_concurrent, "max_retries": sweep.max_retries,
+                  "resources": {"cpus": sweep.resources.cpus, "gpus": sweep.resources.gpus}},
+        "trials": rows,
+        "totals": _totals(rows),
+        "models": _model_stats(trials) if stats else [],
+    }
+
+
+def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def count(key: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in rows:
+            out[r[key]] = out.get(r[key], 0) + 1
+        return out
+
+    return {"trials": len(rows), "labels": len({r["label"] for r in rows}),
+            "seeds": len({r["seed"] for r in rows}), "states": count("state"),
+            "actions": count("action")}
+
+
+def _model_stats(trials: list) -> list[dict[str, Any]]:
+    from ablate.models import model_stats
+    from ablate.plan import num_classes
+
+    out, seen = [], set()
+    for t in trials:
+        m, d = t.config.model, t.config.data
+        classes = num_classes(d)
+        key = (m, d.img_size, classes)
+        if key in seen:
+            continue
+        seen.add(key)
+        row = {"arch": m.arch, "axes": m.axes(), "img_size": d.img_size,
+               "num_classes": classes, "params": None, "flops": None}
+        if classes is not None:
+            s = model_stats(m.arch, num_classes=classes, img_size=d.img_size, **m.axes())
+            row |= {"params": s.params, "flops": s.flops}
+        out.append(row)
+    return out
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as text: a header, one line per trial, the totals and the models."""
+    s = report["sweep"]
+    lines = [f"sweep {s['name']}: {s['description']}", f"  file {s['path']}; results "
+             f"{s['results_dir']}; per trial {s['resources']['cpus']:g} CPU, "
+             f"{s['resources']['gpus']:g} GPU; at most {s['max_concurrent'] or 'any'} at once",
+             ""]
+    rows = report["trials"]
+    axes = list(rows[0]["varied"]) if rows else []
+    head = ["id", "label", *[a.split(".", 1)[1] for a in axes], "seed", "state", "action",
+            "expected"]
+    table = [[r["id"], r["label"] + (" *" if r["role"] == "baseline" else ""),
+              *[_fmt(r["varied"].get(a)) for a in axes], str(r["seed"]), r["state"],
+              r["action"], _expected(r["expected"])] for r in rows]
+    lines += _table(head, table)
+    t = report["totals"]
+    lines += ["", f"{t['trials']} trials: {t['labels']} labels x {t['seeds']} seeds "
+              "(* = baseline)",
+              "states: " + ", ".join(f"{k} {v}" for k, v in sorted(t["states"].items())),
+              "a run would: " + ", ".join(f"{k} {v}" for k, v in sorted(t["actions"].items()))]
+    if report["models"]:
+        lines += ["", "models:"]
+        lines += _table(["arch", "axes", "img", "classes", "params", "FLOPs (mult-adds)"], [
+            [m["arch"], ",".join(f"{k}={_fmt(v)}" for k, v in m["axes"].items()) or "-",
+             str(m["img_size"]), str(m["num_classes"]), _si(m["params"]), _si(m["flops"])]
+            for m in report["models"]])
+    return "\n".join(lines)
+
+
+def _expected(expected: dict[str, Any] | None) -> str:
+    """{"val/top1": 81.2} -> "val/top1 81.2"; a direction -> "val/top1 > LABEL"."""
+    return "; ".join(f"{m} {v['op']} {v['than']}" if isinstance(v, dict) else f"{m} {v:g}"
+                     for m, v in (expected or {}).items())
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    return ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip()
+            for row in (head, *rows)]
+
+
+def _fmt(v: Any) -> str:
+    return {True: "true", False: "false", None: "-"}.get(v, str(v)) \
+        if isinstance(v, bool) or v is None else str(v)
+
+
+def _si(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)

@@ -1,0 +1,272 @@
+"""Planning: a :class:`~ablate.spec.Sweep` expanded into ordered, checked :class:`Trial` s.
+
+Expansion is arms (the baseline first) x grid (cartesian, file order) x paired (zipped) x seeds,
+minus the excluded trials. Role "baseline": with arms, every trial of the baseline arm; without,
+the trial at the first value of every grid and paired axis. Order: by seed, baselines before
+arms within a seed, then file order; so every arm's first seed runs before any repeat. Trial ids are ``TrialConfig.trial_id()``: a
+hash of the resolved config alone, so labels, order and the sweep's name do not change them.
+
+Checked here (each a one-line SpecError pointing at the key that caused it): models and their
+axis combinations (``ablate.models.validate_model``), data folders, the expected-result labels,
+duplicate trials, an empty plan, and the size limit ``max_trials`` unless ``confirm``.
+Nothing here prints, imports Ray, or builds a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ablate.config import DataConfig, ModelConfig, RecipeConfig, Trial, TrialConfig
+from ablate.errors import AblateError, SpecError, closest
+from ablate.record import DIVERGED, DONE, FAILED, INTERRUPTED, NEW, RUNNING, read_state, trial_dir
+from ablate.spec import Sweep, _dotted, _same, load_sweep
+
+FOLDER_DATA = ("cifar10", "cifar100", "imagefolder")
+KNOWN_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+ACTIONS = {NEW: "start", DONE: "skip", DIVERGED: "skip", FAILED: "resume",
+           INTERRUPTED: "resume", RUNNING: "resume"}
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A trial before checks, with the key path that set each varied axis (for errors)."""
+
+    order: tuple[int, int, int]  # (seed index, 0 baseline / 1 arm, position in the file)
+    label: str
+    role: str
+    varied: dict[str, Any]
+    config: TrialConfig
+    sources: dict[str, tuple]  # dotted axis -> key path in the sweep file
+
+
+def load_plan(path: str | Path, *, confirm: bool = False,
+              check_data: bool = True) -> tuple[Sweep, list[Trial]]:
+    """Load, validate and plan a sweep file; the Sweep comes back with ``trials`` filled."""
+    sweep = load_sweep(path)
+    trials = plan_trials(sweep, confirm=confirm, check_data=check_data)
+    return dataclasses.replace(sweep, trials=tuple(trials)), trials
+
+
+def plan_trials(sweep: Sweep, *, confirm: bool = False, check_data: bool = True) -> list[Trial]:
+    """The sweep's trials in run order; SpecError for any impossible or suspicious plan.
+
+    ``check_data=False`` skips the existence checks of data folders (to plan a paper-scale
+    sweep on a machine without ImageNet); ``confirm`` lifts the ``max_trials`` limit.
+    """
+    kept = _apply_exclude(sweep, list(_expand(sweep)))
+    if not kept:
+        raise sweep.error("the plan is empty: every trial is excluded", "exclude")
+    _check_expected(sweep, {c.label for c in kept})
+    _check_recipes(sweep, kept)
+    _check_models(sweep, kept)
+    _check_data(sweep, kept, check_data)
+    _check_duplicates(sweep, kept)
+    if len(kept) > sweep.max_trials and not confirm:
+        raise sweep.error(f"the plan has {len(kept)} trials, more than max_trials="
+                          f"{sweep.max_trials}", "max_trials",
+                          hint="check the grid and exclusions, raise max_trials, or confirm "
+                          "with --yes")
+    kept.sort(key=lambda c: c.order)
+    return [Trial(config=c.config, sweep=sweep.name, arm=c.label, varied=c.varied, role=c.role,
+                  resources=sweep.resources, expected=sweep.expected.get(c.label))
+            for c in kept]
+
+
+def trial_states(trials: list[Trial], results_dir: str | Path) -> dict[str, str]:
+    """Trial id -> its recorded state (new, running, done, failed, diverged)."""
+    return {t.id: read_state(trial_dir(results_dir, t.id)) for t in trials}
+
+
+def run_action(state: str) -> str:
+    """What ``ablate run`` does with a trial in ``state``: start, skip or resume."""
+    return ACTIONS.get(state, "start")
+
+
+def num_classes(data: DataConfig) -> int | None:
+    """Classes of a dataset: declared, known, or the class folders of an image folder."""
+    if data.num_classes is not None:
+        return data.num_classes
+    if data.name in KNOWN_CLASSES:
+        return KNOWN_CLASSES[data.name]
+    if data.name == "imagefolder" and data.root:
+        root = Path(data.root).expanduser()
+        root = root / "train" if (root / "train").is_dir() else root
+        if root.is_dir():
+            return sum(1 for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return None
+
+
+# --- expansion -----------------------------------------------------------------------------
+
+
+def _expand(sweep: Sweep):
+    """Every (seed, arm, grid point, paired index) as a candidate, in file order per seed."""
+    arms = [(sweep.baseline, ())] + list(sweep.arms) if sweep.arms else [(None, ())]
+    grid = list(itertools.product(*(list(enumerate(v)) for _, v in sweep.grid)))
+    paired = range(len(sweep.paired[0][1]) if sweep.paired else 1)
+    points = list(itertools.product(enumerate(arms), enumerate(grid), paired))
+    axis_keys = [k for k, _ in sweep.grid] + [k for k, _ in sweep.paired]
+    leaves = [k.split(".", 1)[1] for k in axis_keys]
+    names = dict(zip(axis_keys, leaves if len(set(leaves)) == len(leaves) else axis_keys))
+    varied = list(dict.fromkeys(k for _, ov in sweep.arms for k, _ in ov)) + axis_keys
+    base = dataclasses.asdict(sweep.base)
+    for s_index, seed in enumerate(sweep.seeds):
+        for position, ((a, (arm, overrides)), (g, point), p) in enumerate(points):
+            sources = {k: ("arms", arm, k) for k, _ in overrides}
+            values = dict(overrides)
+            for (key, _), (i, v) in zip(sweep.grid, point):
+                values[key], sources[key] = v, ("grid", key, i)
+            for key, vs in sweep.paired:
+                values[key], sources[key] = vs[p], ("paired", key, p)
+            config = _resolve(base, values, seed)
+            flat = _flat(config)
+            parts = ([arm] if arm is not None else []) + [
+                f"{names[k]}={_fmt(values[k])}" for k in axis_keys]
+            first = a == 0 and (bool(sweep.arms) or (g == 0 and p == 0))
+            yield _Candidate(order=(s_index, 0 if first else 1, position),
+                             label=", ".join(parts) or sweep.baseline,
+                             role="baseline" if first else "arm",
+                             varied={k: flat[k] for k in varied}, config=config, sources=sources)
+
+
+def _resolve(base: dict[str, Any], values: dict[str, Any], seed: int) -> TrialConfig:
+    d = {s: dict(base[s]) for s in ("model", "data", "train")}
+    for key, value in values.items():
+        section, name = key.split(".", 1)
+        d[section][name] = value
+    return TrialConfig(model=ModelConfig(**d["model"]), data=DataConfig(**d["data"]),
+                       train=RecipeConfig(**d["train"]), seed=seed)
+
+
+def _flat(config: TrialConfig) -> dict[str, Any]:
+    out = {"seed": config.seed}
+    for section in ("model", "data", "train"):
+        for k, v in dataclasses.asdict(getattr(config, section)).items():
+            out[f"{section}.{k}"] = v
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _apply_exclude(sweep: Sweep, candidates: list[_Candidate]) -> list[_Candidate]:
+    used = [False] * len(sweep.exclude)
+    kept = []
+    for c in candidates:
+        flat = _flat(c.config)
+        hits = [all(any(_same(flat[k], v) for v in vs) for k, vs in cond)
+                for cond in sweep.exclude]
+        used = [u or h for u, h in zip(used, hits)]
+        if not any(hits):
+            kept.append(c)
+    for i, u in enumerate(used):
+        if not u:
+            raise sweep.error("this condition matches no trial", "exclude", i,
+                              hint="check its values against the grid, arms and base")
+    return kept
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+
+def _source(c: _Candidate, key: str) -> tuple:
+    section, name = key.split(".", 1)
+    return c.sources.get(key, ("base", section, name))
+
+
+def _check_expected(sweep: Sweep, labels: set[str]) -> None:
+    for label, metrics in sweep.expected.items():
+        if label not in labels:
+            near = closest(label, labels)
+            raise sweep.error(f"no trial is labelled '{label}'", "expected", label,
+                              hint=(f"did you mean '{near}'? " if near else "")
+                              + "labels are shown by ablate plan")
+        for metric, value in metrics.items():
+            if isinstance(value, dict) and value["than"] not in labels:
+                near = closest(value["than"], labels)
+                raise sweep.error(f"no trial is labelled '{value['than']}'", "expected",
+                                  label, metric, hint=f"did you mean '{near}'?" if near else
+                                  "labels are shown by ablate plan")
+
+
+def _check_recipes(sweep: Sweep, kept: list[_Candidate]) -> None:
+    for c in kept:
+        if c.config.train.warmup_epochs > c.config.train.epochs:
+            raise sweep.error(f"warmup_epochs ({c.config.train.warmup_epochs}) exceeds epochs "
+                              f"({c.config.train.epochs}) in trial '{c.label}'",
+                              *_source(c, "train.warmup_epochs"))
+
+
+def _check_models(sweep: Sweep, kept: list[_Candidate]) -> None:
+    from ablate.models import validate_model  # the registry imports torch and timm
+
+    seen: set = set()
+    for c in kept:
+        model = c.config.model
+        if model in seen:
+            continue
+        seen.add(model)
+        try:
+            validate_model(model.arch, **model.axes())
+        except AblateError as e:
+            axis = (e.key or "arch").split(".")[-1]
+            key = f"model.{axis}" if f"model.{axis}" in c.varied or axis in model.axes() \
+                else "model.arch"
+            raise SpecError(f"{e.what} (trial '{c.label}')", key=_dotted(_source(c, key)),
+                            hint=e.hint, **sweep.where(*_source(c, key))) from None
+
+
+def _check_data(sweep: Sweep, kept: list[_Candidate], check_exists: bool) -> None:
+    seen: set = set()
+    for c in kept:
+        data = c.config.data
+        if data in seen:
+            continue
+        seen.add(data)
+        where = _source(c, "data.root")
+        if data.name in FOLDER_DATA and not data.root:
+            raise sweep.error(f"data '{data.name}' needs a root folder", *where)
+        if data.name not in FOLDER_DATA and data.root:
+            raise sweep.error(f"data '{data.name}' takes no root folder", *where,
+                              hint="remove data.root (or set it to null)")
+        known = KNOWN_CLASSES.get(data.name)
+        if known and data.num_classes not in (None, known):
+            raise sweep.error(f"'{data.name}' has {known} classes, not {data.num_classes}",
+                              *_source(c, "data.num_classes"), hint="remove data.num_classes")
+        if data.name == "synthetic" and data.num_classes is None:
+            raise sweep.error("synthetic data needs num_classes", *_source(c, "data.name"),
+                              hint="set data.num_classes")
+        if check_exists:
+            _check_folder(sweep, data, c)
+
+
+def _check_folder(sweep: Sweep, data: DataConfig, c: _Candidate) -> None:
+    from ablate.data import validate_data  # imports torch; only when folders are checked
+
+    try:
+        validate_data(data)
+    except AblateError as e:
+        key = e.key if e.key in c.varied or (e.key or "").startswith("data.") else "data.root"
+        what = f"{e.what} ({e.file})" if e.file else e.what
+        raise sweep.error(what, *_source(c, key), hint=e.hint) from None
+
+
+def _check_duplicates(sweep: Sweep, kept: list[_Candidate]) -> None:
+    seen: dict[str, _Candidate] = {}
+    for c in kept:
+        tid = c.config.trial_id()
+        if tid in seen:
+            first = seen[tid]
+            where = next((p for p in c.sources.values()), ("base",))[:2]
+            raise sweep.error(f"trial '{c.label}' (seed {c.config.seed}) is identical to "
+                              f"'{first.label}' (id {tid})", *where,
+                              hint="remove one, or make them differ in some axis")
+        seen[tid] = c
+

@@ -1,0 +1,595 @@
+"""Sweep files: one ablation declared in YAML, validated on the way in, as a frozen :class:`Sweep`.
+
+The language (every key optional unless marked; unknown keys are errors at any depth)::
+
+    name: group_size_mlp          # default: the file's stem; names results/<name>
+    description: one line         # required
+    extends: ../other.yaml        # a file (or a list, merged in order) relative to this one,
+                                  # deep-merged under this file; name and description are not
+                                  # inherited; lists are replaced, not merged; a null in this file
+                                  # replaces the inherited value, and removes an inherited grid /
+                                  # paired axis, arm or expected entry
+    base:                         # required: the baseline trial
+      model: {arch: dwnet_tiny, group_size: 8, ...}   # arch required; axes = ModelConfig fields
+      data: {name: imagefolder, root: /data/imagenet, img_size: 224, num_classes: 1000}
+      train: {epochs: 300, lr: 5.0e-4, ...}           # RecipeConfig fields (lr per 512 images)
+      resources: {cpus: 8, gpus: 1}                    # per trial; gpus may be a fraction
+    grid:   {model.group_size: [1, 4, 8]}              # cartesian product of the axes
+    paired: {model.arch: [a, b], model.window: [shifted, sliding]}   # advanced together
+    arms:   {dynamic: {model.arch: dynamic_dwnet_tiny}}  # one-factor differences from base
+    baseline: dwnet               # label of the trial that is base unchanged (default "baseline")
+    exclude: [{model.window: shifted, model.group_size: [1, 4]}]  # drop a trial matching all
+                                  # entries of any condition (a value or a list of values;
+                                  # keys: any axis or "seed")
+    seeds: [0, 1, 2]              # each trial repeated over them (default [0])
+    expected:                     # per trial label: metric -> the paper's number, or a
+      dynamic: {val/top1: 81.8}   # direction "> LABEL", "< LABEL" or "~ LABEL" (about equal)
+      "group_size=8": {val/top1: "> group_size=1"}
+    max_trials: 256               # a larger plan needs confirmation (ablate plan/run --yes)
+    max_concurrent: 4             # trials at once (default: as many as resources allow)
+    max_retries: 2                # retries of a failing trial
+
+Axes are dotted paths ``model.*``, ``data.*``, ``train.*`` named as in :mod:`ablate.config`;
+values are checked as in ``base`` (YAML reads ``1e-3`` as a number here). ``data.root`` is
+used as written (relative paths: to the working directory) and is part of each trial's id.
+Each planned Trial's ``expected`` is ``{metric: number}`` or ``{metric: {"op": ">", "than":
+LABEL}}`` (op ``>``, ``<`` or ``~``), or None.
+Trial labels: the arm label (the ``baseline`` label for base itself), then ``axis=value`` for
+each grid/paired axis, joined by ", " (``dynamic, window=sliding``; ``group_size=8``).
+:func:`load_sweep` parses and validates the file alone; :func:`ablate.plan.load_plan` also
+expands it and checks models, data folders, duplicates and the plan size. Every mistake is a
+one-line :class:`~ablate.errors.SpecError` with file, line and key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from ablate.config import DataConfig, ModelConfig, RecipeConfig, Resources, TrialConfig
+from ablate.errors import SpecError, closest, unknown_name_hint
+
+KeyPath = tuple  # ("grid", "model.group_size", 0): str keys and int list indices
+Loc = tuple  # (file, line)
+DATA_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": RecipeConfig}
+NOT_INHERITED = ("name", "description", "extends")
+DROPPABLE = ("grid", "paired", "arms", "expected")  # null entries remove inherited ones
+DIRECTION = re.compile(r"^\s*(>|<|~)\s*(\S.*?)\s*$")
+METRIC = re.compile(r"^[A-Za-z0-9_]+/[A-Za-z0-9_.]+$")
+MAX_NODES = 100_000  # alias bombs end here, not in memory
+
+
+def _d(cls: type, name: str) -> Any:
+    return cls.__dataclass_fields__[name].default
+
+
+# --- the strict pydantic edge: one model per section, defaults taken from ablate.config ---
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+_Frac = Annotated[float, Field(ge=0, le=1)]
+_Rate = Annotated[float, Field(ge=0, lt=1)]
+_Pos = Annotated[int, Field(ge=1)]
+
+
+class _ModelSpec(BaseModel):
+    model_config = _STRICT
+    arch: str
+    weight_source: str | None = None
+    window: str | None = None
+    sharing: str | None = None
+    group_size: _Pos | None = None
+    num_groups: _Pos | None = None
+    kernel_size: _Pos | None = None
+    se: bool | None = None
+    drop_path_rate: _Rate | None = None
+
+
+class _DataSpec(BaseModel):
+    model_config = _STRICT
+    name: Literal[DATA_NAMES] = _d(DataConfig, "name")  # type: ignore[valid-type]
+    root: str | None = _d(DataConfig, "root")
+    img_size: Annotated[int, Field(ge=8)] = _d(DataConfig, "img_size")
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = _d(DataConfig, "val_fraction")
+    num_train: _Pos | None = _d(DataConfig, "num_train")
+    num_val: _Pos | None = _d(DataConfig, "num_val")
+    num_classes: Annotated[int, Field(ge=2)] | None = _d(DataConfig, "num_classes")
+
+
+class _TrainSpec(BaseModel):
+    model_config = _STRICT
+    epochs: _Pos = _d(RecipeConfig, "epochs")
+    batch_size: _Pos = _d(RecipeConfig, "batch_size")
+    lr: Annotated[float, Field(gt=0)] = _d(RecipeConfig, "lr")
+    warmup_lr: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "warmup_lr")
+    min_lr: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "min_lr")
+    warmup_epochs: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "warmup_epochs")
+    weight_decay: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "weight_decay")
+    clip_grad: Annotated[float, Field(gt=0)] | None = _d(RecipeConfig, "clip_grad")
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = _d(RecipeConfig, "label_smoothing")
+    mixup: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "mixup")
+    cutmix: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "cutmix")
+    mixup_switch_prob: _Frac = _d(RecipeConfig, "mixup_switch_prob")
+    randaugment: Annotated[str, Field(pattern=r"^rand(-[a-z]+[0-9.]*)*$")] | None = _d(
+        RecipeConfig, "randaugment")
+    color_jitter: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "color_jitter")
+    reprob: _Frac = _d(RecipeConfig, "reprob")
+    workers: Annotated[int, Field(ge=0)] = _d(RecipeConfig, "workers")
+    amp: bool = _d(RecipeConfig, "amp")
+    keep_checkpoints: _Pos = _d(RecipeConfig, "keep_checkpoints")
+
+
+class _ResourcesSpec(BaseModel):
+    model_config = _STRICT
+    cpus: Annotated[float, Field(gt=0)] = _d(Resources, "cpus")
+    gpus: Annotated[float, Field(ge=0)] = _d(Resources, "gpus")
+
+
+class _BaseSpec(BaseModel):
+    model_config = _STRICT
+    model: _ModelSpec
+    data: _DataSpec = _DataSpec()
+    train: _TrainSpec = _TrainSpec()
+    resources: _ResourcesSpec = _ResourcesSpec()
+
+
+class _SweepSpec(BaseModel):
+    model_config = _STRICT
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    description: Annotated[str, Field(min_length=1)]
+    extends: str | list[str] | None = None
+    base: _BaseSpec
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+    paired: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
+    arms: dict[str, dict[str, Any]] = {}
+    baseline: Annotated[str, Field(min_length=1)] = "baseline"
+    exclude: list[dict[str, Any]] = []
+    seeds: Annotated[list[int], Field(min_length=1)] = [0]
+    expected: dict[str, dict[str, float | str]] = {}
+    max_trials: _Pos = 256
+    max_concurrent: _Pos | None = None
+    max_retries: Annotated[int, Field(ge=0)] = _d(Resources, "max_retries")
+
+
+_SPECS = {"model": _ModelSpec, "data": _DataSpec, "train": _TrainSpec}
+AXES = tuple(f"{s}.{f}" for s, m in _SPECS.items() for f in m.model_fields)
+_ADAPTERS = {
+    f"{s}.{f}": TypeAdapter(Annotated[(fi.annotation, *fi.metadata)] if fi.metadata
+                            else fi.annotation, config=ConfigDict(strict=True))
+    for s, m in _SPECS.items() for f, fi in m.model_fields.items()
+}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep file; ``trials`` is filled by :func:`ablate.plan.load_plan`.
+
+    Axes are ``(dotted, value)`` pairs in file order. ``where(path)`` gives the file and line
+    that set a key path (for errors found later, e.g. by the planner).
+    """
+
+    name: str
+    description: str
+    path: Path
+    base: TrialConfig  # seed = first seed
+    resources: Resources
+    grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    paired: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    arms: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    baseline: str = "baseline"
+    exclude: tuple[tuple[tuple[str, tuple[Any, ...]], ...], ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    expected: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_trials: int = 256
+    max_concurrent: int | None = None
+    extends: tuple[Path, ...] = ()  # the files it builds on, resolved
+    results_dir: Path = Path("results")
+    trials: tuple = ()
+    locs: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, *path: Any) -> dict[str, Any]:
+        """``file=`` and ``line=`` of the nearest recorded key on ``path`` (for SpecError)."""
+        return _where(self.locs, self.path, path)
+
+    def error(self, what: str, *path: Any, hint: str | None = None) -> SpecError:
+        """A SpecError at the key ``path`` (file, line and dotted key filled in)."""
+        return _error(self.locs, self.path, what, path, hint)
+
+    @property
+    def max_retries(self) -> int:
+        return self.resources.max_retries
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved sweep as a YAML-ready mapping (extends applied; loads to the same plan)."""
+        out: dict[str, Any] = {"name": self.name, "description": self.description, "base": {
+            "model": dataclasses.asdict(self.base.model),
+            "data": dataclasses.asdict(self.base.data),
+            "train": dataclasses.asdict(self.base.train),
+            "resources": {"cpus": self.resources.cpus, "gpus": self.resources.gpus}}}
+        out |= {"grid": {k: list(v) for k, v in self.grid},
+                "paired": {k: list(v) for k, v in self.paired},
+                "arms": {label: dict(ov) for label, ov in self.arms},
+                "baseline": self.baseline,
+                "exclude": [{k: list(v) for k, v in cond} for cond in self.exclude],
+                "seeds": list(self.seeds), "expected": _expected_to_yaml(self.expected),
+                "max_trials": self.max_trials, "max_concurrent": self.max_concurrent,
+                "max_retries": self.max_retries}
+        return out
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Parse and validate one sweep file (following ``extends``); SpecError on any mistake."""
+    path = Path(path)
+    raw, locs = _load_tree(path, ())
+    raw.setdefault("name", path.stem)
+    for key in ("grid", "paired", "arms", "exclude", "expected", "max_concurrent"):
+        if key in raw and raw[key] is None:
+            del raw[key]
+    try:
+        spec = _SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise _pydantic_error(e, locs, path) from None
+    return _to_sweep(spec, path, locs)
+
+
+# --- YAML with line numbers --------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, also reading ``1e-3`` as a float (YAML 1.1 alone wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+_MAP, _SEQ = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[KeyPath, Loc]]:
+    """Load one YAML document with the safe loader, recording the line of every key/item."""
+    file = _display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"cannot read sweep file ({type(e).__name__}: {e})", file=file,
+                        hint="check the path; sweeps live in sweeps/NAME.yaml") from None
+    try:
+        loader = _Loader(text)  # the reader rejects non-printable characters here
+    except yaml.YAMLError as e:
+        raise SpecError(f"not a YAML text: {e}", file=file) from None
+    try:
+        node = loader.get_single_node()
+        locs: dict[KeyPath, Loc] = {(): (file, 1)}
+        value = None if node is None else _build(loader, node, (), locs, file, [0, set()])
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        what = " ".join(str(p) for p in (e.context, e.problem) if p)
+        raise SpecError(f"YAML syntax error: {what}", file=file,
+                        line=mark.line + 1 if mark else None,
+                        hint="fix the YAML (indentation, quotes, ':' after keys)") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"YAML error: {e}", file=file) from None
+    finally:
+        loader.dispose()
+    return value, locs
+
+
+def _display(path: Path) -> str:
+    """The path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _build(loader: _Loader, node: yaml.Node, path: KeyPath, locs: dict, file: str,
+           state: list) -> Any:
+    state[0] += 1
+    line = node.start_mark.line + 1
+    if state[0] > MAX_NODES or id(node) in state[1]:
+        raise SpecError("YAML too large or recursive (aliases)", file=file, line=line,
+                        key=_dotted(path) or None)
+    if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
+        loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
+        out: dict[str, Any] = {}
+        state[1].add(id(node))
+        for knode, vnode in node.value:
+            key = loader.construct_object(knode, deep=True)
+            kline = knode.start_mark.line + 1
+            if not isinstance(key, str):
+                text = knode.value if isinstance(knode, yaml.ScalarNode) else "(complex key)"
+                raise SpecError(f"key {text!r} is read as {_show(key).split()[0]}, not a string",
+                                file=file, line=kline, key=_dotted(path) or None,
+                                hint=f"quote it: '{text}'")
+            if key in out:
+                raise SpecError(f"duplicate key '{key}'", file=file, line=kline,
+                                key=_dotted(path + (key,)),
+                                hint=f"first given on line {locs[path + (key,)][1]}")
+            locs[path + (key,)] = (file, kline)
+            out[key] = _build(loader, vnode, path + (key,), locs, file, state)
+        state[1].discard(id(node))
+        return out
+    if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
+        state[1].add(id(node))
+        items = []
+        for i, item in enumerate(node.value):
+            locs[path + (i,)] = (file, item.start_mark.line + 1)
+            items.append(_build(loader, item, path + (i,), locs, file, state))
+        state[1].discard(id(node))
+        return items
+    if not isinstance(node, yaml.ScalarNode):
+        raise SpecError(f"YAML tag {node.tag} is not allowed", file=file, line=line,
+                        key=_dotted(path) or None, hint="use plain mappings, lists and scalars")
+    return loader.construct_object(node, deep=True)
+
+
+def _load_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[KeyPath, Loc]]:
+    """Load ``path`` and the files it extends, deep-merged in order (this file wins)."""
+    raw, locs = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise SpecError("expected a mapping of sweep keys (name, description, base, grid, ...)",
+                        file=path, line=1, hint="see sweeps/README.md for the format")
+    ext = raw.get("extends")
+    if ext is None:
+        return raw, locs
+    paths = ext if isinstance(ext, list) else [ext]
+    merged: dict = {}
+    merged_locs: dict = {}
+    for i, item in enumerate(paths):
+        at = ("extends", i) if isinstance(ext, list) else ("extends",)
+        base, base_locs = _load_tree(_parent(path, item, chain, locs.get(at, locs[("extends",)]),
+                                             _dotted(at)), (*chain, path.resolve()))
+        for key in NOT_INHERITED:
+            base.pop(key, None)
+        merged, merged_locs = _merge(merged, base), {**merged_locs, **base_locs}
+    merged = _merge(merged, raw)
+    for key in DROPPABLE:
+        if isinstance(merged.get(key), dict):
+            merged[key] = {k: v for k, v in merged[key].items() if v is not None}
+    return merged, {**merged_locs, **locs}
+
+
+def _parent(path: Path, ext: Any, chain: tuple[Path, ...], loc: Loc, key: str) -> Path:
+    """The file that ``extends: ext`` in ``path`` names, checked to exist and not to cycle."""
+    where = {"file": loc[0], "line": loc[1], "key": key}
+    if not isinstance(ext, str) or not ext:
+        raise SpecError(f"expected a file path (or a list of them), got {_show(ext)}", **where)
+    parent = (path.parent / ext).resolve()
+    here = path.resolve()
+    if parent in chain or parent == here:
+        cycle = " -> ".join(p.name for p in (*chain, here, parent))
+        raise SpecError(f"extends cycle: {cycle}", **where, hint="remove one of the extends")
+    if not parent.is_file():
+        near = closest(Path(ext).stem, [p.stem for p in parent.parent.glob("*.yaml")])
+        raise SpecError(f"extended file not found: {ext}", **where,
+                        hint=f"did you mean '{near}.yaml'?" if near else "paths are relative "
+                        "to the extending file")
+    return parent
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base[k], v) if k in base else v
+        return out
+    return over
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def _dotted(path: KeyPath) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
+                   for i, p in enumerate(path))
+
+
+def _show(value: Any) -> str:
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
+            dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
+    text = repr(value) if not isinstance(value, (dict, list, type(None))) else ""
+    return f"{kind} {text}".strip()[:80]
+
+
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+             "string_type": "a string", "dict_type": "a mapping", "list_type": "a list",
+             "int_from_float": "an integer", "model_type": "a mapping"}
+
+
+def _explain(err: dict) -> tuple[str, str | None]:
+    """A pydantic error as (what, hint) in our words."""
+    kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {_show(value)}", None
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
+              "less_than_equal": "<="}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"must be {bounds[kind]} {limit}, got {_show(value)}", None
+    if kind in ("too_short", "string_too_short"):
+        return "must not be empty", None
+    if kind == "string_pattern_mismatch":
+        return f"{_show(value)} does not match the pattern {ctx.get('pattern')}", None
+    if kind == "literal_error":
+        return f"unknown value {_show(value)}", unknown_name_hint(str(value), DATA_NAMES)
+    if kind == "missing":
+        return "required key is missing", None
+    return err.get("msg", kind), None
+
+
+_MODELS_AT = {(): _SweepSpec, ("base",): _BaseSpec, ("base", "model"): _ModelSpec,
+              ("base", "data"): _DataSpec, ("base", "train"): _TrainSpec,
+              ("base", "resources"): _ResourcesSpec}
+
+
+def _pydantic_error(e: ValidationError, locs: dict, path: Path) -> SpecError:
+    err = e.errors()[0]
+    loc = tuple(p for p in err["loc"] if not str(p).startswith(("function-", "union[")))
+    loc = tuple(p for p in loc if p not in ("int", "float", "str", "none", "bool"))
+    what, hint = _explain(err)
+    if err["type"] == "extra_forbidden":
+        parent = _MODELS_AT.get(loc[:-1])
+        valid = list(parent.model_fields) if parent else []
+        what = f"unknown key '{loc[-1]}'"
+        hint = unknown_name_hint(str(loc[-1]), valid) if valid else None
+        if loc == ("base", "resources", "max_retries"):
+            hint = "max_retries is a top-level key of the sweep"
+    elif err["type"] == "missing":
+        what = f"required key '{loc[-1]}' is missing"
+    return _error(locs, path, what, loc, hint)
+
+
+def _where(locs: dict, path: Path, keys: KeyPath) -> dict[str, Any]:
+    keys = tuple(keys)
+    while keys and keys not in locs:
+        keys = keys[:-1]
+    file, line = locs.get(keys, (_display(path), None))
+    return {"file": file, "line": line}
+
+
+def _error(locs: dict, path: Path, what: str, keys: KeyPath, hint: str | None) -> SpecError:
+    return SpecError(what, key=_dotted(tuple(keys)) or None, hint=hint, **_where(locs, path, keys))
+
+
+# --- validated spec -> Sweep -----------------------------------------------------------------
+
+
+def check_axis(key: str, at: KeyPath, err: Any, allow_seed: bool = False) -> None:
+    """Raise (via ``err(what, *path, hint=)``) unless ``key`` is a known dotted axis."""
+    valid = AXES + (("seed",) if allow_seed else ())
+    if key not in valid:
+        raise err(f"unknown axis '{key}'", *at, hint=unknown_name_hint(key, valid))
+
+
+def check_value(key: str, value: Any, at: KeyPath, err: Any) -> Any:
+    """Validate one value of a dotted axis with the same rules as ``base``."""
+    if key == "seed":
+        adapter = TypeAdapter(int, config=ConfigDict(strict=True))
+    else:
+        adapter = _ADAPTERS[key]
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as e:
+        what, hint = _explain(e.errors()[0])
+        raise err(what, *at, hint=hint) from None
+
+
+def _to_sweep(spec: _SweepSpec, path: Path, locs: dict) -> Sweep:
+    def err(what: str, *p: Any, hint: str | None = None) -> SpecError:
+        return _error(locs, path, what, p, hint)
+
+    b = spec.base
+    base = TrialConfig(model=ModelConfig(**b.model.model_dump()),
+                       data=DataConfig(**b.data.model_dump()),
+                       train=RecipeConfig(**b.train.model_dump()), seed=spec.seeds[0])
+    resources = Resources(cpus=b.resources.cpus, gpus=b.resources.gpus,
+                          max_retries=spec.max_retries)
+    grid = _axes(spec.grid, "grid", err)
+    paired = _axes(spec.paired, "paired", err)
+    lengths = {len(v) for _, v in paired}
+    if len(lengths) > 1:
+        first = paired[0]
+        bad = next(k for k, v in paired if len(v) != len(first[1]))
+        raise err(f"paired axes need lists of one length: {first[0]} has {len(first[1])}, "
+                  f"{bad} has {len(dict(paired)[bad])}", "paired", bad)
+    arms = _arms(spec, err, {k for k, _ in grid} | {k for k, _ in paired})
+    exclude = _exclude(spec.exclude, err)
+    if len(set(spec.seeds)) != len(spec.seeds):
+        dup = next(s for s in spec.seeds if spec.seeds.count(s) > 1)
+        raise err(f"seed {dup} listed twice", "seeds")
+    expected = {label: _parse_expected(label, m, err) for label, m in spec.expected.items()}
+    ext = spec.extends if isinstance(spec.extends, list) else [spec.extends or ""]
+    ext = tuple((path.parent / e).resolve() for e in ext if e)
+    return Sweep(name=spec.name, description=spec.description, path=path, base=base,
+                 resources=resources, grid=grid, paired=paired, arms=arms,
+                 baseline=spec.baseline, exclude=exclude, seeds=tuple(spec.seeds),
+                 expected=expected, max_trials=spec.max_trials,
+                 max_concurrent=spec.max_concurrent, extends=ext,
+                 results_dir=Path("results") / spec.name, locs=locs)
+
+
+def _axes(axes: dict[str, list[Any]], section: str, err: Any) -> tuple:
+    out = []
+    for key, values in axes.items():
+        check_axis(key, (section, key), err)
+        checked = [check_value(key, v, (section, key, i), err) for i, v in enumerate(values)]
+        for i, v in enumerate(checked):
+            if any(_same(v, w) for w in checked[:i]):
+                raise err(f"value {_show(v)} listed twice", section, key, i)
+        out.append((key, tuple(checked)))
+    return tuple(out)
+
+
+def _arms(spec: _SweepSpec, err: Any, axis_keys: set[str]) -> tuple:
+    out = []
+    for label, overrides in spec.arms.items():
+        if label == spec.baseline:
+            raise err(f"arm '{label}' has the baseline's label", "arms", label,
+                      hint="the baseline is base itself; rename the arm or set baseline:")
+        if not overrides:
+            raise err("arm sets no axis (it would repeat the baseline)", "arms", label)
+        items = []
+        for key, value in overrides.items():
+            check_axis(key, ("arms", label, key), err)
+            if key in axis_keys:
+                raise err(f"'{key}' is varied by grid/paired and cannot also be set by an arm",
+                          "arms", label, key)
+            items.append((key, check_value(key, value, ("arms", label, key), err)))
+        out.append((label, tuple(items)))
+    overlap = {k for k, _ in spec.grid.items()} & set(spec.paired)
+    if overlap:
+        key = sorted(overlap)[0]
+        raise err(f"'{key}' is in both grid and paired", "paired", key)
+    return tuple(out)
+
+
+def _exclude(conditions: list[dict[str, Any]], err: Any) -> tuple:
+    out = []
+    for i, cond in enumerate(conditions):
+        if not cond:
+            raise err("empty condition (it would drop every trial)", "exclude", i)
+        items = []
+        for key, value in cond.items():
+            check_axis(key, ("exclude", i, key), err, allow_seed=True)
+            values = value if isinstance(value, list) else [value]
+            if not values:
+                raise err("empty list of values", "exclude", i, key)
+            items.append((key, tuple(check_value(key, v, ("exclude", i, key), err)
+                                     for v in values)))
+        out.append(tuple(items))
+    return tuple(out)
+
+
+def _parse_expected(label: str, metrics: dict[str, Any], err: Any) -> dict[str, Any]:
+    """number -> number; "> LABEL" -> {"op": ">", "than": LABEL}."""
+    out: dict[str, Any] = {}
+    for metric, value in metrics.items():
+        if not METRIC.match(metric):
+            raise err(f"metric '{metric}' is not of the form split/name", "expected", label,
+                      metric, hint="e.g. val/top1")
+        if isinstance(value, str):
+            m = DIRECTION.match(value)
+            if not m:
+                raise err(f"expected a number or a direction '> LABEL', '< LABEL', '~ LABEL', "
+                          f"got {_show(value)}", "expected", label, metric)
+            out[metric] = {"op": m.group(1), "than": m.group(2)}
+        else:
+            out[metric] = value
+    return out
+
+
+def _expected_to_yaml(expected: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {label: {m: (f"{v['op']} {v['than']}" if isinstance(v, dict) else v)
+                    for m, v in metrics.items()} for label, metrics in expected.items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality that keeps true apart from 1 (YAML gives both)."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b

@@ -1,0 +1,146 @@
+"""The sweep language: parsing, line numbers, extends, defaults and the shipped sweeps."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ablate.config import RecipeConfig
+from ablate.errors import SpecError
+from ablate.spec import AXES, load_sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+BASE = """\
+    name: parent
+    description: the parent
+    base:
+      model: {arch: dwnet_nano, kernel_size: 5}
+      data: {name: digits}
+      train: {epochs: 10, warmup_epochs: 1, lr: 1e-3}
+      resources: {cpus: 2}
+    grid: {model.se: [false, true]}
+    arms:
+      k3: {model.kernel_size: 3}
+      swin: {model.arch: ablate_swin_nano, model.kernel_size: 3}
+    seeds: [0, 1]
+    expected:
+      k3: {val/top1: 90.0}
+    max_retries: 5
+"""
+
+
+def test_values_defaults_and_scientific_floats(tmp_path):
+    sweep = load_sweep(write(tmp_path, "p.yaml", BASE))
+    assert sweep.name == "parent" and sweep.results_dir == Path("results/parent")
+    assert sweep.base.train.lr == 1e-3  # "1e-3" is a string to plain YAML 1.1
+    assert sweep.base.train.batch_size == RecipeConfig.batch_size  # unset: the config default
+    assert sweep.base.model.kernel_size == 5 and sweep.base.model.se is None
+    assert (sweep.resources.cpus, sweep.resources.gpus, sweep.max_retries) == (2.0, 0.0, 5)
+    assert sweep.grid == (("model.se", (False, True)),)
+    assert sweep.arms[1] == ("swin", (("model.arch", "ablate_swin_nano"),
+                                      ("model.kernel_size", 3)))
+    assert sweep.seeds == (0, 1) and sweep.max_concurrent is None
+
+
+def test_name_defaults_to_the_file_stem(tmp_path):
+    sweep = load_sweep(write(tmp_path, "my_ablation.yaml", BASE.replace("    name: parent\n", "")))
+    assert sweep.name == "my_ablation"
+
+
+def test_where_gives_the_line_of_every_key(tmp_path):
+    sweep = load_sweep(write(tmp_path, "p.yaml", BASE))
+    assert sweep.where("base", "train", "lr")["line"] == 6
+    assert sweep.where("arms", "swin", "model.kernel_size")["line"] == 11
+    assert sweep.where("grid", "model.se", 1)["line"] == 8
+    assert sweep.where("no", "such", "key")["line"] == 1  # the document itself
+
+
+def test_extends_deep_merges_and_null_removes(tmp_path):
+    write(tmp_path, "parent.yaml", BASE)
+    child = load_sweep(write(tmp_path, "child.yaml", """\
+        description: the child
+        extends: parent.yaml
+        base:
+          train: {epochs: 2}
+        arms:
+          k3: {model.kernel_size: 7}
+          swin: null
+        expected: null
+        seeds: [3]
+    """))
+    assert child.name == "child" and child.description == "the child"  # not inherited
+    assert child.base.train.epochs == 2 and child.base.train.lr == 1e-3  # merged
+    assert child.base.model.kernel_size == 5  # inherited
+    assert child.arms == (("k3", (("model.kernel_size", 7),)),)
+    assert child.expected == {} and child.seeds == (3,) and child.max_retries == 5
+    assert child.extends == ((tmp_path / "parent.yaml").resolve(),)
+    # an error in an inherited key names the file and line that set it
+    assert child.where("grid", "model.se")["file"].endswith("parent.yaml")
+
+
+def test_extends_a_list_merges_in_order(tmp_path):
+    write(tmp_path, "parent.yaml", BASE)
+    write(tmp_path, "cpu.yaml", """\
+        base:
+          train: {epochs: 3, batch_size: 16}
+          resources: {cpus: 1}
+    """)
+    child = load_sweep(write(tmp_path, "c.yaml", """\
+        description: both
+        extends: [parent.yaml, cpu.yaml]
+        base:
+          train: {batch_size: 8}
+    """))
+    assert (child.base.train.epochs, child.base.train.batch_size) == (3, 8)
+    assert child.resources.cpus == 1.0 and child.arms[0][0] == "k3"
+
+
+def test_errors_in_extended_files_name_that_file(tmp_path):
+    write(tmp_path, "parent.yaml", BASE.replace("lr: 1e-3", "lr: -1"))
+    path = write(tmp_path, "c.yaml", "description: c\nextends: parent.yaml\n")
+    with pytest.raises(SpecError) as info:
+        load_sweep(path)
+    assert info.value.file.endswith("parent.yaml") and info.value.line == 6
+    assert info.value.key == "base.train.lr"
+
+
+def test_axes_are_the_config_fields():
+    from ablate.config import DataConfig, ModelConfig
+
+    assert {a for a in AXES if a.startswith("model.")} == {
+        f"model.{f}" for f in ModelConfig.__dataclass_fields__}
+    assert {a for a in AXES if a.startswith("data.")} == {
+        f"data.{f}" for f in DataConfig.__dataclass_fields__}
+    assert {a for a in AXES if a.startswith("train.")} == {
+        f"train.{f}" for f in RecipeConfig.__dataclass_fields__}
+
+
+def test_unsafe_yaml_is_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    path = write(tmp_path, "x.yaml", BASE.replace("    seeds: [0, 1]", "    seeds: !!python/"
+                 f"object/apply:os.system ['touch {marker}']"))
+    with pytest.raises(SpecError, match="not allowed"):
+        load_sweep(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*_cpu.yaml")),
+                         ids=lambda p: p.name)
+def test_cpu_companions_are_small_and_cpu_only(path):
+    sweep = load_sweep(path)
+    assert sweep.base.data.name == "digits" and sweep.base.data.img_size == 32
+    assert sweep.resources.gpus == 0 and sweep.base.train.epochs <= 10
+    archs = {sweep.base.model.arch} | {v for _, ov in sweep.arms for k, v in ov
+                                       if k == "model.arch"}
+    assert all(a.endswith("_nano") for a in archs)
+    paper = load_sweep(path.with_name(path.name.replace("_cpu", "")))
+    assert paper.base.data.name == "imagefolder" and paper.base.data.img_size == 224
+    assert sweep.baseline == paper.baseline and sweep.extends[0] == paper.path.resolve()
