@@ -1,0 +1,192 @@
+"""Reading a sweep file: YAML with line numbers, and ``extends`` merged in.
+
+:func:`_load_tree` gives the raw mapping (the files it extends deep-merged under it) and the
+(file, line) of every key path, so that :mod:`ablate.spec` can point errors at their line.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ablate.errors import SpecError, closest
+
+KeyPath = tuple  # ("grid", "model.group_size", 0): str keys and int list indices
+Loc = tuple  # (file, line)
+NOT_INHERITED = ("name", "description", "extends")
+DROPPABLE = ("grid", "paired", "arms", "expected")  # null entries remove inherited ones
+MAX_NODES = 100_000  # alias bombs end here, not in memory
+
+
+# --- YAML with line numbers --------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, also reading ``1e-3`` as a float (YAML 1.1 alone wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+_MAP, _SEQ = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[KeyPath, Loc]]:
+    """Load one YAML document with the safe loader, recording the line of every key/item."""
+    file = _display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"cannot read sweep file ({type(e).__name__}: {e})", file=file,
+                        hint="check the path; sweeps live in sweeps/NAME.yaml") from None
+    try:
+        loader = _Loader(text)  # the reader rejects non-printable characters here
+    except yaml.YAMLError as e:
+        raise SpecError(f"not a YAML text: {e}", file=file) from None
+    try:
+        node = loader.get_single_node()
+        locs: dict[KeyPath, Loc] = {(): (file, 1)}
+        value = None if node is None else _build(loader, node, (), locs, file, [0, set()])
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        what = " ".join(str(p) for p in (e.context, e.problem) if p)
+        raise SpecError(f"YAML syntax error: {what}", file=file,
+                        line=mark.line + 1 if mark else None,
+                        hint="fix the YAML (indentation, quotes, ':' after keys)") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"YAML error: {e}", file=file) from None
+    finally:
+        loader.dispose()
+    return value, locs
+
+
+def _display(path: Path) -> str:
+    """The path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _build(loader: _Loader, node: yaml.Node, path: KeyPath, locs: dict, file: str,
+           state: list) -> Any:
+    state[0] += 1
+    line = node.start_mark.line + 1
+    if state[0] > MAX_NODES or id(node) in state[1]:
+        raise SpecError("YAML too large or recursive (aliases)", file=file, line=line,
+                        key=_dotted(path) or None)
+    if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
+        loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
+        out: dict[str, Any] = {}
+        state[1].add(id(node))
+        for knode, vnode in node.value:
+            key = loader.construct_object(knode, deep=True)
+            kline = knode.start_mark.line + 1
+            if not isinstance(key, str):
+                text = knode.value if isinstance(knode, yaml.ScalarNode) else "(complex key)"
+                raise SpecError(f"key {text!r} is read as {_show(key).split()[0]}, not a string",
+                                file=file, line=kline, key=_dotted(path) or None,
+                                hint=f"quote it: '{text}'")
+            if key in out:
+                raise SpecError(f"duplicate key '{key}'", file=file, line=kline,
+                                key=_dotted(path + (key,)),
+                                hint=f"first given on line {locs[path + (key,)][1]}")
+            locs[path + (key,)] = (file, kline)
+            out[key] = _build(loader, vnode, path + (key,), locs, file, state)
+        state[1].discard(id(node))
+        return out
+    if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
+        state[1].add(id(node))
+        items = []
+        for i, item in enumerate(node.value):
+            locs[path + (i,)] = (file, item.start_mark.line + 1)
+            items.append(_build(loader, item, path + (i,), locs, file, state))
+        state[1].discard(id(node))
+        return items
+    if not isinstance(node, yaml.ScalarNode):
+        raise SpecError(f"YAML tag {node.tag} is not allowed", file=file, line=line,
+                        key=_dotted(path) or None, hint="use plain mappings, lists and scalars")
+    return loader.construct_object(node, deep=True)
+
+
+# --- extends ----------------------------------------------------------------------------
+
+
+def _load_tree(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[KeyPath, Loc]]:
+    """Load ``path`` and the files it extends, deep-merged in order (this file wins)."""
+    raw, locs = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise SpecError("expected a mapping of sweep keys (name, description, base, grid, ...)",
+                        file=path, line=1, hint="see sweeps/README.md for the format")
+    ext = raw.get("extends")
+    if ext is None:
+        return raw, locs
+    paths = ext if isinstance(ext, list) else [ext]
+    merged: dict = {}
+    merged_locs: dict = {}
+    for i, item in enumerate(paths):
+        at = ("extends", i) if isinstance(ext, list) else ("extends",)
+        base, base_locs = _load_tree(_parent(path, item, chain, locs.get(at, locs[("extends",)]),
+                                             _dotted(at)), (*chain, path.resolve()))
+        for key in NOT_INHERITED:
+            base.pop(key, None)
+        merged, merged_locs = _merge(merged, base), {**merged_locs, **base_locs}
+    merged = _merge(merged, raw)
+    for key in DROPPABLE:
+        if isinstance(merged.get(key), dict):
+            merged[key] = {k: v for k, v in merged[key].items() if v is not None}
+    return merged, {**merged_locs, **locs}
+
+
+def _parent(path: Path, ext: Any, chain: tuple[Path, ...], loc: Loc, key: str) -> Path:
+    """The file that ``extends: ext`` in ``path`` names, checked to exist and not to cycle."""
+    where = {"file": loc[0], "line": loc[1], "key": key}
+    if not isinstance(ext, str) or not ext:
+        raise SpecError(f"expected a file path (or a list of them), got {_show(ext)}", **where)
+    parent = (path.parent / ext).resolve()
+    here = path.resolve()
+    if parent in chain or parent == here:
+        cycle = " -> ".join(p.name for p in (*chain, here, parent))
+        raise SpecError(f"extends cycle: {cycle}", **where, hint="remove one of the extends")
+    if not parent.is_file():
+        near = closest(Path(ext).stem, [p.stem for p in parent.parent.glob("*.yaml")])
+        raise SpecError(f"extended file not found: {ext}", **where,
+                        hint=f"did you mean '{near}.yaml'?" if near else "paths are relative "
+                        "to the extending file")
+    return parent
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base[k], v) if k in base else v
+        return out
+    return over
+
+
+# --- key paths ---------------------------------------------------------------------------
+
+
+def _dotted(path: KeyPath) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
+                   for i, p in enumerate(path))
+
+
+def _show(value: Any) -> str:
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
+            dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)
+    text = repr(value) if not isinstance(value, (dict, list, type(None))) else ""
+    return f"{kind} {text}".strip()[:80]
+
+
+def _where(locs: dict, path: Path, keys: KeyPath) -> dict[str, Any]:
+    keys = tuple(keys)
+    while keys and keys not in locs:
+        keys = keys[:-1]
+    file, line = locs.get(keys, (_display(path), None))
+    return {"file": file, "line": line}
