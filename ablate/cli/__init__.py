@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # matplotlib's PDF font subsetting logs pages at INFO; it is never the user's business.
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -1,0 +1,118 @@
+"""A trial's checkpoints: written atomically after every epoch, pruned, found again on resume.
+
+``tdir/checkpoints/`` holds ``epoch_NNNN.pt`` (the ``keep`` latest) and ``best.pt``. Each file
+is a ``torch.save`` dict (loadable with ``weights_only=True``)::
+
+    {"format": 1, "epoch": int, "model": ..., "optimizer": ..., "scheduler": ..., "scaler": ...,
+     "best": {"val/top1", "epoch"}, "elapsed_s": float, "rng": {"torch", "numpy", "python"}}
+
+A file is written to a temporary name in the same folder, fsynced and renamed over its final
+name, so a crash while writing leaves the previous checkpoints intact; :func:`load_latest`
+skips any file that does not load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CKPT_FORMAT = 1
+BEST = "best.pt"
+_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
+
+log = logging.getLogger(__name__)
+
+
+def epoch_path(ckpt_dir: Path, epoch: int) -> Path:
+    return ckpt_dir / f"epoch_{epoch:04d}.pt"
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """torch.save ``obj`` to ``path`` via a temporary file, fsync and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:  # makes the rename itself durable; not possible on every platform
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], *, is_best: bool, keep: int) -> None:
+    """Write this epoch's checkpoint (and best.pt), then drop all but the ``keep`` latest."""
+    state = {"format": CKPT_FORMAT, **state}
+    save_atomic(state, epoch_path(ckpt_dir, state["epoch"]))
+    if is_best:
+        save_atomic(state, ckpt_dir / BEST)
+    for old in epoch_checkpoints(ckpt_dir)[max(1, keep):]:  # at least one: resume needs it
+        old.unlink(missing_ok=True)
+
+
+def epoch_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The epoch checkpoints in ``ckpt_dir``, newest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _EPOCH_RE.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def load_latest(ckpt_dir: Path) -> dict[str, Any] | None:
+    """The newest epoch checkpoint that loads and is complete; None when there is none."""
+    for path in epoch_checkpoints(ckpt_dir):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, whatever broke it
+            log.warning("skipping unreadable checkpoint %s (%s)", path, type(e).__name__)
+            continue
+        if isinstance(state, dict) and state.get("format") == CKPT_FORMAT and "epoch" in state:
+            return state
+        log.warning("skipping checkpoint %s: not a format-%d checkpoint", path, CKPT_FORMAT)
+    return None
+
+
+def capture_rng() -> dict[str, Any]:
+    """The global RNG states (torch, CUDA, numpy, python) as weights_only-loadable values."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    rng = {"torch": torch.get_rng_state(),
+           "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+           "python": (version, list(internal), gauss_next)}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    name, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = rng["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])

@@ -1,0 +1,379 @@
+"""Data sets and loaders for one trial: digits, CIFAR-10/100, an image folder, or synthetic.
+
+Every data set yields ``(uint8 image tensor, label)`` pairs through the recipe's per-sample
+transforms (ablate.augment) and is addressed by :class:`AugmentKey` indices, so a sample's
+augmentation is a pure function of ``(seed, epoch, index)``: identical with 0 or N workers,
+with persistent workers, and after a resume from any epoch (nothing about the loader needs to
+be checkpointed).
+
+Small data sets (digits, CIFAR, synthetic) are held in memory as uint8 ``(N, H, W, 3)`` arrays;
+an image folder is read lazily from disk. ``validate_data`` checks a configuration without
+loading anything and names the folder and the expected layout when it is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ablate.augment import build_transforms
+from ablate.config import DataConfig, RecipeConfig
+from ablate.errors import DataError, unknown_name_hint
+
+DATA_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+_CIFAR = {  # name -> (folder, train files, test files, label key, classes)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                b"labels", 10),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
+}
+_LAYOUT = {
+    "cifar10": "ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch} (the extracted python "
+               "pickle archive; ROOT may also be that folder itself)",
+    "cifar100": "ROOT/cifar-100-python/{train,test} (the extracted python pickle archive; "
+                "ROOT may also be that folder itself)",
+    "imagefolder": "ROOT/train/CLASS/*.jpg and ROOT/val/CLASS/*.jpg, one folder per class, "
+                   "the same class folders in both",
+}
+
+
+class AugmentKey(NamedTuple):
+    """What the sampler yields: the sample's index and the seed of its augmentation."""
+
+    index: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """The train and validation sets of one DataConfig, and what identifies their content."""
+
+    train: ImageDataset
+    val: ImageDataset
+    num_classes: int
+    fingerprint: str  # sha256 of the content (in-memory sets) or of the file listing (folders)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(image, label) pairs from memory or files, transformed with per-sample seeded RNG."""
+
+    def __init__(self, labels: np.ndarray, *, images: np.ndarray | None = None,
+                 files: list[Path] | None = None, transform: Callable | None = None) -> None:
+        self.images, self.files, self.transform = images, files, transform
+        self.labels = labels.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> Image.Image:
+        if self.images is not None:
+            return Image.fromarray(self.images[index])
+        with Image.open(self.files[index]) as img:
+            return img.convert("RGB")
+
+    def __getitem__(self, key: AugmentKey | int) -> tuple[torch.Tensor, int]:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[AugmentKey | int]) -> list[tuple[torch.Tensor, int]]:
+        """A batch of samples (the DataLoader's batched fetch): RNG states saved once per batch."""
+        with _preserved_rng():
+            return [self._sample(*(k if isinstance(k, tuple) else (k, 0))) for k in keys]
+
+    def _sample(self, index: int, seed: int) -> tuple[torch.Tensor, int]:
+        img = self.load(index)
+        if self.transform is not None:
+            # timm's transforms draw from python's, numpy's and torch's global RNGs
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.default_generator.manual_seed(seed)  # torch.manual_seed also seeds CUDA: slow
+            img = self.transform(img)
+        return img, int(self.labels[index])
+
+
+class _preserved_rng:
+    """In the main process (workers=0), restore the global RNG states after loading a batch.
+
+    Loading data then never perturbs Mixup's (numpy) or stochastic depth's (torch) streams;
+    in a worker process there is nothing to preserve.
+    """
+
+    def __enter__(self) -> None:
+        self.saved = None
+        if torch.utils.data.get_worker_info() is None:
+            self.saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.saved is not None:
+            random.setstate(self.saved[0])
+            np.random.set_state(self.saved[1])
+            torch.set_rng_state(self.saved[2])
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffled (or ordered) pass over the data whose order and seeds depend on (seed, epoch).
+
+    Call ``set_epoch`` before iterating; the permutation and every sample's augmentation seed
+    are derived from it, so no sampler state has to survive a restart.
+    """
+
+    def __init__(self, n: int, *, seed: int, shuffle: bool) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[AugmentKey]:
+        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
+        for i in order.tolist():
+            yield AugmentKey(i, seeds[i])
+
+
+def _mix(*parts: int) -> int:
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+# -- validation --------------------------------------------------------------------------------
+
+
+def validate_data(cfg: DataConfig) -> None:
+    """Check a DataConfig without loading images; raise DataError naming the path and layout."""
+    if cfg.name not in DATA_NAMES:
+        raise DataError(f"unknown data set {cfg.name!r}", key="data.name",
+                        hint=unknown_name_hint(cfg.name, DATA_NAMES))
+    if cfg.img_size < 8:
+        raise DataError(f"img_size {cfg.img_size} is too small", key="data.img_size",
+                        hint="use 8 or more (the nano models expect 32)")
+    if cfg.name == "digits" and not 0 < cfg.val_fraction < 1:
+        raise DataError(f"val_fraction {cfg.val_fraction} is not in (0, 1)",
+                        key="data.val_fraction", hint="e.g. 0.2")
+    if cfg.name == "synthetic" and cfg.num_classes is not None and cfg.num_classes < 2:
+        raise DataError("synthetic data needs at least 2 classes", key="data.num_classes")
+    if cfg.name in _CIFAR:
+        _cifar_dir(cfg)
+    elif cfg.name == "imagefolder":
+        _folder_classes(cfg)
+
+
+def _require_root(cfg: DataConfig) -> Path:
+    if not cfg.root:
+        raise DataError(f"data set {cfg.name!r} needs a folder", key="data.root",
+                        hint=f"set data.root; expected layout: {_LAYOUT[cfg.name]}")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DataError("data folder does not exist", file=root, key="data.root",
+                        hint=f"expected layout: {_LAYOUT[cfg.name]}")
+    return root
+
+
+def _cifar_dir(cfg: DataConfig) -> Path:
+    root = _require_root(cfg)
+    folder, train, test, _, _ = _CIFAR[cfg.name]
+    base = root if root.name == folder else root / folder
+    missing = [f for f in train + test if not (base / f).is_file()]
+    if missing:
+        raise DataError(f"missing {', '.join(missing)}", file=base, key="data.root",
+                        hint=f"expected layout: {_LAYOUT[cfg.name]}")
+    return base
+
+
+def _folder_classes(cfg: DataConfig) -> dict[str, list[str]]:
+    """Class folder names of ROOT/train and ROOT/val (each non-empty, the same in both)."""
+    root = _require_root(cfg)
+    found = {}
+    for split in ("train", "val"):
+        d = root / split
+        if not d.is_dir():
+            raise DataError(f"no {split}/ folder", file=root, key="data.root",
+                            hint=f"expected layout: {_LAYOUT['imagefolder']}")
+        classes = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise DataError("no class folders", file=d, key="data.root",
+                            hint=f"expected layout: {_LAYOUT['imagefolder']}")
+        found[split] = classes
+    if found["train"] != found["val"]:
+        diff = sorted(set(found["train"]) ^ set(found["val"]))
+        raise DataError(f"train/ and val/ have different class folders ({', '.join(diff[:5])})",
+                        file=root, key="data.root",
+                        hint=f"give both splits the same classes; layout: {_LAYOUT['imagefolder']}")
+    return found
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def load_splits(cfg: DataConfig, recipe: RecipeConfig | None = None) -> DataSplits:
+    """Load (or index) the train and validation sets of ``cfg`` with the recipe's transforms.
+
+    The split never depends on the trial seed. ``num_train``/``num_val`` cap each split to a
+    fixed (seed-independent) subset.
+    """
+    validate_data(cfg)
+    loader = {"digits": _load_digits, "synthetic": _load_synthetic,
+              "imagefolder": _load_folder}.get(cfg.name, _load_cifar)
+    (tr_x, tr_y), (va_x, va_y), num_classes = loader(cfg)
+    tr_x, tr_y = _cap(tr_x, tr_y, cfg.num_train)
+    va_x, va_y = _cap(va_x, va_y, cfg.num_val)
+    if len(tr_y) == 0 or len(va_y) == 0:
+        raise DataError("a split is empty", file=cfg.root, key="data",
+                        hint="check num_train/num_val and the data folder")
+    train_tf, val_tf = build_transforms(cfg, recipe or RecipeConfig())
+    splits = []
+    for x, y, tf in ((tr_x, tr_y, train_tf), (va_x, va_y, val_tf)):
+        files = x if isinstance(x, list) else None
+        splits.append(ImageDataset(y, images=None if files else x, files=files, transform=tf))
+    return DataSplits(splits[0], splits[1], num_classes, _fingerprint(cfg, tr_x, tr_y, va_x, va_y))
+
+
+def _cap(x: Any, y: np.ndarray, n: int | None) -> tuple[Any, np.ndarray]:
+    if n is None or n >= len(y):
+        return x, y
+    keep = np.sort(np.random.default_rng(0).permutation(len(y))[:n])
+    return ([x[i] for i in keep] if isinstance(x, list) else x[keep]), y[keep]
+
+
+def _load_digits(cfg: DataConfig):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    grey = torch.from_numpy(digits.images).float()[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
+    big = torch.nn.functional.interpolate(grey, size=(cfg.img_size, cfg.img_size),
+                                          mode="bicubic", align_corners=False)
+    rgb = (big.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
+    x = rgb.permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 3)
+    idx = np.arange(len(x))
+    tr, va = train_test_split(idx, test_size=cfg.val_fraction, stratify=digits.target,
+                              random_state=0)  # fixed: the split is part of the data set
+    return (x[tr], digits.target[tr]), (x[va], digits.target[va]), 10
+
+
+def _load_synthetic(cfg: DataConfig):
+    """A learnable toy task: one smooth random colour pattern per class, plus noise (tests only).
+
+    The patterns are 2x2 colour fields upscaled, so random crops keep the class's colours.
+    """
+    k, size = cfg.num_classes or 4, cfg.img_size
+    rng = np.random.default_rng(1234)
+    coarse = torch.from_numpy(rng.uniform(0, 255, (k, 3, 2, 2)))
+    templates = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear",
+                                                align_corners=True).permute(0, 2, 3, 1).numpy()
+
+    def make(n: int):
+        y = np.arange(n) % k
+        x = 0.6 * templates[y] + 0.4 * rng.uniform(0, 255, (n, size, size, 3))
+        return x.astype(np.uint8), y
+
+    return make(cfg.num_train or 256), make(cfg.num_val or 64), k
+
+
+def _load_cifar(cfg: DataConfig):
+    base = _cifar_dir(cfg)
+    _, train, test, label_key, k = _CIFAR[cfg.name]
+
+    def read(files: list[str]):
+        xs, ys = [], []
+        for f in files:
+            try:
+                with open(base / f, "rb") as fh:
+                    batch = pickle.load(fh, encoding="bytes")
+                xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(batch[label_key]))
+            except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+                raise DataError(f"not a CIFAR python batch ({type(e).__name__})", file=base / f,
+                                hint=f"expected layout: {_LAYOUT[cfg.name]}") from None
+        return np.concatenate(xs).transpose(0, 2, 3, 1).copy(), np.concatenate(ys)
+
+    return read(train), read(test), k
+
+
+def _load_folder(cfg: DataConfig):
+    classes = _folder_classes(cfg)["train"]
+    root = Path(cfg.root).expanduser()
+    out = []
+    for split in ("train", "val"):
+        files, labels = [], []
+        for label, name in enumerate(classes):
+            for p in sorted((root / split / name).rglob("*")):
+                if p.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(p)
+                    labels.append(label)
+        if not files:
+            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {split}/", file=root,
+                            key="data.root", hint=f"expected layout: {_LAYOUT['imagefolder']}")
+        out.append((files, np.asarray(labels)))
+    return out[0], out[1], len(classes)
+
+
+def _fingerprint(cfg: DataConfig, *parts: Any) -> str:
+    h = hashlib.sha256(f"{cfg.name}:{cfg.img_size}".encode())
+    for part in parts:
+        if isinstance(part, list):  # files: the listing (names and sizes) is cheap and enough
+            for p in part:
+                h.update(f"{p}:{p.stat().st_size}".encode())
+        else:
+            h.update(np.ascontiguousarray(part).tobytes())
+    return h.hexdigest()[:16]
+
+
+# -- loaders --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """The training and validation loaders of one trial."""
+
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
+
+    def set_epoch(self, epoch: int) -> None:
+        self.train.sampler.set_epoch(epoch)
+
+    def close(self) -> None:
+        """Stop persistent worker processes now rather than whenever the loaders are collected."""
+        for loader in (self.train, self.val):
+            # DataLoader keeps its persistent iterator here (no public API to stop it); an
+            # epoch's iterator may outlive us in a traceback, so shut the workers down explicitly
+            if getattr(loader, "_iterator", None) is not None:
+                loader._iterator._shutdown_workers()
+                loader._iterator = None
+
+
+def build_loaders(splits: DataSplits, recipe: RecipeConfig, *, seed: int,
+                  pin_memory: bool = False) -> Loaders:
+    """Training (shuffled, full batches only) and validation loaders with recipe.workers.
+
+    Workers are persistent and prefetch several batches, so the next batch is ready while the
+    model computes; each loader owns a generator so creating iterators never draws from the
+    global torch RNG.
+    """
+    if len(splits.train) < recipe.batch_size:
+        raise DataError(f"{len(splits.train)} training images are fewer than one batch "
+                        f"({recipe.batch_size})", key="train.batch_size",
+                        hint="lower train.batch_size or raise data.num_train")
+    workers = max(0, recipe.workers)
+    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
+                  prefetch_factor=4 if workers else None)
+    train = torch.utils.data.DataLoader(
+        splits.train, batch_size=recipe.batch_size, drop_last=True,
+        sampler=EpochSampler(len(splits.train), seed=seed, shuffle=True),
+        generator=torch.Generator().manual_seed(seed), **common)
+    val = torch.utils.data.DataLoader(
+        splits.val, batch_size=recipe.batch_size, drop_last=False,
+        sampler=EpochSampler(len(splits.val), seed=0, shuffle=False),
+        generator=torch.Generator().manual_seed(0), **common)
+    return Loaders(train, val)

@@ -1,0 +1,372 @@
+"""Train and evaluate one trial, resumably: the code path of both the runner and `ablate train`.
+
+:func:`train_trial` reads as its phases: open the record, build data/model/optimisation,
+resume from the latest checkpoint, then per epoch train, evaluate, record, checkpoint, report;
+finally write the result. The recipe is Swin's (paper-notes.md) through timm's factories:
+AdamW without decay on norms/biases/1-D parameters, lr scaled by batch/512, cosine schedule
+with warm-up stepped per iteration, gradient clipping, Mixup/CutMix with soft-target loss (or
+label smoothing), stochastic depth through the model's ``drop_path_rate``; AMP and
+channels-last on CUDA only.
+
+Reproducibility: the global RNGs are seeded from the trial seed; the data order and every
+augmentation are functions of (seed, epoch, sample) (see ablate.data), and the checkpoint
+holds the global RNG states that Mixup (numpy) and stochastic depth (torch) draw from, so on
+CPU a trial resumed at an epoch boundary reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import resource
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ablate import checkpoint, record
+from ablate.augment import BatchPrep
+from ablate.config import RecipeConfig, Trial
+from ablate.data import Loaders, build_loaders, load_splits
+from ablate.errors import TrialError
+from ablate.provenance import collect_provenance
+
+log = logging.getLogger(__name__)
+
+# Metrics that measure the machine rather than the model: they differ between two runs.
+TIMING_KEYS = ("train/img_per_s", "train/data_wait_frac", "time/epoch_s", "mem/peak_mb")
+Report = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class _Run:
+    """Everything one attempt at a trial trains with (internal; never crosses a boundary)."""
+
+    trial: Trial
+    tdir: Path
+    device: torch.device
+    loaders: Loaders
+    prep: BatchPrep  # uint8 batch -> normalised (and erased, in training) on the device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # timm CosineLRScheduler
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None  # None: full precision
+    mixup: Any  # timm Mixup or None
+    criterion: torch.nn.Module
+    steps_per_epoch: int
+    params: int
+    flops: int | None
+    provenance: dict[str, Any]
+    best: dict[str, Any]  # {"val/top1", "epoch"}
+    elapsed_s: float  # training wall time of earlier attempts, from the checkpoint
+
+
+def train_trial(trial: Trial, tdir: Path, *, report: Report | None = None,
+                device: str | None = None) -> dict[str, Any]:
+    """Train ``trial`` in ``tdir`` (resuming from its latest checkpoint); return result.json.
+
+    A finished trial (done or diverged) returns its stored result without training. A NaN or
+    infinite loss ends the trial as "diverged" without raising. Any exception writes state
+    "failed" with the error and traceback, then propagates. ``report(row)`` is called after
+    every epoch with that epoch's metrics row.
+    """
+    tdir = Path(tdir)
+    finished = _finished_result(tdir, trial)
+    if finished is not None:
+        return finished
+    _open_record(tdir, trial)
+    run = None
+    try:
+        run = _setup(trial, tdir, device)
+        start_epoch = _resume(run)
+        return _train_epochs(run, start_epoch, report)
+    except Exception as e:
+        record.write_state(tdir, record.FAILED, error=_error_record(e))
+        raise
+    finally:
+        if run is not None:
+            run.loaders.close()
+
+
+def _finished_result(tdir: Path, trial: Trial) -> dict[str, Any] | None:
+    if (tdir / "trial.json").exists() and record.read_trial(tdir).id != trial.id:
+        raise TrialError(f"folder holds trial {record.read_trial(tdir).id}, not {trial.id}",
+                         file=tdir, hint="give each trial its own folder")
+    if record.read_state(tdir) in record.FINISHED and (result := record.read_result(tdir)):
+        log.info("trial %s already %s", trial.id, result.get("state"))
+        return result
+    return None
+
+
+def _open_record(tdir: Path, trial: Trial) -> None:
+    tdir.mkdir(parents=True, exist_ok=True)
+    record.write_trial(tdir, trial)
+    attempt = (record.read_state_raw(tdir) or {}).get("attempt", 0) + 1
+    record.write_state(tdir, record.RUNNING, attempt=attempt)
+
+
+def _error_record(e: BaseException) -> dict[str, str]:
+    from ablate.failures import classify_exception
+
+    return {"type": type(e).__name__, "message": str(e), "kind": classify_exception(e).kind,
+            "traceback": "".join(traceback.format_exception(e))}
+
+
+# -- setup -------------------------------------------------------------------------------------
+
+
+def _setup(trial: Trial, tdir: Path, device_arg: str | None) -> _Run:
+    """Seed, then build data, model, optimisation and provenance for one attempt."""
+    cfg = trial.config
+    device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _seed_everything(cfg.seed)
+    splits = load_splits(cfg.data, cfg.train)
+    loaders = build_loaders(splits, cfg.train, seed=cfg.seed, pin_memory=device.type == "cuda")
+    model, params, flops = _build_model(trial, splits.num_classes, device)
+    steps = len(loaders.train)
+    optimizer, scheduler = _build_optimisation(model, cfg.train, steps)
+    amp_dtype = _amp_dtype(cfg.train, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    mixup, criterion = _build_mixing(cfg.train, splits.num_classes)
+    prov = collect_provenance(device=device, data_fingerprint=splits.fingerprint, seed=cfg.seed,
+                              params=params, flops=flops)
+    record.write_provenance(tdir, prov)
+    return _Run(trial=trial, tdir=tdir, device=device, loaders=loaders,
+                prep=BatchPrep(cfg.train, device), model=model, optimizer=optimizer,
+                scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, mixup=mixup,
+                criterion=criterion, steps_per_epoch=steps, params=params, flops=flops,
+                provenance=prov, best={"val/top1": None, "epoch": None}, elapsed_s=0.0)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _build_model(trial: Trial, num_classes: int, device: torch.device):
+    from ablate import models
+
+    m = trial.config.model
+    model = models.create_model(m.arch, num_classes=num_classes, **m.axes())
+    params = models.count_params(model)
+    flops = models.model_stats(m.arch, num_classes=num_classes,
+                               img_size=trial.config.data.img_size, **m.axes()).flops
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, params, flops
+
+
+def _build_optimisation(model: torch.nn.Module, recipe: RecipeConfig, steps_per_epoch: int):
+    """AdamW + per-iteration cosine schedule with warm-up; all lrs scaled by batch/512."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+
+    scale = recipe.batch_size / 512
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=recipe.lr * scale,
+                                    weight_decay=recipe.weight_decay, filter_bias_and_bn=True,
+                                    betas=(0.9, 0.999), eps=1e-8)
+    total = recipe.epochs * steps_per_epoch
+    warmup = min(int(recipe.warmup_epochs * steps_per_epoch), max(total - 1, 0))
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(total - warmup, 1),
+                                  lr_min=recipe.min_lr * scale, warmup_t=warmup,
+                                  warmup_lr_init=recipe.warmup_lr * scale, warmup_prefix=True,
+                                  t_in_epochs=False)
+    return optimizer, scheduler
+
+
+def _amp_dtype(recipe: RecipeConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or not recipe.amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _build_mixing(recipe: RecipeConfig, num_classes: int):
+    """timm Mixup/CutMix with soft-target loss, or label smoothing when mixing is off."""
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if recipe.mixup > 0 or recipe.cutmix > 0:
+        if recipe.batch_size % 2:
+            raise TrialError(f"Mixup/CutMix need an even batch size, got {recipe.batch_size}",
+                             key="train.batch_size", hint="use an even batch size")
+        mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix,
+                      switch_prob=recipe.mixup_switch_prob, mode="batch",
+                      label_smoothing=recipe.label_smoothing, num_classes=num_classes)
+        return mixup, SoftTargetCrossEntropy()
+    if recipe.label_smoothing > 0:
+        return None, LabelSmoothingCrossEntropy(smoothing=recipe.label_smoothing)
+    return None, torch.nn.CrossEntropyLoss()
+
+
+def _resume(run: _Run) -> int:
+    """Load the latest valid checkpoint into ``run``; return the number of finished epochs."""
+    state = checkpoint.load_latest(run.tdir / "checkpoints")
+    if state is None:
+        record.truncate_metrics(run.tdir, 0)
+        return 0
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.best, run.elapsed_s = dict(state["best"]), float(state["elapsed_s"])
+    checkpoint.restore_rng(state["rng"])
+    record.truncate_metrics(run.tdir, state["epoch"])
+    log.info("trial %s: resuming after epoch %d", run.trial.id, state["epoch"])
+    return int(state["epoch"])
+
+
+# -- the epoch loop ----------------------------------------------------------------------------
+
+
+class _Diverged(Exception):
+    """The training loss became NaN or infinite at (epoch, step)."""
+
+
+def _train_epochs(run: _Run, start_epoch: int, report: Report | None) -> dict[str, Any]:
+    """Per epoch: train, evaluate, record, checkpoint, report; then write the result."""
+    recipe, t_start = run.trial.config.train, time.perf_counter()
+    for epoch in range(start_epoch + 1, recipe.epochs + 1):
+        t_epoch = time.perf_counter()
+        _reset_peak_memory(run.device)
+        try:
+            row = {"epoch": epoch, **_train_one_epoch(run, epoch)}
+        except _Diverged as d:
+            log.warning("trial %s diverged: %s", run.trial.id, d)
+            return _finish(run, record.DIVERGED, t_start, diverged=d.args[0])
+        row.update(_evaluate(run))
+        row["time/epoch_s"] = time.perf_counter() - t_epoch
+        row["mem/peak_mb"] = _peak_memory_mb(run.device)
+        _record_epoch(run, row, time.perf_counter() - t_start)
+        log.debug("trial %s epoch %d: %s", run.trial.id, epoch, row)
+        if report is not None:
+            report(dict(row))
+    return _finish(run, record.DONE, t_start)
+
+
+def _train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
+    """One pass over the training data; time spent blocked on the loader is measured apart."""
+    run.model.train()
+    run.loaders.set_epoch(epoch)
+    batches, batch_size = iter(run.loaders.train), run.trial.config.train.batch_size
+    wait = loss_sum = 0.0
+    t0 = time.perf_counter()
+    for step in range(run.steps_per_epoch):
+        t_wait = time.perf_counter()
+        x, y = next(batches)
+        x, y = run.prep(x, train=True), y.to(run.device, non_blocking=True)
+        wait += time.perf_counter() - t_wait  # loading and preparing the batch
+        loss = _train_step(run, x, y)
+        if not math.isfinite(loss):
+            raise _Diverged({"epoch": epoch, "step": step + 1, "loss": str(loss)})
+        loss_sum += loss
+        run.scheduler.step_update(num_updates=(epoch - 1) * run.steps_per_epoch + step + 1)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    seconds = time.perf_counter() - t0
+    return {"train/loss": loss_sum / run.steps_per_epoch,
+            "train/lr": run.optimizer.param_groups[0]["lr"],
+            "train/img_per_s": run.steps_per_epoch * batch_size / seconds,
+            "train/data_wait_frac": wait / seconds}
+
+
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Forward, backward, clip, step; returns the loss (NaN/inf is left for the caller)."""
+    if run.mixup is not None:
+        x, y = run.mixup(x, y)
+    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        loss = run.criterion(run.model(x), y)
+    value = loss.item()  # one sync per step on a GPU: the price of stopping a divergence at once
+    if not math.isfinite(value):
+        return value
+    run.optimizer.zero_grad(set_to_none=True)
+    clip = run.trial.config.train.clip_grad
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.optimizer)
+    else:
+        loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    return value
+
+
+@torch.no_grad()
+def _evaluate(run: _Run) -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent, timm's convention) on the whole validation set."""
+    from timm.utils import accuracy
+
+    run.model.eval()
+    n, loss_sum, top1_sum, top5_sum = 0, 0.0, 0.0, 0.0
+    for x, y in run.loaders.val:
+        x, y = run.prep(x, train=False), y.to(run.device, non_blocking=True)
+        with torch.autocast(run.device.type, dtype=run.amp_dtype,
+                            enabled=run.amp_dtype is not None):
+            logits = run.model(x).float()
+        top1, top5 = accuracy(logits, y, topk=(1, min(5, logits.shape[1])))
+        b = y.shape[0]
+        n += b
+        loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        top1_sum += top1.item() * b
+        top5_sum += top5.item() * b
+    return {"val/loss": loss_sum / n, "val/top1": top1_sum / n, "val/top5": top5_sum / n}
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated this epoch; CPU: the process's peak resident set so far."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# -- record ------------------------------------------------------------------------------------
+
+
+def _record_epoch(run: _Run, row: dict[str, Any], attempt_s: float) -> None:
+    """Append the row, then checkpoint: a crash in between only re-runs this epoch."""
+    epoch = row["epoch"]
+    is_best = run.best["val/top1"] is None or row["val/top1"] > run.best["val/top1"]
+    if is_best:
+        run.best = {"val/top1": row["val/top1"], "epoch": epoch}
+    record.append_metrics(run.tdir, row)
+    state = {"epoch": epoch, "model": run.model.state_dict(),
+             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+             "best": run.best, "elapsed_s": run.elapsed_s + attempt_s,
+             "rng": checkpoint.capture_rng()}
+    checkpoint.save_checkpoint(run.tdir / "checkpoints", state, is_best=is_best,
+                               keep=run.trial.config.train.keep_checkpoints)
+
+
+def _finish(run: _Run, state: str, t_start: float, **extra: Any) -> dict[str, Any]:
+    """Write result.json, the wall time into provenance.json, and the final state."""
+    rows = record.read_metrics(run.tdir)
+    wall = run.elapsed_s + time.perf_counter() - t_start
+    result = {"state": state, "final": rows[-1] if rows else {}, "best": run.best,
+              "epochs": len(rows), "wall_time_s": wall, "params": run.params,
+              "flops": run.flops, **extra}
+    record.write_result(run.tdir, result)
+    record.write_provenance(run.tdir, {**run.provenance, "wall_time_s": wall})
+    record.write_state(run.tdir, state)
+    log.info("trial %s %s after %d epochs (best val/top1 %s)", run.trial.id, state, len(rows),
+             run.best["val/top1"])
+    return record.read_result(run.tdir)

@@ -1,0 +1,85 @@
+"""`ablate train`: one trial by hand, from a config file or from a sweep and a trial id."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from ablate import record
+from ablate.cli import main
+
+TINY = {"model": {"arch": "dwnet_nano"},
+        "data": {"name": "synthetic", "num_train": 32, "num_val": 16, "num_classes": 4},
+        "train": {"epochs": 2, "batch_size": 16, "warmup_epochs": 1, "workers": 0},
+        "seed": 1}
+
+
+def test_trains_from_a_config_file_and_prints_each_epoch(tmp_path, capsys):
+    cfg = tmp_path / "trial.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/2" in out and "epoch 2/2" in out and "val/top1" in out and "img/s" in out
+    assert out.strip().splitlines()[-1].startswith("done: 2 epochs")
+    assert len(record.read_metrics(tmp_path / "t")) == 2
+    trial = record.read_trial(tmp_path / "t")
+    assert trial.config.seed == 1 and trial.config.train.epochs == 2
+    # the written trial.json is itself a valid input, naming the same trial
+    assert main(["train", str(tmp_path / "t" / "trial.json"), "--out", str(tmp_path / "t")]) == 0
+    assert "done: 2 epochs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content,message", [
+    ({**TINY, "train": {"epoch": 2}}, "train.epoch: unknown key 'epoch'; did you mean 'epochs'"),
+    ({**TINY, "train": {"epochs": "two"}}, "train.epochs: expected int, got 'two'"),
+    ({**TINY, "modle": {}}, "modle: unknown key"),
+    ({"data": {}}, "model: needs a 'model' mapping"),
+    ({**TINY, "model": {"arch": "dwnet_nano", "group_size": "8"}}, "model.group_size"),
+    ({**TINY, "model": {"arch": "dwnet_nan"}}, "model.arch: unknown model 'dwnet_nan'"),
+    ({**TINY, "data": {"name": "imagefolder", "root": "/no/such/dir"}},
+     "data.root: data folder does not exist (/no/such/dir); expected layout: ROOT/train/"),
+])
+def test_malformed_config_is_one_line_naming_the_key(tmp_path, capsys, content, message):
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps(content))
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and str(cfg) in err
+
+
+def test_missing_file_and_missing_arguments(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "trial config file not found" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    assert "no trial given" in capsys.readouterr().err
+    assert main(["train", "--trial", "abc"]) == 2
+    assert "--sweep and --trial" in capsys.readouterr().err
+    assert main(["train", "--sweep", "s.yaml", "--trial", "abc", "--out", "x"]) == 2
+    assert "with --sweep, give --results" in capsys.readouterr().err
+
+
+def write_sweep(tmp_path):
+    sweep = {"name": "tiny", "description": "two seeds of a tiny trial",
+             "base": {k: v for k, v in TINY.items() if k != "seed"}, "seeds": [0, 1]}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def test_trains_one_trial_of_a_sweep(tmp_path, capsys):
+    from ablate.plan import load_plan
+
+    path = write_sweep(tmp_path)
+    _, trials = load_plan(path)
+    target = trials[1]
+    results = tmp_path / "results"
+    assert main(["train", "--sweep", str(path), "--trial", target.id[:6],
+                 "--results", str(results)]) == 0
+    tdir = record.trial_dir(results, target.id)
+    assert record.read_state(tdir) == record.DONE and record.read_trial(tdir) == target
+    assert [p.name for p in record.list_trial_dirs(results)] == [target.id]
+    assert main(["train", "--sweep", str(path), "--trial", "fffffff",
+                 "--results", str(results)]) == 2
+    assert "unknown trial id 'fffffff'" in capsys.readouterr().err
