@@ -1,5 +1,257 @@
-"""(being written)"""
+"""``ablate run``, ``ablate resume`` and ``ablate status``: run a sweep on Ray and watch it.
+
+The runner (``ablate.runner``) does the work and reports through events; this module turns them
+into a live progress line on a terminal (a start and an end line otherwise), the end-of-run
+summary, and the status table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a sweep on Ray Tune (skips trials already done)",
+                       description="Plan SWEEP.yaml and run every trial not done yet as a Ray "
+                       "Tune trial; finished trials in the results folder are never rerun.")
+    p.add_argument("sweep", metavar="SWEEP.yaml", help="the sweep file")
+    p.add_argument("--results", metavar="DIR", help="results folder (default results/<name>)")
+    _ray_options(p)
+    p.add_argument("--yes", action="store_true",
+                   help="confirm a plan above max_trials, or reusing another sweep's folder")
+    p.set_defaults(func=run_command)
+
+    p = sub.add_parser("resume", help="finish what is left of a sweep's results folder",
+                       description="Run the plan stored in RESULTS_DIR/sweep.json again: done "
+                       "trials are skipped, interrupted and failed ones continue from their "
+                       "last checkpoint.")
+    p.add_argument("results", metavar="RESULTS_DIR")
+    _ray_options(p)
+    p.set_defaults(func=resume_command)
+
+    p = sub.add_parser("status", help="show every trial's state (also during a run)")
+    p.add_argument("results", metavar="RESULTS_DIR")
+    p.add_argument("--json", action="store_true", help="one JSON object per trial, as a list")
+    p.set_defaults(func=status_command)
 
 
-def add_parser(sub):
-    pass
+def _ray_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", metavar="ADDR",
+                   help="join this Ray cluster (e.g. ray://head:10001 or auto) instead of "
+                   "starting a local Ray; its nodes must see the results folder")
+    p.add_argument("--max-concurrent", type=_positive_int, metavar="N",
+                   help="at most N trials at once (default: the sweep's max_concurrent)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of trials >= 1, got {text!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------ run / resume
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from ablate.plan import load_plan
+
+    sweep, trials = load_plan(args.sweep, confirm=args.yes)
+    results = Path(args.results) if args.results else Path(sweep.results_dir)
+    _check_folder_owner(results, sweep.name, args.yes)
+    return _execute(trials, results, name=sweep.name, source=str(sweep.path),
+                    max_concurrent=args.max_concurrent or sweep.max_concurrent,
+                    address=args.address)
+
+
+def resume_command(args: argparse.Namespace) -> int:
+    from ablate import bookkeeping
+
+    results = Path(args.results)
+    manifest = bookkeeping.read_manifest(results)
+    return _execute(manifest["trials"], results, name=manifest["name"],
+                    source=manifest.get("source"),
+                    max_concurrent=args.max_concurrent or manifest.get("max_concurrent"),
+                    address=args.address)
+
+
+def _check_folder_owner(results: Path, name: str, yes: bool) -> None:
+    from ablate import bookkeeping
+    from ablate.errors import TrialError
+
+    if not (results / bookkeeping.MANIFEST).exists() or yes:
+        return
+    other = bookkeeping.read_manifest(results)["name"]
+    if other != name:
+        raise TrialError(f"this results folder holds sweep '{other}', not '{name}'",
+                         file=results, hint="pass another --results folder, or --yes to add "
+                         "this sweep's trials to it")
+
+
+def _execute(trials: list, results: Path, **kw: Any) -> int:
+    """Run the plan with a progress display, print the summary, then tables and figures."""
+    from ablate import bookkeeping, runner
+
+    finished, todo = bookkeeping.split_finished(trials, results)
+    print(f"ablate: sweep {kw['name']}: {len(trials)} trials, {len(finished)} already finished, "
+          f"{len(todo)} to run; results in {results}", flush=True)
+    display = _Progress(tty=sys.stdout.isatty())
+    if todo and display.tty:
+        display.show("starting Ray and the first trials ...")
+    summary = runner.run_plan(trials, results, on_event=display.on_event, **kw)
+    display.close()
+    _print_summary(summary, trials, results)
+    if summary.done or (summary.skipped and not _results_up_to_date(results)):
+        _make_results(results)
+    elif summary.skipped:
+        print(f"ablate: tables and figures in {results} are up to date")
+    return 1 if summary.failed or summary.unfinished else 0
+
+
+class _Progress:
+    """A live progress line on a terminal; silent otherwise (the summary follows anyway)."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.width = tty, 0
+
+    def on_event(self, event: Any) -> None:
+        if not self.tty:
+            return
+        p = event.progress
+        if event.kind == "failed":
+            self.show("")
+            print(f"  trial {event.trial_id} failed", flush=True)
+        if event.kind == "retry":
+            self.show("")
+            print(f"  trial {event.trial_id}: worker lost, retrying from its checkpoint",
+                  flush=True)
+        eta = f", about {_duration(p.eta_s)} left" if p.eta_s is not None else ""
+        self.show(f"[{_duration(p.elapsed_s)}] {p.done} done, {p.running} running, "
+                    f"{p.failed} failed, {p.left} waiting{eta}")
+
+    def show(self, line: str) -> None:
+        sys.stdout.write("\r" + line.ljust(self.width))
+        if not line:
+            sys.stdout.write("\r")
+        sys.stdout.flush()
+        self.width = len(line)
+
+    def close(self) -> None:
+        if self.tty and self.width:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+def _print_summary(summary: Any, trials: list, results: Path) -> None:
+    from ablate.failures import group_by_first_line
+
+    n_done = len(summary.done) + len(summary.skipped)
+    print(f"ablate: {n_done} of {len(trials)} trials finished ({len(summary.done)} in this run), "
+          f"{len(summary.failed)} failed, {len(summary.unfinished)} unfinished, in "
+          f"{_duration(summary.wall_s)}")
+    arms = {t.id: t.arm for t in trials}
+    if summary.diverged:
+        print(f"  {len(summary.diverged)} diverged (a finished result, recorded as such): "
+              + ", ".join(f"{i} [{arms.get(i, '?')}]" for i in summary.diverged[:5]))
+    groups = group_by_first_line(summary.failed)
+    for line, ids in groups:
+        kind = summary.failed[ids[0]].kind
+        if len(ids) == 1:
+            print(f"  failed ({kind}): {ids[0]} [{arms.get(ids[0], '?')}]: {line}")
+        else:
+            shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+            print(f"  {len(ids)} trials failed ({kind}) with: {line}\n    {shown}")
+    if summary.failed or summary.unfinished:
+        print(f"  details: ablate status {shlex.quote(str(results))}")
+        print(f"  resume with: ablate resume {shlex.quote(str(results))}")
+
+
+def _results_up_to_date(results: Path) -> bool:
+    """Whether the collected tables are newer than every trial record (nothing to redo)."""
+    from ablate import record
+
+    table = results / "trials.parquet"
+    if not table.exists():
+        return False
+    newest = max((p.stat().st_mtime for d in record.list_trial_dirs(results)
+                  for p in d.glob("*.json*")), default=0.0)
+    return newest < table.stat().st_mtime
+
+
+def _make_results(results: Path) -> None:
+    """Collect the tables, draw the figures, write the report; say where each went."""
+    from ablate.collect import collect_results
+    from ablate.errors import AblateError
+    from ablate.figures import draw_figures
+    from ablate.report import write_report
+
+    try:
+        summary = collect_results(results)
+    except AblateError as err:
+        print(f"ablate: no tables: {err}", file=sys.stderr)
+        return
+    for warning in summary.warnings:
+        print(f"ablate: warning: {warning}", file=sys.stderr)
+    print(f"ablate: tables: {results / 'trials.parquet'}, {results / 'epochs.parquet'} "
+          f"({summary.rows} trials)")
+    for what, make in (("figures", draw_figures), ("report", write_report)):
+        try:
+            paths = make(results)
+        except AblateError as err:
+            print(f"ablate: no {what}: {err}", file=sys.stderr)
+            continue
+        folders = sorted({str(Path(p).parent) for p in paths})
+        print(f"ablate: {what}: {len(paths)} files in {', '.join(folders) or results}")
+
+
+def _duration(s: float | None) -> str:
+    s = int(round(s or 0))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+# ------------------------------------------------------------------------------ status
+
+
+def status_command(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ablate import bookkeeping
+
+    rows = bookkeeping.sweep_status(Path(args.results))
+    if args.json:
+        out = []
+        for r in rows:
+            d = dataclasses.asdict(r)
+            d["error"] = r.error.first_line if r.error else None
+            out.append(d)
+        print(json.dumps(out, indent=1))
+        return 0
+    now = time.time()
+    table = [("id", "arm", "state", "epochs", "best val/top1", "updated")]
+    for r in rows:
+        top1 = f"{r.best_top1:.4g}" if r.best_top1 is not None else "-"
+        age = f"{_duration(now - r.updated)} ago" if r.updated else "-"
+        table.append((r.id, _clip(r.arm, 40), r.state, f"{r.epochs_done}/{r.epochs}", top1, age))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    for r in rows:
+        if r.error:
+            print(f"{r.id} failed ({r.error.kind}): {r.error.first_line}")
+    return 0
+
+
+def _clip(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"

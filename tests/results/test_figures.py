@@ -83,7 +83,7 @@ def test_nothing_is_drawn_before_any_trial_finishes(group_sweep):
     assert figures.make_figures(trials, epochs) == {}
 
 
-def frame(rows: list[dict]) -> "pd.DataFrame":
+def frame(rows: list[dict]):
     import pandas as pd
 
     base = {"state": "done", "sweep": "s", "role": "arm", "params": 1, "flops": 1,

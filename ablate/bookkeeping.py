@@ -1,0 +1,169 @@
+"""The results folder's bookkeeping, without Ray: ``sweep.json``, the driver lock, status rows.
+
+``sweep.json`` holds the plan, so ``ablate resume`` needs no YAML; the driver lock lets
+``ablate status`` tell a running trial from an interrupted one; the status rows are each
+trial's state as its record shows it. The runner (``ablate.runner``) keeps these up to date
+while it runs; ``ablate status`` and ``ablate resume`` read them with no Ray at all.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ablate import record
+from ablate.config import Trial
+from ablate.errors import RecordError, TrialError
+from ablate.failures import Failure, classify_record
+
+MANIFEST = "sweep.json"
+LOCK = ".driver.lock"
+STALE_S = 10.0  # a "running" record older than this with no driver holding the lock is stale
+
+
+# ---------------------------------------------------------------------------- sweep.json
+
+
+def write_manifest(results_dir: Path, *, name: str, source: str | None, trials: list[Trial],
+                   max_concurrent: int | None) -> None:
+    """Write ``sweep.json`` for this plan (what ``ablate resume`` runs).
+
+    Trials of an earlier plan that this one no longer has stay listed under ``"retired"``: their
+    records are kept and shown by ``ablate status``, but they are not run.
+    """
+    old = read_manifest(results_dir) if (results_dir / MANIFEST).exists() else None
+    ids = {t.id for t in trials}
+    retired: dict[str, Trial] = {}
+    if old is not None:
+        for t in old["trials"] + old["retired"]:
+            if t.id not in ids:
+                retired[t.id] = t
+    record.write_json_atomic(results_dir / MANIFEST, {
+        "schema": record.RECORD_SCHEMA, "name": name, "source": source,
+        "max_concurrent": max_concurrent,
+        "trials": [t.to_dict() for t in trials],
+        "retired": [t.to_dict() for t in retired.values()],
+    })
+
+
+def read_manifest(results_dir: Path) -> dict[str, Any]:
+    """``sweep.json`` with its trials as :class:`Trial` objects; RecordError if absent/bad."""
+    path = Path(results_dir) / MANIFEST
+    obj = record.read_json(path)
+    if obj is None:
+        raise RecordError("no sweep.json: not a results folder of 'ablate run'", file=path,
+                          hint="pass the folder 'ablate run' wrote, e.g. results/<sweep name>")
+    try:
+        return {**obj, "trials": [Trial.from_dict(d) for d in obj["trials"]],
+                "retired": [Trial.from_dict(d) for d in obj.get("retired", [])]}
+    except (KeyError, TypeError, ValueError) as e:
+        raise RecordError(f"malformed sweep.json ({e})", file=path,
+                          hint="rerun 'ablate run SWEEP.yaml' to rewrite it") from None
+
+
+# ---------------------------------------------------------------------------- driver lock
+
+
+@contextmanager
+def driver_lock(results_dir: Path) -> Iterator[None]:
+    """Hold the results folder's driver lock; TrialError if another driver holds it."""
+    path = Path(results_dir) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrialError("another 'ablate run' is already running this results folder",
+                             file=results_dir, hint="wait for it, or watch it with "
+                             f"'ablate status {results_dir}'") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()} {time.time():.0f}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock; a killed driver releases it too
+
+
+def driver_running(results_dir: Path) -> bool:
+    """Whether a driver holds the lock of this results folder right now."""
+    path = Path(results_dir) / LOCK
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class TrialStatus:
+    """One row of ``ablate status``: a trial's state as its record shows it."""
+
+    id: str
+    arm: str
+    state: str  # record.STATES, or new / interrupted
+    epochs_done: int
+    epochs: int
+    best_top1: float | None
+    updated: float | None  # unix time of the last write to the record
+    error: Failure | None = None
+
+
+def trial_status(trial: Trial, results_dir: Path, *, driver_alive: bool,
+                 now: float | None = None) -> TrialStatus:
+    """Read one trial's record; "running" with no driver and no recent write is interrupted."""
+    tdir = record.trial_dir(results_dir, trial.id)
+    raw = record.read_state_raw(tdir) or {}
+    state = raw.get("state") if raw.get("state") in record.STATES else record.NEW
+    rows = record.read_metrics(tdir)
+    mtimes = [p.stat().st_mtime for p in (tdir / "metrics.jsonl", tdir / "state.json")
+              if p.exists()]
+    updated = max([raw.get("updated", 0.0), *mtimes]) if raw else None
+    now = time.time() if now is None else now
+    if state == record.RUNNING and not driver_alive and (updated or 0) < now - STALE_S:
+        state = record.INTERRUPTED
+    tops = [r["val/top1"] for r in rows if isinstance(r.get("val/top1"), (int, float))]
+    error = classify_record(raw["error"]) if state == record.FAILED and raw.get("error") else None
+    return TrialStatus(id=trial.id, arm=trial.arm, state=state, epochs_done=len(rows),
+                       epochs=trial.config.train.epochs, best_top1=max(tops) if tops else None,
+                       updated=updated, error=error)
+
+
+def sweep_status(results_dir: Path) -> list[TrialStatus]:
+    """Every trial of the results folder (planned, retired, or only on disk), plan order.
+
+    Works on a folder of trial records without ``sweep.json`` too (trials run one by one).
+    """
+    results_dir = Path(results_dir)
+    trials: dict[str, Trial] = {}
+    if (results_dir / MANIFEST).exists() or not record.list_trial_dirs(results_dir):
+        manifest = read_manifest(results_dir)  # no trial folders either: not a results folder
+        trials = {t.id: t for t in manifest["trials"] + manifest["retired"]}
+    for tdir in record.list_trial_dirs(results_dir):
+        if tdir.name not in trials and (tdir / "trial.json").exists():
+            trials[tdir.name] = record.read_trial(tdir)
+    alive = driver_running(results_dir)
+    return [trial_status(t, results_dir, driver_alive=alive) for t in trials.values()]
+
+
+def split_finished(trials: list[Trial], results_dir: Path) -> tuple[list[Trial], list[Trial]]:
+    """(finished, to run): done and diverged trials are never run again."""
+    finished, todo = [], []
+    for t in trials:
+        state = record.read_state(record.trial_dir(results_dir, t.id))
+        (finished if state in record.FINISHED else todo).append(t)
+    return finished, todo

@@ -1,0 +1,140 @@
+"""The runner's bookkeeping without Ray: sweep.json, the driver lock, status rows, the CLI table."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from ablate import bookkeeping, record, runner
+from ablate.cli import main
+from ablate.errors import RecordError, TrialError
+from tests.runner.conftest import tiny_trial
+
+
+def _write(results, trial, state, epochs=0, age=0.0, **extra):
+    tdir = record.trial_dir(results, trial.id)
+    record.write_trial(tdir, trial)
+    record.write_state(tdir, state, **extra)
+    for e in range(1, epochs + 1):
+        record.append_metrics(tdir, {"epoch": e, "val/top1": 10.0 * e})
+    if age:
+        raw = json.loads((tdir / "state.json").read_text())
+        record.write_json_atomic(tdir / "state.json", {**raw, "updated": time.time() - age})
+        for p in tdir.iterdir():
+            os.utime(p, (time.time() - age, time.time() - age))
+    return tdir
+
+
+def test_manifest_round_trip_and_an_edited_plan_keeps_dropped_trials_listed(tmp_path):
+    a, b, c = (tiny_trial(seed=s) for s in (0, 1, 2))
+    bookkeeping.write_manifest(tmp_path, name="tiny", source="s.yaml", trials=[a, b],
+                          max_concurrent=2)
+    m = bookkeeping.read_manifest(tmp_path)
+    assert (m["name"], m["source"], m["max_concurrent"]) == ("tiny", "s.yaml", 2)
+    assert m["trials"] == [a, b] and m["retired"] == []
+    bookkeeping.write_manifest(tmp_path, name="tiny", source="s.yaml", trials=[b, c],
+                          max_concurrent=None)
+    m = bookkeeping.read_manifest(tmp_path)
+    assert m["trials"] == [b, c] and m["retired"] == [a]  # listed, not run
+    bookkeeping.write_manifest(tmp_path, name="tiny", source="s.yaml", trials=[a, b, c],
+                          max_concurrent=None)
+    assert bookkeeping.read_manifest(tmp_path)["retired"] == []
+
+
+def test_missing_or_broken_manifest_is_our_error(tmp_path):
+    with pytest.raises(RecordError, match="no sweep.json"):
+        bookkeeping.read_manifest(tmp_path)
+    (tmp_path / bookkeeping.MANIFEST).write_text('{"name": "x"}')
+    with pytest.raises(RecordError, match="malformed sweep.json"):
+        bookkeeping.read_manifest(tmp_path)
+    assert main(["status", str(tmp_path / "nowhere")]) == 2
+
+
+def test_driver_lock_is_exclusive_and_released(tmp_path):
+    assert not bookkeeping.driver_running(tmp_path)
+    with bookkeeping.driver_lock(tmp_path):
+        assert bookkeeping.driver_running(tmp_path)
+        with pytest.raises(TrialError, match="already running"):
+            with bookkeeping.driver_lock(tmp_path):
+                pass
+    assert not bookkeeping.driver_running(tmp_path)
+
+
+def test_running_trial_is_interrupted_only_when_stale_and_no_driver(tmp_path):
+    t = tiny_trial()
+    _write(tmp_path, t, record.RUNNING, epochs=1, age=bookkeeping.STALE_S + 5)
+    assert bookkeeping.trial_status(t, tmp_path, driver_alive=True).state == record.RUNNING
+    assert bookkeeping.trial_status(t, tmp_path, driver_alive=False).state == record.INTERRUPTED
+    fresh = tiny_trial(seed=1)
+    _write(tmp_path, fresh, record.RUNNING)
+    assert bookkeeping.trial_status(fresh, tmp_path, driver_alive=False).state == record.RUNNING
+
+
+def test_split_finished_skips_done_and_diverged_only(tmp_path):
+    trials = [tiny_trial(seed=s) for s in range(5)]
+    for t, state in zip(trials, [record.DONE, record.DIVERGED, record.FAILED, record.RUNNING]):
+        _write(tmp_path, t, state)
+    finished, todo = bookkeeping.split_finished(trials, tmp_path)
+    assert finished == trials[:2] and todo == trials[2:]
+
+
+def test_status_table_and_json(tmp_path, capsys):
+    done, failed, new = (tiny_trial(seed=s) for s in (0, 1, 2))
+    bookkeeping.write_manifest(tmp_path, name="tiny", source=None, trials=[done, failed, new],
+                          max_concurrent=None)
+    _write(tmp_path, done, record.DONE, epochs=3)
+    _write(tmp_path, failed, record.FAILED, epochs=1,
+           error={"type": "ValueError", "message": "boom\nmore", "traceback": "..."})
+    assert main(["status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["id", "arm", "state", "epochs", "best", "val/top1", "updated"]
+    rows = {line.split()[0]: line.split() for line in out[1:4]}
+    assert rows[done.id][2:5] == ["done", "3/3", "30"]
+    assert rows[failed.id][2:5] == ["failed", "1/3", "10"]
+    assert rows[new.id][2:5] == ["new", "0/3", "-"]
+    assert f"{failed.id} failed (code): ValueError: boom" in out
+    assert main(["status", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["state"] for r in rows] == ["done", "failed", "new"]
+    assert rows[1]["error"] == "ValueError: boom"
+
+
+def test_progress_line_on_a_terminal_and_silence_elsewhere(capsys):
+    from ablate.cli.run import _Progress
+
+    p = runner.Progress(total=5, done=2, failed=1, running=1, elapsed_s=65, eta_s=130)
+    assert p.left == 1
+    _Progress(tty=False).on_event(runner.Event("done", "abc", p))
+    assert capsys.readouterr().out == ""
+    live = _Progress(tty=True)
+    live.on_event(runner.Event("failed", "abc", p))
+    live.close()
+    out = capsys.readouterr().out
+    assert "trial abc failed" in out
+    assert "[1m05s] 2 done, 1 running, 1 failed, 1 waiting, about 2m10s left" in out
+
+
+def test_tracker_counts_and_estimates_from_finished_durations():
+    events = []
+    tracker = runner._Tracker(total=4, on_event=events.append)
+    tracker.emit("start", "a")
+    tracker.emit("start", "b")
+    assert events[-1].progress.running == 2 and events[-1].progress.eta_s is None
+    tracker.started["a"] -= 10.0  # "a" ran for 10 s
+    tracker.emit("done", "a")
+    p = events[-1].progress
+    assert (p.done, p.running, p.left) == (1, 1, 2)
+    # 2 waiting + half of the one running, at 10 s each, over the 2 slots seen in use
+    assert p.eta_s == pytest.approx(10.0 * 2.5 / 2, rel=0.01)
+    tracker.emit("failed", "b")
+    assert (events[-1].progress.failed, events[-1].progress.running) == (1, 0)
+
+
+def test_status_of_trial_folders_without_a_sweep_json(tmp_path):
+    t = tiny_trial()
+    _write(tmp_path, t, record.DONE, epochs=2)
+    [row] = bookkeeping.sweep_status(tmp_path)
+    assert (row.id, row.state, row.epochs_done, row.best_top1) == (t.id, "done", 2, 20.0)

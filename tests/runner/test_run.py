@@ -1,0 +1,114 @@
+"""The runner on a real 2-CPU Ray, in process: retries, failures, reruns, the CLI's run command.
+
+One Ray instance serves the whole module (starting Ray costs seconds on 2 cores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from ablate import bookkeeping, record, runner
+from ablate.cli import main
+from ablate.config import Resources
+from ablate.errors import TrialError
+from ablate.train import TIMING_KEYS
+from tests.runner.conftest import tiny_trial, write_sweep
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_on_two_cpus():
+    with runner.ray_session(num_cpus=2):
+        yield
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One tiny trial run to the end without interruption: (trial, results folder)."""
+    trial, results = tiny_trial(seed=3), tmp_path_factory.mktemp("finished")
+    summary = runner.run_plan([trial], results, name="tiny")
+    assert summary.done == [trial.id] and summary.ray_start_s == 0.0  # the module's Ray
+    return trial, results
+
+
+def _model_metrics(tdir):
+    """Epoch rows without the timing columns (which differ between any two runs)."""
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS}
+            for row in record.read_metrics(tdir)]
+
+
+def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(tmp_path, finished):
+    trial, reference = finished
+    events, killed = [], []
+
+    def kill_after_first_epoch(event):
+        events.append(event)
+        if event.kind == "result" and event.metrics.get("epoch") == 1 and not killed:
+            killed.append(event.pid)
+            os.kill(event.pid, signal.SIGKILL)  # mid-way through epoch 2
+
+    summary = runner.run_plan([trial], tmp_path / "killed", name="tiny",
+                              on_event=kill_after_first_epoch)
+    assert killed and summary.done == [trial.id] and not summary.failed
+    assert [e.kind for e in events].count("retry") == 1
+    epochs = [e.metrics["epoch"] for e in events if e.kind == "result"]
+    assert epochs == [1, 2, 3], "the retry must resume after epoch 1, not start over"
+    tdir = record.trial_dir(tmp_path / "killed", trial.id)
+    assert record.read_state_raw(tdir)["attempt"] == 2
+    assert len((tdir / "metrics.jsonl").read_text().splitlines()) == 3
+
+    assert _model_metrics(tdir) == _model_metrics(record.trial_dir(reference, trial.id))
+
+
+def test_failing_trial_is_recorded_not_retried_and_the_others_finish(tmp_path,
+                                                                    empty_image_folder, capsys):
+    arms = (f"arms:\n  broken: {{data.name: imagefolder, data.root: '{empty_image_folder}',"
+            " data.num_train: null, data.num_val: null}\n")
+    sweep = write_sweep(tmp_path / "s.yaml", seeds=[0, 1], arms=arms)
+    results = tmp_path / "results"
+    assert main(["run", str(sweep), "--results", str(results)]) == 1
+    out = capsys.readouterr().out
+    states = {t.id: t.state for t in bookkeeping.sweep_status(results)}
+    assert sorted(states.values()) == ["done", "done", "failed", "failed"]
+    for tid, state in states.items():
+        raw = record.read_state_raw(record.trial_dir(results, tid))
+        assert raw["attempt"] == 1  # a data error is deterministic: never retried
+        if state == "failed":
+            assert raw["error"]["kind"] == "data" and raw["error"]["type"] == "DataError"
+            assert "Traceback (most recent call last)" in raw["error"]["traceback"]
+    assert "2 trials failed (data) with: DataError:" in out  # grouped: both seeds, one line
+    assert f"resume with: ablate resume {results}" in out
+
+    # A rerun skips the two done trials and tries the failed ones again.
+    done_mtimes = {tid: (record.trial_dir(results, tid) / "result.json").stat().st_mtime_ns
+                   for tid, s in states.items() if s == "done"}
+    assert main(["run", str(sweep), "--results", str(results)]) == 1
+    assert "2 already finished, 2 to run" in capsys.readouterr().out
+    for tid, mtime in done_mtimes.items():
+        assert (record.trial_dir(results, tid) / "result.json").stat().st_mtime_ns == mtime
+
+
+def test_rerun_of_a_finished_sweep_starts_no_trial(finished):
+    trial, results = finished
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("trials/*/*") if p.is_file()}
+    events = []
+    t0 = time.time()
+    again = runner.run_plan([trial], results, name="tiny", on_event=events.append)
+    assert time.time() - t0 < 15
+    assert events == [] and again.done == [] and again.skipped == [trial.id]
+    after = {p: p.stat().st_mtime_ns for p in results.rglob("trials/*/*") if p.is_file()}
+    assert after == before
+    manifest = json.loads((results / bookkeeping.MANIFEST).read_text())
+    assert [t["id"] for t in manifest["trials"]] == [trial.id]
+
+
+def test_trial_larger_than_the_cluster_is_refused_before_anything_runs(tmp_path):
+    big = dataclasses.replace(tiny_trial(), resources=Resources(cpus=4))
+    with pytest.raises(TrialError, match="asks for 4 CPUs but the Ray cluster has 2"):
+        runner.run_plan([big], tmp_path, name="tiny")
+    assert not record.trial_dir(tmp_path, big.id).exists()
