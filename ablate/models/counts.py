@@ -1,0 +1,69 @@
+"""Parameter and FLOP counts of any model at any input size, by torch's own counter.
+
+FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions and
+the registered formulas of the mixers' custom ops) on a batch of one, reported as multiply-adds
+(FLOPs / 2), the convention of the paper's tables. Norms, activations and softmax are not
+counted, as in the papers' counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Size of one configured model: parameters and multiply-adds per image."""
+
+    params: int
+    flops: int
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not; buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, img_size: int, in_chans: int = 3) -> int:
+    """Multiply-adds of one forward pass on a (1, in_chans, img_size, img_size) input.
+
+    Runs the model in eval mode (restored afterwards) on the device and dtype of its parameters;
+    a model on the meta device is counted without computing anything.
+    """
+    p = next(model.parameters())
+    x = torch.zeros(1, in_chans, img_size, img_size, device=p.device, dtype=p.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+@lru_cache(maxsize=256)
+def _stats(arch: str, num_classes: int, img_size: int, in_chans: int, axes: tuple) -> ModelStats:
+    from ablate.models.registry import build_model
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = build_model(arch, num_classes=num_classes, in_chans=in_chans, **dict(axes))
+    return ModelStats(params=count_params(model), flops=count_flops(model, img_size, in_chans))
+
+
+def model_stats(arch: str, *, num_classes: int, img_size: int, in_chans: int = 3,
+                **axes) -> ModelStats:
+    """Parameters and multiply-adds of ``arch`` with ``axes`` at ``img_size``; cached.
+
+    Raises ModelConfigError for a configuration :func:`validate_model` would reject.
+    """
+    from ablate.models.registry import resolve
+
+    resolve(arch, **axes)  # our error, before an unhashable value could reach the cache
+    axes = tuple(sorted((k, v) for k, v in axes.items() if v is not None))
+    return _stats(arch, num_classes, img_size, in_chans, axes)

@@ -1,0 +1,240 @@
+"""Named models registered with timm, and the axes -> mixer resolution (one table, one place).
+
+Every registered model accepts the paper's axes as keyword arguments (``weight_source``,
+``window``, ``sharing``, ``group_size`` or ``num_groups``, ``kernel_size``, ``se``,
+``drop_path_rate``) plus ``mixer=`` and ``block=``; an axis left out keeps the model's default.
+:func:`resolve` turns a name and axes into a :class:`ModelSpec` or raises ModelConfigError
+naming the axis and its allowed values; it allocates nothing, so it is the cheap validator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from timm.models import register_model
+
+from ablate.errors import ModelConfigError, unknown_name_hint
+from ablate.models.backbone import Backbone
+from ablate.models.blocks import BLOCKS
+from ablate.models.mixers import (
+    MIXERS,
+    SHARINGS,
+    WEIGHT_SOURCES,
+    WINDOWS,
+    check_mixer_args,
+    get_mixer,
+)
+
+# (weight_source, window) -> mixer: the single source of truth for which combinations exist.
+MIXER_TABLE: dict[tuple[str, str], str] = {
+    ("dot_product", "shifted"): "window_attention",
+    ("dot_product", "sliding"): "sliding_attention",
+    ("static", "sliding"): "dwconv",
+    ("static", "shifted"): "local_mlp",
+    ("pooled_linear", "sliding"): "dynamic_dwconv",
+    ("center_linear", "sliding"): "idynamic_dwconv",
+    ("center_linear", "shifted"): "window_idynamic",
+}
+AXES = ("weight_source", "window", "sharing", "group_size", "num_groups", "kernel_size", "se",
+        "drop_path_rate", "mixer", "block")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A fully resolved model: what the backbone is built from."""
+
+    block: str
+    mixer: str
+    embed_dim: int
+    depths: tuple[int, ...]
+    group_size: int | None = None  # channels per group (XOR num_groups)
+    num_groups: int | None = None  # groups per stage
+    kernel_size: int = 7
+    se: bool = False
+    drop_path_rate: float = 0.0
+    patch_size: int = 4
+    img_size: int = 224
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(self.embed_dim * 2**i for i in range(len(self.depths)))
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        """Number of channel groups in each stage."""
+        if self.num_groups is not None:
+            return (self.num_groups,) * len(self.depths)
+        return tuple(w // self.group_size for w in self.widths)
+
+
+# nano: T's proportions at a quarter of the width (C=24: 3, 6, 12, 24 channels per group with
+# G=8, and heads 3, 6, 12, 24 with group_size 8, as T has with G=32 and group_size 32).
+_T, _B, _N = (96, (2, 2, 6, 2)), (128, (2, 2, 18, 2)), (24, (1, 1, 2, 1))
+_NANO = {"kernel_size": 3, "patch_size": 2, "img_size": 32, "drop_path_rate": 0.0}
+
+
+def _spec(block, mixer, size, **kw) -> ModelSpec:
+    return ModelSpec(block=block, mixer=mixer, embed_dim=size[0], depths=size[1], **kw)
+
+
+MODEL_DEFAULTS: dict[str, ModelSpec] = {
+    "ablate_swin_tiny": _spec("swin", "window_attention", _T, group_size=32, drop_path_rate=0.2),
+    "ablate_swin_base": _spec("swin", "window_attention", _B, group_size=32, drop_path_rate=0.5),
+    "dwnet_tiny": _spec("dwnet", "dwconv", _T, group_size=1, drop_path_rate=0.2),
+    "dwnet_base": _spec("dwnet", "dwconv", _B, group_size=1, drop_path_rate=0.5),
+    "dynamic_dwnet_tiny": _spec("dwnet", "dynamic_dwconv", _T, group_size=1, drop_path_rate=0.2),
+    "dynamic_dwnet_base": _spec("dwnet", "dynamic_dwconv", _B, group_size=1, drop_path_rate=0.5),
+    "idynamic_dwnet_tiny": _spec("dwnet", "idynamic_dwconv", _T, num_groups=32,
+                                 drop_path_rate=0.2),
+    "idynamic_dwnet_base": _spec("dwnet", "idynamic_dwconv", _B, num_groups=32,
+                                 drop_path_rate=0.5),
+    "local_mlp_tiny": _spec("swin", "local_mlp", _T, group_size=32, drop_path_rate=0.2),
+    "ablate_swin_nano": _spec("swin", "window_attention", _N, group_size=8, **_NANO),
+    "sliding_attn_nano": _spec("swin", "sliding_attention", _N, group_size=8, **_NANO),
+    "dwnet_nano": _spec("dwnet", "dwconv", _N, group_size=1, **_NANO),
+    "dynamic_dwnet_nano": _spec("dwnet", "dynamic_dwconv", _N, group_size=1, **_NANO),
+    "idynamic_dwnet_nano": _spec("dwnet", "idynamic_dwconv", _N, num_groups=8, **_NANO),
+    "window_idynamic_nano": _spec("dwnet", "window_idynamic", _N, num_groups=8, **_NANO),
+    "local_mlp_nano": _spec("swin", "local_mlp", _N, group_size=8, **_NANO),
+}
+MODEL_NAMES: tuple[str, ...] = tuple(MODEL_DEFAULTS)
+
+
+def _choice(axes: dict, key: str, allowed) -> Any:
+    value = axes.get(key)
+    if value is not None and (not isinstance(value, str) or value not in allowed):
+        raise ModelConfigError(f"{key}={value!r} is not one of the allowed values", key=key,
+                               hint=unknown_name_hint(str(value), allowed))
+    return value
+
+
+def _positive_int(axes: dict, key: str) -> int | None:
+    value = axes.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ModelConfigError(f"{key}={value!r} is not a positive integer", key=key)
+    return value
+
+
+def _resolve_mixer(base: ModelSpec, axes: dict) -> str:
+    source = _choice(axes, "weight_source", WEIGHT_SOURCES)
+    window = _choice(axes, "window", WINDOWS)
+    named = axes.get("mixer")
+    default = get_mixer(named if named is not None else base.mixer)
+    source = source or default.weight_source
+    window = window or default.window
+    if (source, window) not in MIXER_TABLE:
+        ok = sorted(w for s, w in MIXER_TABLE if s == source)
+        raise ModelConfigError(
+            f"weight_source={source!r} with window={window!r} is not supported", key="window",
+            hint=f"supported windows for {source}: {', '.join(ok)}")
+    mixer = MIXER_TABLE[(source, window)]
+    if named is not None and mixer != named:
+        raise ModelConfigError(
+            f"mixer={named!r} is ({default.weight_source}, {default.window}), but the axes ask "
+            f"for ({source}, {window}), which is {mixer!r}", key="mixer",
+            hint="set either mixer or weight_source/window, not conflicting ones")
+    return mixer
+
+
+def _resolve_groups(base: ModelSpec, axes: dict) -> dict[str, int | None]:
+    gs, ng = _positive_int(axes, "group_size"), _positive_int(axes, "num_groups")
+    if gs is not None and ng is not None:
+        raise ModelConfigError("group_size and num_groups are both set", key="group_size",
+                               hint="set one: channels per group, or groups per stage")
+    if gs is None and ng is None:
+        gs, ng = base.group_size, base.num_groups
+    widths = base.widths
+    key, n = ("group_size", gs) if gs is not None else ("num_groups", ng)
+    bad = [w for w in widths if w % n]
+    if bad:
+        raise ModelConfigError(
+            f"{key}={n} does not divide the stage widths {', '.join(map(str, widths))}", key=key,
+            hint=f"use a divisor of {widths[0]} (the first stage width)")
+    return {"group_size": gs, "num_groups": ng}
+
+
+def _check_sharing(spec: ModelSpec, axes: dict) -> None:
+    wanted = _choice(axes, "sharing", SHARINGS)
+    if wanted is None:
+        return
+    mixer = get_mixer(spec.mixer)
+    implied = {mixer.sharing(w // g) for w, g in zip(spec.widths, spec.groups)}
+    if implied != {wanted}:
+        groups = (f"group_size={spec.group_size}" if spec.group_size is not None
+                  else f"num_groups={spec.num_groups}")
+        raise ModelConfigError(
+            f"sharing={wanted!r} does not hold for {spec.mixer} with {groups}, which gives "
+            f"{', '.join(sorted(implied))}", key="sharing",
+            hint="spatial/both need a spatially shared mixer (static or pooled_linear, sliding); "
+                 "channel/both need more than one channel per group; none/spatial need one")
+
+
+def resolve(arch: str, **axes: Any) -> ModelSpec:
+    """The model ``arch`` with ``axes`` applied; ModelConfigError for anything impossible.
+
+    Axes left out keep the model's defaults, the grouping included: ``ablate_swin_tiny`` with
+    ``weight_source="static", window="sliding"`` is a depth-wise conv whose kernels are shared
+    by 32 channels (sharing 'both'), unless ``group_size=1`` is given too.
+    """
+    if not isinstance(arch, str) or arch not in MODEL_DEFAULTS:
+        raise ModelConfigError(f"unknown model {arch!r}", key="arch",
+                               hint=unknown_name_hint(str(arch), MODEL_NAMES))
+    axes = {k: v for k, v in axes.items() if v is not None}
+    for key in axes:
+        if key not in AXES:
+            raise ModelConfigError(f"unknown model argument {key!r}", key=key,
+                                   hint=unknown_name_hint(key, AXES))
+    base = MODEL_DEFAULTS[arch]
+    _choice(axes, "mixer", MIXERS)
+    block = _choice(axes, "block", BLOCKS) or base.block
+    kernel = axes.get("kernel_size", base.kernel_size)
+    se = axes.get("se", base.se)
+    if not isinstance(se, bool):
+        raise ModelConfigError(f"se={se!r} is not a boolean", key="se", hint="use true or false")
+    dpr = axes.get("drop_path_rate", base.drop_path_rate)
+    if isinstance(dpr, bool) or not isinstance(dpr, (int, float)) or not 0 <= dpr < 1:
+        raise ModelConfigError(f"drop_path_rate={dpr!r} is not in [0, 1)", key="drop_path_rate")
+    spec = dataclasses.replace(
+        base, block=block, mixer=_resolve_mixer(base, axes), kernel_size=kernel, se=se,
+        drop_path_rate=float(dpr), **_resolve_groups(base, axes))
+    for width, groups in zip(spec.widths, spec.groups):
+        check_mixer_args(spec.mixer, width, groups, kernel)
+    _check_sharing(spec, axes)
+    return spec
+
+
+def build_model(arch: str, *, num_classes: int = 1000, in_chans: int = 3, **axes: Any) -> Backbone:
+    """Build ``arch`` with ``axes`` applied (what each timm entry point calls)."""
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's extras
+        axes.pop(key, None)
+    if axes.pop("pretrained", False):
+        raise ModelConfigError(f"{arch} has no pretrained weights", key="pretrained",
+                               hint="train it, or load a checkpoint with load_state_dict")
+    spec = resolve(arch, **axes)
+    model = Backbone(block=spec.block, mixer=spec.mixer, embed_dim=spec.embed_dim,
+                     depths=spec.depths, groups=spec.groups, kernel_size=spec.kernel_size,
+                     se=spec.se, drop_path_rate=spec.drop_path_rate, num_classes=num_classes,
+                     in_chans=in_chans, patch_size=spec.patch_size)
+    model.spec = spec
+    model.pretrained_cfg = model.default_cfg = {
+        "architecture": arch, "num_classes": num_classes, "input_size": (in_chans, spec.img_size,
+        spec.img_size), "interpolation": "bicubic", "crop_pct": 0.875 if spec.img_size > 64
+        else 1.0, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+        "first_conv": "patch_embed.proj", "classifier": "head.fc",
+    }
+    return model
+
+
+def _entry_point(arch: str):
+    def entry(pretrained: bool = False, **kwargs: Any) -> Backbone:
+        return build_model(arch, pretrained=pretrained, **kwargs)
+
+    entry.__name__ = entry.__qualname__ = arch
+    entry.__doc__ = f"{arch}: {MODEL_DEFAULTS[arch]}"
+    return register_model(entry)
+
+
+for _arch in MODEL_NAMES:
+    _entry_point(_arch)
