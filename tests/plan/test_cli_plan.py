@@ -47,6 +47,7 @@ def test_plan_text_shows_every_trial_and_model_sizes(tmp_path, capsys):
     path.write_text(SWEEP.replace("[3, 5]", "[3]"))
     assert main(["plan", str(path)]) == 0
     out = capsys.readouterr().out
+    from ablate.cli.plan import _si
     from ablate.models import model_stats
     from ablate.plan import load_plan
 
@@ -54,7 +55,7 @@ def test_plan_text_shows_every_trial_and_model_sizes(tmp_path, capsys):
     for t in trials:
         assert t.id in out and t.arm in out
     stats = model_stats("dwnet_nano", num_classes=10, img_size=32, kernel_size=3, se=True)
-    assert f"{stats.params / 1e6:.2f}M" in out
+    assert f"{_si(stats.params)}  {_si(stats.flops)}" in out
     assert "2 trials: 2 labels x 1 seeds" in out
 
 
