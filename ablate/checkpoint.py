@@ -17,12 +17,13 @@ import logging
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ablate import record
 
 CKPT_FORMAT = 1
 BEST = "best.pt"
@@ -37,17 +38,8 @@ def epoch_path(ckpt_dir: Path, epoch: int) -> Path:
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """torch.save ``obj`` to ``path`` via a temporary file, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with record.atomic_file(path, "wb") as f:
+        torch.save(obj, f)
     _fsync_dir(path.parent)
 
 

@@ -22,7 +22,16 @@ from typing import Any
 
 from ablate.config import DataConfig, ModelConfig, RecipeConfig, Trial, TrialConfig
 from ablate.errors import AblateError, SpecError, closest
-from ablate.record import DIVERGED, DONE, FAILED, INTERRUPTED, NEW, RUNNING, read_state, trial_dir
+from ablate.record import (
+    DIVERGED,
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    NEW,
+    RUNNING,
+    read_state,
+    trial_dir,
+)
 from ablate.spec import Sweep, _dotted, _same, load_sweep
 
 FOLDER_DATA = ("cifar10", "cifar100", "imagefolder")
@@ -248,7 +257,9 @@ def _check_data(sweep: Sweep, kept: list[_Candidate], check_exists: bool) -> Non
 
 
 def _check_folder(sweep: Sweep, data: DataConfig, c: _Candidate) -> None:
-    from ablate.data import validate_data  # imports torch; only when folders are checked
+    from ablate.data import (
+        validate_data,  # imports torch; only when folders are checked
+    )
 
     try:
         validate_data(data)

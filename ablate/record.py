@@ -24,8 +24,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ablate.config import Trial
 from ablate.errors import RecordError
@@ -47,19 +49,30 @@ def trial_dir(results_dir: str | Path, trial_id: str) -> Path:
     return trials_root(results_dir) / trial_id
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` so that readers see the old file or the new one, never a part."""
+@contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` that replaces it only if the block succeeds.
+
+    Readers see the old file or the new one, never a part: the data is fsynced before the
+    rename, and on any error the temporary file is removed and ``path`` left as it was.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, default=str)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path) as f:
+        json.dump(obj, f, indent=1, sort_keys=True, default=str)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

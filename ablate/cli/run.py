@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a sweep on Ray Tune (skips trials already done)",
                        description="Plan SWEEP.yaml and run every trial not done yet as a Ray "
