@@ -238,7 +238,7 @@ def status_command(args: argparse.Namespace) -> int:
     now = time.time()
     table = [("id", "arm", "state", "epochs", "best val/top1", "updated")]
     for r in rows:
-        top1 = f"{r.best_top1:.4g}" if r.best_top1 is not None else "-"
+        top1 = f"{r.best_top1:.2f}" if r.best_top1 is not None else "-"
         age = f"{_duration(now - r.updated)} ago" if r.updated else "-"
         table.append((r.id, _clip(r.arm, 40), r.state, f"{r.epochs_done}/{r.epochs}", top1, age))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
