@@ -121,12 +121,20 @@ class TrialStatus:
     best_top1: float | None
     updated: float | None  # unix time of the last write to the record
     error: Failure | None = None
+    problem: str | None = None  # why the record cannot be read (state "corrupt")
 
 
 def trial_status(trial: Trial, results_dir: Path, *, driver_alive: bool,
                  now: float | None = None) -> TrialStatus:
     """Read one trial's record; "running" with no driver and no recent write is interrupted."""
     tdir = record.trial_dir(results_dir, trial.id)
+    try:
+        record.check_record(tdir)
+    except RecordError as e:
+        return TrialStatus(id=trial.id, arm=trial.arm, state=record.CORRUPT,
+                           epochs_done=len(record.read_metrics(tdir)),
+                           epochs=trial.config.train.epochs, best_top1=None, updated=None,
+                           problem=str(e))
     raw = record.read_state_raw(tdir) or {}
     state = raw.get("state") if raw.get("state") in record.STATES else record.NEW
     rows = record.read_metrics(tdir)
@@ -161,9 +169,14 @@ def sweep_status(results_dir: Path) -> list[TrialStatus]:
 
 
 def split_finished(trials: list[Trial], results_dir: Path) -> tuple[list[Trial], list[Trial]]:
-    """(finished, to run): done and diverged trials are never run again."""
+    """(finished, to run): done and diverged trials are never run again.
+
+    Raises RecordError on a trial folder whose record cannot be read, before anything runs.
+    """
     finished, todo = [], []
     for t in trials:
-        state = record.read_state(record.trial_dir(results_dir, t.id))
+        tdir = record.trial_dir(results_dir, t.id)
+        record.check_record(tdir)
+        state = record.read_state(tdir)
         (finished if state in record.FINISHED else todo).append(t)
     return finished, todo

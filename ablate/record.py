@@ -36,8 +36,9 @@ RECORD_SCHEMA = 1
 
 RUNNING, DONE, FAILED, DIVERGED = "running", "done", "failed", "diverged"
 STATES = (RUNNING, DONE, FAILED, DIVERGED)
-# Derived states, never written: no record yet, or "running" with nobody running it.
-NEW, INTERRUPTED = "new", "interrupted"
+# Derived states, never written: no record yet, "running" with nobody running it, or a record
+# file that cannot be read.
+NEW, INTERRUPTED, CORRUPT = "new", "interrupted", "corrupt"
 FINISHED = (DONE, DIVERGED)  # never recomputed
 
 
@@ -91,6 +92,16 @@ def read_json(path: Path) -> dict[str, Any] | None:
         raise RecordError(f"unknown record schema {schema!r} (this ablate reads {RECORD_SCHEMA})",
                           file=path, hint="collect it with the ablate version that wrote it")
     return obj
+
+
+def check_record(tdir: Path) -> None:
+    """Raise RecordError naming the first JSON file of the trial folder that cannot be read.
+
+    Run before launching anything: a corrupt record must stop a run, not be taken for a new
+    trial. A truncated last line of metrics.jsonl is not corruption (a crash mid-append).
+    """
+    for name in ("trial.json", "state.json", "result.json", "provenance.json"):
+        read_json(tdir / name)
 
 
 def write_trial(tdir: Path, trial: Trial) -> None:

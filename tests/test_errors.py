@@ -1,6 +1,12 @@
 import pytest
 
-from ablate.errors import AblateError, ModelConfigError, SpecError, closest, unknown_name_hint
+from ablate.errors import (
+    AblateError,
+    ModelConfigError,
+    SpecError,
+    closest,
+    unknown_name_hint,
+)
 
 
 def test_error_renders_file_line_key_and_hint_on_one_line():

@@ -251,7 +251,10 @@ def status_command(args: argparse.Namespace) -> int:
     for r in rows:
         if r.error:
             print(f"{r.id} failed ({r.error.kind}): {r.error.first_line}")
-    return 0
+    corrupt = [r for r in rows if r.problem]
+    for r in corrupt:
+        print(f"ablate: error: {r.problem}", file=sys.stderr)
+    return 2 if corrupt else 0
 
 
 def _clip(s: str, n: int) -> str:

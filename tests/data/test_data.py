@@ -13,8 +13,13 @@ from PIL import Image
 
 from ablate.augment import build_transforms
 from ablate.config import DataConfig, RecipeConfig
-from ablate.data import (AugmentKey, EpochSampler, build_loaders, load_splits,
-                         validate_data)
+from ablate.data import (
+    AugmentKey,
+    EpochSampler,
+    build_loaders,
+    load_splits,
+    validate_data,
+)
 from ablate.errors import DataError
 
 SYNTH = DataConfig(name="synthetic", img_size=32, num_train=32, num_val=16, num_classes=4)

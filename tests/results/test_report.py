@@ -2,8 +2,16 @@ import pandas as pd
 import pytest
 
 from ablate.collect import collect_results, load_tables
-from ablate.report import (AGREED, CONTRADICTED, UNDECIDED, arm_summary, check_claims, judge,
-                           tex_escape, write_report)
+from ablate.report import (
+    AGREED,
+    CONTRADICTED,
+    UNDECIDED,
+    arm_summary,
+    check_claims,
+    judge,
+    tex_escape,
+    write_report,
+)
 
 
 @pytest.mark.parametrize("op, diff, spread, verdict", [

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from ablate.config import DataConfig, ModelConfig, RecipeConfig, Resources, Trial, TrialConfig
+from ablate.config import (
+    DataConfig,
+    ModelConfig,
+    RecipeConfig,
+    Resources,
+    Trial,
+    TrialConfig,
+)
 
 # Small enough that an epoch takes well under a second on one core, large enough that a kill
 # sent right after an epoch's report lands while the next epoch is still training.

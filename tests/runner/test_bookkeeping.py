@@ -92,8 +92,8 @@ def test_status_table_and_json(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["id", "arm", "state", "epochs", "best", "val/top1", "updated"]
     rows = {line.split()[0]: line.split() for line in out[1:4]}
-    assert rows[done.id][2:5] == ["done", "3/3", "30"]
-    assert rows[failed.id][2:5] == ["failed", "1/3", "10"]
+    assert rows[done.id][2:5] == ["done", "3/3", "30.00"]
+    assert rows[failed.id][2:5] == ["failed", "1/3", "10.00"]
     assert rows[new.id][2:5] == ["new", "0/3", "-"]
     assert f"{failed.id} failed (code): ValueError: boom" in out
     assert main(["status", str(tmp_path), "--json"]) == 0
@@ -138,3 +138,39 @@ def test_status_of_trial_folders_without_a_sweep_json(tmp_path):
     _write(tmp_path, t, record.DONE, epochs=2)
     [row] = bookkeeping.sweep_status(tmp_path)
     assert (row.id, row.state, row.epochs_done, row.best_top1) == (t.id, "done", 2, 20.0)
+
+
+def test_a_corrupt_record_stops_a_run_before_anything_launches(tmp_path, monkeypatch, capsys):
+    from ablate.plan import load_plan
+    from tests.runner.conftest import write_sweep
+
+    sweep = write_sweep(tmp_path / "tiny.yaml", seeds=[0, 1])
+    _, trials = load_plan(sweep)
+    results = tmp_path / "results"
+    tdir = _write(results, trials[0], record.DONE)
+    (tdir / "state.json").write_text('{"state": "do')  # a torn write by hand or a bad disk
+    with pytest.raises(RecordError, match="state.json: corrupt JSON"):
+        bookkeeping.split_finished(trials, results)
+    launched = []
+    monkeypatch.setattr(runner, "run_plan", lambda *a, **k: launched.append(a))
+    assert main(["run", str(sweep), "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert launched == [] and "\n" not in err
+    assert f"{tdir / 'state.json'}: corrupt JSON" in err and "delete the file" in err
+    assert (tdir / "trial.json").exists()  # nothing lost
+
+
+def test_status_marks_a_corrupt_record_and_exits_2(tmp_path, capsys):
+    good, bad = tiny_trial(seed=0), tiny_trial(seed=1)
+    bookkeeping.write_manifest(tmp_path, name="tiny", source=None, trials=[good, bad],
+                               max_concurrent=None)
+    _write(tmp_path, good, record.DONE, epochs=2)
+    bad_dir = _write(tmp_path, bad, record.DONE, epochs=1)
+    (bad_dir / "result.json").write_text("{")
+    rows = {r.id: r for r in bookkeeping.sweep_status(tmp_path)}
+    assert rows[good.id].state == record.DONE
+    assert rows[bad.id].state == record.CORRUPT and "result.json" in rows[bad.id].problem
+    assert main(["status", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert bad.id in out and "corrupt" in out
+    assert f"{bad_dir / 'result.json'}: corrupt JSON" in err

@@ -5,8 +5,18 @@ from __future__ import annotations
 import pytest
 
 from ablate.errors import DataError, ModelConfigError, SpecError
-from ablate.failures import (CODE, CONFIG, DATA, DIVERGED, KILLED, OOM, Failure,
-                             classify_exception, classify_record, group_by_first_line)
+from ablate.failures import (
+    CODE,
+    CONFIG,
+    DATA,
+    DIVERGED,
+    KILLED,
+    OOM,
+    Failure,
+    classify_exception,
+    classify_record,
+    group_by_first_line,
+)
 
 
 class OutOfMemoryError(RuntimeError):  # named like torch's and ray's
