@@ -220,13 +220,22 @@ def test_tables_of_another_schema_version_are_refused(group_sweep):
 def test_other_engines_read_the_tables(group_sweep, engine):
     mod = pytest.importorskip(engine)
     collect_results(group_sweep)
-    path = str(group_sweep / collect.TRIALS_FILE)
+    trials_path = str(group_sweep / collect.TRIALS_FILE)
+    epochs_path = str(group_sweep / collect.EPOCHS_FILE)
+    trials, epochs = load_tables(group_sweep)
+    group_sum = int(trials["model.group_size"].sum())
     if engine == "polars":
-        frame = mod.read_parquet(path)
-        assert frame.height == 18 and frame["model.group_size"].dtype == mod.Int64
+        frame = mod.read_parquet(trials_path)
+        assert frame.height == len(trials) == 18
+        assert frame["model.group_size"].dtype == mod.Int64
+        assert frame["model.group_size"].sum() == group_sum
+        assert mod.read_parquet(epochs_path).height == len(epochs)
     else:
-        n = mod.sql(f"select count(*) from read_parquet('{path}')").fetchone()[0]
-        assert n == 18
+        [(n, total)] = mod.sql(f"select count(*), sum(\"model.group_size\") "
+                               f"from read_parquet('{trials_path}')").fetchall()
+        assert (n, total) == (18, group_sum)
+        [(rows,)] = mod.sql(f"select count(*) from read_parquet('{epochs_path}')").fetchall()
+        assert rows == len(epochs)
 
 
 def test_a_damaged_manifest_means_a_full_collect(group_sweep):
