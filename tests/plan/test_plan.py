@@ -11,15 +11,7 @@ from ablate.errors import SpecError
 from ablate.plan import load_plan, num_classes, plan_trials, run_action, trial_states
 from ablate.record import trial_dir, write_state
 from ablate.spec import load_sweep
-
-MINIMAL = """\
-name: t
-description: a test sweep
-base:
-  model: {arch: dwnet_nano}
-  data: {name: digits}
-  train: {epochs: 2, warmup_epochs: 1}
-"""
+from tests.plan.conftest import MINIMAL
 
 ROOT = Path(__file__).resolve().parents[2]
 
