@@ -59,6 +59,10 @@ class RecordError(AblateError):
     """A trial record or results folder is missing, corrupt or of an unknown version."""
 
 
+class ClusterError(AblateError):
+    """The Ray cluster named by the user cannot be joined."""
+
+
 class TrialError(AblateError):
     """A trial cannot be started as asked (unknown id, conflicting state)."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from typing import Any
 from ablate import record
 from ablate.bookkeeping import driver_lock, split_finished, write_manifest
 from ablate.config import Trial
-from ablate.errors import TrialError
+from ablate.errors import ClusterError, TrialError
 from ablate.failures import Failure, classify_exception, classify_record
 
 RAY_DIR = ".ray"  # Tune's own files; never read back, wiped at each run
@@ -213,6 +214,36 @@ def _quiet_tune() -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when nothing listens at ``address``: ray.init would retry for minutes."""
+    if address == "auto":  # Ray finds the local cluster itself, and says so quickly if none
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not port.isdigit():
+        raise ClusterError(f"malformed cluster address {address!r}", key="--address",
+                           hint="write HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ClusterError(f"nothing answers at {address!r} ({e.strerror or e})",
+                           key="--address", hint="start the cluster ('ray start --head') or "
+                           "check the address with 'ray status --address ADDRESS'") from None
+
+
+def _join_cluster(ray: Any, address: str, options: dict[str, Any]) -> None:
+    """ray.init on an existing cluster; any failure to join is the user's setup, not a bug."""
+    _check_reachable(address)
+    try:
+        ray.init(address=address, **options)
+    except Exception as e:  # ConnectionError, auth and address-format errors alike
+        ray.shutdown()
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ClusterError(f"cannot join the Ray cluster at {address!r} ({first})",
+                           key="--address",
+                           hint="check it with 'ray status --address ADDRESS', "
+                                "or leave out --address to start a local Ray") from None
+
+
 @contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[float]:
     """Be connected to Ray inside the block; yields the seconds it took to connect.
@@ -229,7 +260,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     t0 = time.time()
     common = {"logging_level": logging.ERROR, "log_to_driver": False}
     if address:
-        ray.init(address=address, **common)
+        _join_cluster(ray, address, common)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **common)
     try:
