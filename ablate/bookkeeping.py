@@ -129,14 +129,13 @@ def trial_status(trial: Trial, results_dir: Path, *, driver_alive: bool,
     """Read one trial's record; "running" with no driver and no recent write is interrupted."""
     tdir = record.trial_dir(results_dir, trial.id)
     try:
-        record.check_record(tdir)
+        raw = record.check_record(tdir) or {}
     except RecordError as e:
         return TrialStatus(id=trial.id, arm=trial.arm, state=record.CORRUPT,
                            epochs_done=len(record.read_metrics(tdir)),
                            epochs=trial.config.train.epochs, best_top1=None, updated=None,
                            problem=str(e))
-    raw = record.read_state_raw(tdir) or {}
-    state = raw.get("state") if raw.get("state") in record.STATES else record.NEW
+    state = record.state_of(raw)
     rows = record.read_metrics(tdir)
     mtimes = [p.stat().st_mtime for p in (tdir / "metrics.jsonl", tdir / "state.json")
               if p.exists()]
@@ -176,7 +175,6 @@ def split_finished(trials: list[Trial], results_dir: Path) -> tuple[list[Trial],
     finished, todo = [], []
     for t in trials:
         tdir = record.trial_dir(results_dir, t.id)
-        record.check_record(tdir)
-        state = record.read_state(tdir)
+        state = record.state_of(record.check_record(tdir))
         (finished if state in record.FINISHED else todo).append(t)
     return finished, todo

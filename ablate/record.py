@@ -94,14 +94,16 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return obj
 
 
-def check_record(tdir: Path) -> None:
+def check_record(tdir: Path) -> dict[str, Any] | None:
     """Raise RecordError naming the first JSON file of the trial folder that cannot be read.
 
     Run before launching anything: a corrupt record must stop a run, not be taken for a new
     trial. A truncated last line of metrics.jsonl is not corruption (a crash mid-append).
+    Returns the parsed state.json (None when there is none), so callers read it only once.
     """
-    for name in ("trial.json", "state.json", "result.json", "provenance.json"):
-        read_json(tdir / name)
+    files = {name: read_json(tdir / name)
+             for name in ("trial.json", "state.json", "result.json", "provenance.json")}
+    return files["state.json"]
 
 
 def write_trial(tdir: Path, trial: Trial) -> None:
@@ -133,10 +135,14 @@ def read_state_raw(tdir: Path) -> dict[str, Any] | None:
         return None
 
 
+def state_of(raw: dict[str, Any] | None) -> str:
+    """The state a parsed state.json holds, or NEW when there is none (or none valid)."""
+    return raw["state"] if raw and raw.get("state") in STATES else NEW
+
+
 def read_state(tdir: Path) -> str:
     """The written state, or NEW when the trial has no (readable) state yet."""
-    raw = read_state_raw(tdir)
-    return raw["state"] if raw and raw.get("state") in STATES else NEW
+    return state_of(read_state_raw(tdir))
 
 
 def append_metrics(tdir: Path, row: dict[str, Any]) -> None:
