@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,15 +214,22 @@ def _check_recipes(sweep: Sweep, kept: list[_Candidate]) -> None:
                               *_source(c, "train.warmup_epochs"))
 
 
+def _first_per(kept: list[_Candidate], section: str) -> Iterator[_Candidate]:
+    """The first trial of each distinct ``section`` config: each is checked once, and an
+    error names the first trial that has it."""
+    seen: set = set()
+    for c in kept:
+        value = getattr(c.config, section)
+        if value not in seen:
+            seen.add(value)
+            yield c
+
+
 def _check_models(sweep: Sweep, kept: list[_Candidate]) -> None:
     from ablate.models import validate_model  # the registry imports torch and timm
 
-    seen: set = set()
-    for c in kept:
+    for c in _first_per(kept, "model"):
         model = c.config.model
-        if model in seen:
-            continue
-        seen.add(model)
         try:
             validate_model(model.arch, **model.axes())
         except AblateError as e:
@@ -233,12 +241,8 @@ def _check_models(sweep: Sweep, kept: list[_Candidate]) -> None:
 
 
 def _check_data(sweep: Sweep, kept: list[_Candidate], check_exists: bool) -> None:
-    seen: set = set()
-    for c in kept:
+    for c in _first_per(kept, "data"):
         data = c.config.data
-        if data in seen:
-            continue
-        seen.add(data)
         where = _source(c, "data.root")
         if data.name in FOLDER_DATA and not data.root:
             raise sweep.error(f"data '{data.name}' needs a root folder", *where)
