@@ -27,10 +27,10 @@ from PIL import Image
 
 from ablate.augment import build_transforms
 from ablate.config import DataConfig, RecipeConfig
+from ablate.datafiles import IMAGE_SUFFIXES, class_names, image_files
 from ablate.errors import DataError, unknown_name_hint
 
 DATA_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 _CIFAR = {  # name -> (folder, train files, test files, label key, classes)
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
                 b"labels", 10),
@@ -200,7 +200,7 @@ def _folder_classes(cfg: DataConfig) -> dict[str, list[str]]:
         if not d.is_dir():
             raise DataError(f"no {split}/ folder", file=root, key="data.root",
                             hint=f"expected layout: {_LAYOUT['imagefolder']}")
-        classes = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        classes = class_names(d)
         if not classes:
             raise DataError("no class folders", file=d, key="data.root",
                             hint=f"expected layout: {_LAYOUT['imagefolder']}")
@@ -308,10 +308,9 @@ def _load_folder(cfg: DataConfig):
     for split in ("train", "val"):
         files, labels = [], []
         for label, name in enumerate(classes):
-            for p in sorted((root / split / name).rglob("*")):
-                if p.suffix.lower() in IMAGE_SUFFIXES:
-                    files.append(p)
-                    labels.append(label)
+            found = image_files(root / split / name)
+            files += [root / split / name / f for f in found]
+            labels += [label] * len(found)
         if not files:
             raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {split}/", file=root,
                             key="data.root", hint=f"expected layout: {_LAYOUT['imagefolder']}")
