@@ -127,7 +127,7 @@ class TrialStatus:
 def trial_status(trial: Trial, results_dir: Path, *, driver_alive: bool,
                  now: float | None = None) -> TrialStatus:
     """Read one trial's record; "running" with no driver and no recent write is interrupted."""
-    tdir = record.trial_dir(results_dir, trial.id)
+    tdir = record.trial_folder(results_dir, trial)
     try:
         raw = record.check_record(tdir) or {}
     except RecordError as e:
@@ -160,8 +160,9 @@ def sweep_status(results_dir: Path) -> list[TrialStatus]:
     if (results_dir / MANIFEST).exists() or not record.list_trial_dirs(results_dir):
         manifest = read_manifest(results_dir)  # no trial folders either: not a results folder
         trials = {t.id: t for t in manifest["trials"] + manifest["retired"]}
+    claimed = {record.trial_folder(results_dir, t).name for t in trials.values()}
     for tdir in record.list_trial_dirs(results_dir):
-        if tdir.name not in trials and (tdir / "trial.json").exists():
+        if tdir.name not in claimed and (tdir / "trial.json").exists():
             trials[tdir.name] = record.read_trial(tdir)
     alive = driver_running(results_dir)
     return [trial_status(t, results_dir, driver_alive=alive) for t in trials.values()]
@@ -174,7 +175,53 @@ def split_finished(trials: list[Trial], results_dir: Path) -> tuple[list[Trial],
     """
     finished, todo = [], []
     for t in trials:
-        tdir = record.trial_dir(results_dir, t.id)
+        tdir = record.trial_folder(results_dir, t)
         state = record.state_of(record.check_record(tdir))
         (finished if state in record.FINISHED else todo).append(t)
     return finished, todo
+
+
+# ---------------------------------------------------------------------------- changes
+
+
+def migrate_legacy(results_dir: Path, trials: list[Trial]) -> list[tuple[str, str]]:
+    """Rename the 0.1-era folders of ``trials`` to their current ids; (old, new) pairs.
+
+    Call with the driver lock held. The record is kept whole; trial.json is rewritten with the
+    current id (the configuration is the same: the old id hashed all of it).
+    """
+    moved = []
+    for t in trials:
+        old = record.legacy_dir(results_dir, t)
+        if old is not None:
+            new = record.trial_dir(results_dir, t.id)
+            os.replace(old, new)
+            record.write_trial(new, t)
+            moved.append((old.name, t.id))
+    return moved
+
+
+def config_changes(results_dir: Path, trial: Trial) -> dict[str, tuple[Any, Any]]:
+    """Result fields where the configuration stored with ``trial``'s record differs from the
+    one the plan resolves now: dotted key -> (stored, planned). Empty when the record agrees,
+    or has no readable trial.json.
+
+    The id leaves out fields at their defaults, so a default changed in the code keeps the id
+    while the experiment is no longer the same; this is how it shows.
+    """
+    tdir = record.trial_folder(results_dir, trial)
+    try:
+        stored = record.read_trial(tdir).config.result_fields()
+    except RecordError:
+        return {}
+    planned = trial.config.result_fields()
+    return {k: (stored.get(k), v) for k, v in planned.items() if stored.get(k) != v}
+
+
+def set_aside(results_dir: Path, trial: Trial) -> Path:
+    """Move a trial's record to ``replaced/`` (kept, never collected) so it runs afresh."""
+    src = record.trial_folder(results_dir, trial)
+    dest = Path(results_dir) / "replaced" / f"{src.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dest)
+    return dest

@@ -4,9 +4,22 @@ The sweep parser (``spec``) builds these from YAML, the planner (``plan``) expan
 trials, the runner ships them to workers as dicts, ``train`` consumes them, ``collect`` flattens
 them into dotted columns (``model.group_size``, ``train.lr``). Nothing here imports torch or ray.
 
-A trial's identity is a hash of its :class:`TrialConfig` alone (model, data, recipe, seed);
-the sweep name, arm label and resources are bookkeeping and do not change the id, so renaming,
-reordering or extending a sweep keeps the ids of the trials that did not change.
+A trial's id is a hash of what determines its result and nothing else (:meth:`TrialConfig.
+identity`): the model, data and recipe fields that can change a metric, and the seed. Left out:
+
+- bookkeeping (sweep name, arm label, resources): renaming, reordering or extending a sweep
+  keeps the ids of the trials that did not change;
+- operational fields (marked ``OPERATIONAL`` below: loader workers, checkpoints kept, the data
+  folder's path), which cannot change a metric; the data enters through a fingerprint of its
+  content instead (``ablate.datafiles``), so a moved folder keeps its ids;
+- every field whose value is its declared default. A field added later with a default that
+  reproduces the old behaviour therefore keeps every id. The other side of this rule: if a
+  default itself changes, ids stay and the trials' stored configurations no longer match the
+  plan; ``ablate plan`` shows those trials as changed and ``ablate run --rerun-changed`` reruns
+  them.
+
+Folders written before this scheme (ablate 0.1, where the id hashed every field) are found
+through :meth:`TrialConfig.legacy_id` and renamed to the new ids by the next ``ablate run``.
 """
 
 from __future__ import annotations
@@ -14,10 +27,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any
 
-CONFIG_SCHEMA = 1
+ID_SCHEME = 2  # hashed into every id: a later change of the rule itself cannot collide
+OPERATIONAL = {"operational": True}  # field metadata: cannot change a metric, not in the id
 
 
 @dataclass(frozen=True)
@@ -50,7 +64,9 @@ class DataConfig:
     """Which data, at which image size."""
 
     name: str = "digits"  # "digits" | "cifar10" | "cifar100" | "imagefolder" | "synthetic"
-    root: str | None = None  # folder for cifar*/imagefolder; None for digits/synthetic
+    # folder for cifar*/imagefolder; None for digits/synthetic. Its content, not its path,
+    # is part of the trial id.
+    root: str | None = field(default=None, metadata=OPERATIONAL)
     img_size: int = 32
     val_fraction: float = 0.2  # digits only: held-out share, stratified, fixed split
     num_train: int | None = None  # synthetic size / cap on training images (None: all)
@@ -77,9 +93,10 @@ class RecipeConfig:
     randaugment: str | None = "rand-m9-mstd0.5-inc1"
     color_jitter: float = 0.4
     reprob: float = 0.25
-    workers: int = 2
+    workers: int = field(default=2, metadata=OPERATIONAL)  # loader processes
     amp: bool = True  # used only on GPU
-    keep_checkpoints: int = 2  # last N epoch checkpoints kept, besides the best
+    # last N epoch checkpoints kept, besides the best
+    keep_checkpoints: int = field(default=2, metadata=OPERATIONAL)
 
 
 @dataclass(frozen=True)
@@ -96,33 +113,102 @@ class TrialConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialConfig:
+        """Inverse of :meth:`to_dict`; keys of fields this version no longer has are ignored
+        (a record written by another version still reads)."""
         return cls(
-            model=ModelConfig(**d["model"]),
-            data=DataConfig(**d.get("data", {})),
-            train=RecipeConfig(**d.get("train", {})),
+            model=ModelConfig(**_known(ModelConfig, d["model"])),
+            data=DataConfig(**_known(DataConfig, d.get("data", {}))),
+            train=RecipeConfig(**_known(RecipeConfig, d.get("train", {}))),
             seed=int(d.get("seed", 0)),
         )
 
-    def trial_id(self) -> str:
-        """12 hex digits of the sha256 of the canonical JSON of this configuration.
+    def identity(self, data_fingerprint: str | None = None) -> dict[str, Any]:
+        """What the id hashes: dotted field -> value, for the result-determining fields that
+        differ from their defaults, plus the seed and the data's content.
+
+        ``data_fingerprint`` identifies the content of ``data.root`` (``ablate.datafiles``);
+        without one (a plan made without looking at the data) the folder's path stands in.
+        """
+        out: dict[str, Any] = {"seed": self.seed}
+        for section in ("model", "data", "train"):
+            for name, value in _canonical(getattr(self, section), skip_default=True).items():
+                out[f"{section}.{name}"] = value
+        if self.data.root is not None:
+            out["data.content"] = data_fingerprint or f"path:{self.data.root}"
+        return out
+
+    def result_fields(self) -> dict[str, Any]:
+        """Every result-determining field (defaults included), dotted: what two records of
+        the same id must agree on to be the same experiment."""
+        return {f"{s}.{k}": v for s in ("model", "data", "train")
+                for k, v in _canonical(getattr(self, s), skip_default=False).items()}
+
+    def trial_id(self, data_fingerprint: str | None = None) -> str:
+        """12 hex digits of the sha256 of the canonical JSON of :meth:`identity`.
 
         Float fields are hashed as floats, so ``warmup_epochs=1`` and ``1.0`` are one trial.
         """
-        canon = json.dumps(_canonical(self), sort_keys=True, separators=(",", ":"))
+        canon = json.dumps({"scheme": ID_SCHEME, **self.identity(data_fingerprint)},
+                           sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+    def legacy_id(self) -> str | None:
+        """The id ablate 0.1 gave this configuration (a hash of every field it had), or None
+        when a field added since then is set away from its default (0.1 could not run it)."""
+        d = {}
+        for section, names in _V1_FIELDS.items():
+            obj = getattr(self, section)
+            for f in dataclasses.fields(obj):
+                if f.name not in names and getattr(obj, f.name) != f.default:
+                    return None
+            full = _canonical(obj, skip_default=False, operational=True)
+            d[section] = {k: full[k] for k in names}
+        d["seed"] = self.seed
+        canon = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
 
-def _canonical(obj: Any) -> Any:
-    """Nested dict of a config dataclass, with ints in float-typed fields made floats."""
+# The fields of ablate 0.1's configs, whose ids hashed all of them (see legacy_id). Frozen.
+_V1_FIELDS = {
+    "model": ("arch", "weight_source", "window", "sharing", "group_size", "num_groups",
+              "kernel_size", "se", "drop_path_rate"),
+    "data": ("name", "root", "img_size", "val_fraction", "num_train", "num_val", "num_classes"),
+    "train": ("epochs", "batch_size", "lr", "warmup_lr", "min_lr", "warmup_epochs",
+              "weight_decay", "clip_grad", "label_smoothing", "mixup", "cutmix",
+              "mixup_switch_prob", "randaugment", "color_jitter", "reprob", "workers", "amp",
+              "keep_checkpoints"),
+}
+
+
+def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+def _canonical(obj: Any, *, skip_default: bool, operational: bool = False) -> dict[str, Any]:
+    """A config section as a flat dict, ints in float-typed fields made floats (so 1 and 1.0
+    hash alike); operational fields left out unless asked for, default values left out when
+    ``skip_default``."""
     out = {}
     for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            value = _canonical(value)
-        elif isinstance(value, int) and not isinstance(value, bool) and "float" in str(f.type):
-            value = float(value)
+        if f.metadata.get("operational") and not operational:
+            continue
+        value = _as_declared(f, getattr(obj, f.name))
+        if skip_default and f.default is not MISSING and _same_value(
+                value, _as_declared(f, f.default)):
+            continue
         out[f.name] = value
     return out
+
+
+def _as_declared(f: dataclasses.Field, value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and "float" in str(f.type):
+        return float(value)
+    return value
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b  # True == 1 in Python; not here
 
 
 @dataclass(frozen=True)
@@ -145,10 +231,11 @@ class Trial:
     role: str = "arm"  # "baseline" | "arm": baselines and first seeds are scheduled first
     resources: Resources = field(default_factory=Resources)
     expected: dict[str, Any] | None = None  # the paper's number or claimed direction, if any
+    data_fingerprint: str | None = None  # content of config.data.root (ablate.datafiles)
 
     @property
     def id(self) -> str:
-        return self.config.trial_id()
+        return self.config.trial_id(self.data_fingerprint)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -165,6 +252,7 @@ class Trial:
             role=d.get("role", "arm"),
             resources=Resources(**d.get("resources", {})),
             expected=d.get("expected"),
+            data_fingerprint=d.get("data_fingerprint"),
         )
 
 

@@ -3,8 +3,11 @@
 Expansion is arms (the baseline first) x grid (cartesian, file order) x paired (zipped) x seeds,
 minus the excluded trials. Role "baseline": with arms, every trial of the baseline arm; without,
 the trial at the first value of every grid and paired axis. Order: by seed, baselines before
-arms within a seed, then file order; so every arm's first seed runs before any repeat. Trial ids are ``TrialConfig.trial_id()``: a
-hash of the resolved config alone, so labels, order and the sweep's name do not change them.
+arms within a seed, then file order; so every arm's first seed runs before any repeat. Trial ids
+are ``TrialConfig.trial_id()``: a hash of what determines the result (see ``ablate.config``),
+so labels, order, the sweep's name and operational settings do not change them. A data folder
+enters the id through the fingerprint of its content, computed here when folders are checked;
+a plan made without the data (``check_data=False``) has provisional ids for folder data.
 
 Checked here (each a one-line SpecError pointing at the key that caused it): models and their
 axis combinations (``ablate.models.validate_model``), data folders, the expected-result labels,
@@ -31,7 +34,7 @@ from ablate.record import (
     NEW,
     RUNNING,
     read_state,
-    trial_dir,
+    trial_folder,
 )
 from ablate.spec import Sweep, _dotted, _same, load_sweep
 
@@ -73,8 +76,8 @@ def plan_trials(sweep: Sweep, *, confirm: bool = False, check_data: bool = True)
     _check_expected(sweep, {c.label for c in kept})
     _check_recipes(sweep, kept)
     _check_models(sweep, kept)
-    _check_data(sweep, kept, check_data)
-    _check_duplicates(sweep, kept)
+    fingerprints = _check_data(sweep, kept, check_data)
+    _check_duplicates(sweep, kept, fingerprints)
     if len(kept) > sweep.max_trials and not confirm:
         raise sweep.error(f"the plan has {len(kept)} trials, more than max_trials="
                           f"{sweep.max_trials}", "max_trials",
@@ -82,13 +85,14 @@ def plan_trials(sweep: Sweep, *, confirm: bool = False, check_data: bool = True)
                           "with --yes")
     kept.sort(key=lambda c: c.order)
     return [Trial(config=c.config, sweep=sweep.name, arm=c.label, varied=c.varied, role=c.role,
-                  resources=sweep.resources, expected=sweep.expected.get(c.label))
+                  resources=sweep.resources, expected=sweep.expected.get(c.label),
+                  data_fingerprint=fingerprints.get(c.config.data))
             for c in kept]
 
 
 def trial_states(trials: list[Trial], results_dir: str | Path) -> dict[str, str]:
     """Trial id -> its recorded state (new, running, done, failed, diverged)."""
-    return {t.id: read_state(trial_dir(results_dir, t.id)) for t in trials}
+    return {t.id: read_state(trial_folder(results_dir, t)) for t in trials}
 
 
 def run_action(state: str) -> str:
@@ -240,7 +244,11 @@ def _check_models(sweep: Sweep, kept: list[_Candidate]) -> None:
                             hint=e.hint, **sweep.where(*_source(c, key))) from None
 
 
-def _check_data(sweep: Sweep, kept: list[_Candidate], check_exists: bool) -> None:
+def _check_data(sweep: Sweep, kept: list[_Candidate],
+                check_exists: bool) -> dict[DataConfig, str | None]:
+    """Check each distinct data configuration; with ``check_exists``, also its folder, and
+    return the fingerprint of each folder's content (what trial ids hash instead of paths)."""
+    fingerprints: dict[DataConfig, str | None] = {}
     for c in _first_per(kept, "data"):
         data = c.config.data
         where = _source(c, "data.root")
@@ -258,6 +266,19 @@ def _check_data(sweep: Sweep, kept: list[_Candidate], check_exists: bool) -> Non
                               hint="set data.num_classes")
         if check_exists:
             _check_folder(sweep, data, c)
+            fingerprints[data] = _fingerprint(sweep, data, c)
+    return fingerprints
+
+
+def _fingerprint(sweep: Sweep, data: DataConfig, c: _Candidate) -> str | None:
+    from ablate.datafiles import data_fingerprint
+
+    try:
+        return data_fingerprint(data)
+    except OSError as e:
+        raise sweep.error(f"cannot read the data folder ({e.strerror or e})",
+                          *_source(c, "data.root"), hint="check the folder's permissions"
+                          ) from None
 
 
 def _check_folder(sweep: Sweep, data: DataConfig, c: _Candidate) -> None:
@@ -273,10 +294,11 @@ def _check_folder(sweep: Sweep, data: DataConfig, c: _Candidate) -> None:
         raise sweep.error(what, *_source(c, key), hint=e.hint) from None
 
 
-def _check_duplicates(sweep: Sweep, kept: list[_Candidate]) -> None:
+def _check_duplicates(sweep: Sweep, kept: list[_Candidate],
+                      fingerprints: dict[DataConfig, str | None]) -> None:
     seen: dict[str, _Candidate] = {}
     for c in kept:
-        tid = c.config.trial_id()
+        tid = c.config.trial_id(fingerprints.get(c.config.data))
         if tid in seen:
             first = seen[tid]
             where = next((p for p in c.sources.values()), ("base",))[:2]

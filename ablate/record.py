@@ -50,6 +50,21 @@ def trial_dir(results_dir: str | Path, trial_id: str) -> Path:
     return trials_root(results_dir) / trial_id
 
 
+def legacy_dir(results_dir: str | Path, trial: Trial) -> Path | None:
+    """The folder ablate 0.1 gave ``trial`` (its id then hashed every field), if there is one
+    and none under the current id."""
+    old = trial.config.legacy_id()
+    if old is None or old == trial.id or trial_dir(results_dir, trial.id).exists():
+        return None
+    path = trial_dir(results_dir, old)
+    return path if path.is_dir() else None
+
+
+def trial_folder(results_dir: str | Path, trial: Trial) -> Path:
+    """Where ``trial``'s record is: its id's folder, or a not yet renamed 0.1 folder."""
+    return legacy_dir(results_dir, trial) or trial_dir(results_dir, trial.id)
+
+
 @contextmanager
 def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` that replaces it only if the block succeeds.

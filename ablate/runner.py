@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from ablate import record
-from ablate.bookkeeping import driver_lock, split_finished, write_manifest
+from ablate.bookkeeping import (
+    config_changes,
+    driver_lock,
+    migrate_legacy,
+    set_aside,
+    split_finished,
+    write_manifest,
+)
 from ablate.config import Trial
 from ablate.errors import ClusterError, TrialError
 from ablate.failures import Failure, classify_exception, classify_record
@@ -154,7 +161,7 @@ def run_one(config: dict[str, Any]) -> None:
 
 def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str | None = None,
              max_concurrent: int | None = None, address: str | None = None,
-             num_cpus: int | None = None,
+             num_cpus: int | None = None, rerun_changed: bool = False,
              on_event: Callable[[Event], None] | None = None) -> RunSummary:
     """Record the plan in ``sweep.json`` and run every trial of it not finished yet.
 
@@ -162,9 +169,19 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
     left. ``address`` joins an existing cluster (whose nodes must see ``results_dir``); else a
     local Ray with ``num_cpus`` (default: all) is started and stopped. An already initialised
     Ray in this process is used as it is.
+
+    Folders of ablate 0.1 are renamed to their trials' current ids first. A finished trial
+    whose stored configuration differs from the planned one is kept, unless ``rerun_changed``:
+    then its record is set aside under ``replaced/`` and it runs again.
     """
     results_dir = Path(results_dir).resolve()
     with driver_lock(results_dir):
+        migrate_legacy(results_dir, trials)
+        if rerun_changed:
+            for t in trials:
+                if record.read_state(record.trial_dir(results_dir, t.id)) in record.FINISHED \
+                        and config_changes(results_dir, t):
+                    set_aside(results_dir, t)
         write_manifest(results_dir, name=name, source=source, trials=trials,
                        max_concurrent=max_concurrent)
         t0 = time.time()

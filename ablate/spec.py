@@ -31,7 +31,8 @@ The language (every key optional unless marked; unknown keys are errors at any d
 
 Axes are dotted paths ``model.*``, ``data.*``, ``train.*`` named as in :mod:`ablate.config`;
 values are checked as in ``base`` (YAML reads ``1e-3`` as a number here). ``data.root`` is
-used as written (relative paths: to the working directory) and is part of each trial's id.
+used as written (relative paths: to the working directory); its content, not its path, enters
+each trial's id.
 Each planned Trial's ``expected`` is ``{metric: number}`` or ``{metric: {"op": ">", "than":
 LABEL}}`` (op ``>``, ``<`` or ``~``), or None.
 Trial labels: the arm label (the ``baseline`` label for base itself), then ``axis=value`` for

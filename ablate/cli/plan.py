@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -45,12 +46,21 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def build_report(sweep: Any, trials: list, results_dir: str, *, stats: bool) -> dict[str, Any]:
     """Everything ``ablate plan`` shows, as plain JSON-ready data."""
+    from ablate import record
+    from ablate.bookkeeping import config_changes
     from ablate.plan import run_action, trial_states
 
     states = trial_states(trials, results_dir)
-    rows = [{"id": t.id, "label": t.arm, "role": t.role, "seed": t.config.seed,
-             "varied": t.varied, "state": states[t.id], "action": run_action(states[t.id]),
-             "expected": t.expected, "config": t.config.to_dict()} for t in trials]
+    rows = []
+    for t in trials:
+        legacy = record.legacy_dir(results_dir, t)
+        changed = config_changes(Path(results_dir), t) if states[t.id] != "new" else {}
+        rows.append({"id": t.id, "label": t.arm, "role": t.role, "seed": t.config.seed,
+                     "varied": t.varied, "state": states[t.id],
+                     "action": run_action(states[t.id]), "expected": t.expected,
+                     "config": t.config.to_dict(), "data_fingerprint": t.data_fingerprint,
+                     "legacy_id": legacy.name if legacy else None,
+                     "changed": {k: list(v) for k, v in changed.items()}})
     return {
         "sweep": {"name": sweep.name, "description": sweep.description,
                   "path": str(sweep.path), "results_dir": results_dir,
@@ -116,6 +126,7 @@ def render(report: dict[str, Any]) -> str:
               "(* = baseline)",
               "states: " + ", ".join(f"{k} {v}" for k, v in sorted(t["states"].items())),
               "a run would: " + ", ".join(f"{k} {v}" for k, v in sorted(t["actions"].items()))]
+    lines += _id_notes(rows)
     if report["models"]:
         lines += ["", "models:"]
         lines += _table(["arch", "axes", "img", "classes", "params", "FLOPs (mult-adds)"], [
@@ -123,6 +134,29 @@ def render(report: dict[str, Any]) -> str:
              str(m["img_size"]), str(m["num_classes"]), _si(m["params"]), _si(m["flops"])]
             for m in report["models"]])
     return "\n".join(lines)
+
+
+def _id_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Lines on finished trials whose configuration changed, 0.1-era folders, and ids that
+    are provisional because the data was not looked at."""
+    out = []
+    changed = [r for r in rows if r["changed"]]
+    if changed:
+        out += ["", f"{len(changed)} trials were recorded with another configuration than the "
+                "plan's now (a default changed?); 'ablate run' keeps their results, "
+                "'ablate run --rerun-changed' reruns them:"]
+        out += [f"  {r['id']} [{r['label']}]: " + "; ".join(
+            f"{k} {old!r} -> {new!r}" for k, (old, new) in r["changed"].items())
+            for r in changed[:10]]
+        out += ["  ..."] if len(changed) > 10 else []
+    legacy = [r for r in rows if r["legacy_id"]]
+    if legacy:
+        out += ["", f"{len(legacy)} trials are recorded under the ids of ablate 0.1; the next "
+                "'ablate run' renames their folders to the ids above (nothing is recomputed)"]
+    if any(r["config"]["data"]["root"] and not r["data_fingerprint"] for r in rows):
+        out += ["", "ids of trials on folder data are provisional: the data was not looked at "
+                "(--no-data-check), and ids hash the folder's content"]
+    return out
 
 
 def _expected(expected: dict[str, Any] | None) -> str:

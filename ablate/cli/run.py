@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _ray_options(p)
     p.add_argument("--yes", action="store_true",
                    help="confirm a plan above max_trials, or reusing another sweep's folder")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="rerun finished trials whose stored configuration differs from the "
+                   "plan's (a default changed in the code); their old records are kept under "
+                   "RESULTS/replaced/")
     p.set_defaults(func=run_command)
 
     p = sub.add_parser("resume", help="finish what is left of a sweep's results folder",
@@ -70,7 +74,7 @@ def run_command(args: argparse.Namespace) -> int:
     _check_folder_owner(results, sweep.name, args.yes)
     return _execute(trials, results, name=sweep.name, source=str(sweep.path),
                     max_concurrent=args.max_concurrent or sweep.max_concurrent,
-                    address=args.address)
+                    address=args.address, rerun_changed=args.rerun_changed)
 
 
 def resume_command(args: argparse.Namespace) -> int:
@@ -102,8 +106,17 @@ def _execute(trials: list, results: Path, **kw: Any) -> int:
     from ablate import bookkeeping, runner
 
     finished, todo = bookkeeping.split_finished(trials, results)
+    changed = {t.id: c for t in finished if (c := bookkeeping.config_changes(results, t))}
+    if changed and kw.get("rerun_changed"):
+        todo += [t for t in finished if t.id in changed]
+        finished = [t for t in finished if t.id not in changed]
     print(f"ablate: sweep {kw['name']}: {len(trials)} trials, {len(finished)} already finished, "
           f"{len(todo)} to run; results in {results}", flush=True)
+    if changed:
+        print(f"ablate: {len(changed)} finished trials were run with another configuration "
+              f"than the plan's now ({_describe_changes(changed)}): "
+              + ("rerunning them; their old records go to replaced/" if kw.get("rerun_changed")
+                 else "kept; rerun them with --rerun-changed"), flush=True)
     display = _Progress(tty=sys.stdout.isatty())
     if todo and display.tty:
         display.show("starting Ray and the first trials ...")
@@ -173,6 +186,14 @@ def _print_summary(summary: Any, trials: list, results: Path) -> None:
     if summary.failed or summary.unfinished:
         print(f"  details: ablate status {shlex.quote(str(results))}")
         print(f"  resume with: ablate resume {shlex.quote(str(results))}")
+
+
+def _describe_changes(changed: dict[str, dict]) -> str:
+    """The distinct field changes of several trials, e.g. 'train.lr 0.0005 -> 0.001'."""
+    seen = dict.fromkeys(f"{k} {old!r} -> {new!r}" for c in changed.values()
+                         for k, (old, new) in sorted(c.items()))
+    shown = list(seen)[:3]
+    return "; ".join(shown) + ("; ..." if len(seen) > 3 else "")
 
 
 def _results_up_to_date(results: Path) -> bool:

@@ -70,8 +70,14 @@ def _resolve(args: argparse.Namespace):
         return trial, record.trial_dir(args.results or results, trial.id)
     if args.config is None:
         raise TrialError("no trial given", hint="ablate train CONFIG.yaml, or --sweep and --trial")
+    import dataclasses
+
+    from ablate.datafiles import data_fingerprint
+
     trial = load_trial_file(args.config)
     _validate(trial, args.config)
+    # the id hashes the data folder's content, as in a planned sweep
+    trial = dataclasses.replace(trial, data_fingerprint=data_fingerprint(trial.config.data))
     return trial, args.out or record.trial_dir(Path("results") / trial.sweep, trial.id)
 
 
