@@ -222,6 +222,11 @@ def load_sweep(path: str | Path) -> Sweep:
     """Parse and validate one sweep file (following ``extends``); SpecError on any mistake."""
     path = Path(path)
     raw, locs = _load_tree(path, ())
+    return sweep_from_tree(raw, locs, path)
+
+
+def sweep_from_tree(raw: dict[str, Any], locs: dict, path: Path) -> Sweep:
+    """Validate an already read sweep mapping (``locs``: key path -> (file, line))."""
     raw.setdefault("name", path.stem)
     for key in ("grid", "paired", "arms", "exclude", "expected", "max_concurrent"):
         if key in raw and raw[key] is None:

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,11 +40,38 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         cli.main([])
 
 
-def test_console_script_is_installed_and_fast_to_start():
-    # --help must not import torch or ray (heavy imports live inside the handlers)
+HEAVY = ("torch", "timm", "ray", "pandas", "matplotlib")
+
+
+def _loaded_after(argv: list[str]) -> list[str]:
+    """Which heavy libraries a fresh interpreter has loaded after ``ablate ARGV``."""
     code = ("import sys; from ablate import cli\n"
-            "try: cli.main(['--help'])\n"
+            f"try: cli.main({argv!r})\n"
             "except SystemExit: pass\n"
-            "print(sorted(m for m in ('ray', 'pandas', 'matplotlib') if m in sys.modules))")
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    return eval(out.stdout.strip().splitlines()[-1])
+
+
+def test_help_imports_no_heavy_library():
+    # torch and timm alone take seconds to import: --help must answer at once
+    assert _loaded_after(["--help"]) == []
+    assert _loaded_after(["run", "--help"]) == []
+
+
+def test_status_reads_records_without_torch_or_ray(tmp_path):
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "results_v1" / "results", results)
+    assert _loaded_after(["status", str(results)]) == []
+
+
+@pytest.mark.parametrize("first", ["ablate", "timm"])
+def test_models_are_registered_with_timm_whichever_is_imported_first(first):
+    second = "timm" if first == "ablate" else "ablate"
+    code = (f"import sys, {first}, {second}, timm\n"
+            "print('dwnet_nano' in timm.list_models(), type(timm.create_model('dwnet_nano'))"
+            ".__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "Backbone"]

@@ -70,31 +70,8 @@ def _resolve(args: argparse.Namespace):
         return trial, record.trial_dir(args.results or results, trial.id)
     if args.config is None:
         raise TrialError("no trial given", hint="ablate train CONFIG.yaml, or --sweep and --trial")
-    import dataclasses
-
-    from ablate.datafiles import data_fingerprint
-
-    trial = load_trial_file(args.config)
-    _validate(trial, args.config)
-    # the id hashes the data folder's content, as in a planned sweep
-    trial = dataclasses.replace(trial, data_fingerprint=data_fingerprint(trial.config.data))
+    trial = load_trial_file(args.config)  # checked as a sweep's base is, data included
     return trial, args.out or record.trial_dir(Path("results") / trial.sweep, trial.id)
-
-
-def _validate(trial, path: Path) -> None:
-    """Check model axes and data before any record is written (as planning does for sweeps)."""
-    from ablate.data import validate_data
-    from ablate.errors import AblateError
-    from ablate.models import validate_model
-
-    m = trial.config.model
-    try:
-        validate_model(m.arch, **m.axes())
-        validate_data(trial.config.data)
-    except AblateError as e:
-        key = e.key if (e.key or "").startswith("data") else f"model.{e.key or 'arch'}"
-        what = f"{e.what} ({e.file})" if e.file else e.what
-        raise SpecError(what, file=path, key=key, hint=e.hint) from None
 
 
 def _from_sweep(path: Path, trial_id: str):
@@ -113,82 +90,67 @@ def _from_sweep(path: Path, trial_id: str):
 
 
 def load_trial_file(path: Path):
-    """A Trial from a YAML/JSON file holding a TrialConfig or a Trial; SpecError if malformed."""
-    from ablate.config import Trial, TrialConfig
+    """A Trial from a YAML/JSON file holding a TrialConfig or a Trial (a copied trial.json).
 
-    raw = _read_mapping(path)
-    if "config" in raw:  # a Trial (e.g. a copied trial.json)
-        cfg = _trial_config(raw["config"], path, prefix="config.")
-        return Trial(config=cfg, sweep=str(raw.get("sweep", "manual")),
-                     arm=str(raw.get("arm", "manual")), varied=dict(raw.get("varied") or {}),
-                     role=str(raw.get("role", "arm")))
-    cfg: TrialConfig = _trial_config(raw, path)
-    return Trial(config=cfg, sweep="manual", arm=path.stem)
+    It is checked exactly as a sweep file's ``base`` is, by the same schema and the planner's
+    checks (models, data, recipe), so ``epochs: 0`` or an unknown mixer fails here too, with
+    the file, line and key.
+    """
+    import dataclasses
 
-
-def _read_mapping(path: Path) -> dict[str, Any]:
-    import yaml
+    from ablate.plan import plan_trials
+    from ablate.spec import sweep_from_tree
+    from ablate.sweepfile import _read_yaml
 
     if not path.is_file():
         raise TrialError("trial config file not found", file=path,
                          hint="give a YAML or JSON trial config, or --sweep and --trial")
-    text = path.read_text()
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise SpecError(f"not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({e})",
-                        file=path) from None
+    raw, locs = _read_yaml(path)
     if not isinstance(raw, dict):
-        raise SpecError("expected a mapping with model, data, train, seed", file=path)
-    return raw
+        raise SpecError("expected a mapping with model, data, train, seed", file=path, line=1)
+    prefix: tuple = ("config",) if "config" in raw else ()
+    body = raw.get("config") if prefix else raw
+    if not isinstance(body, dict):
+        raise SpecError("expected a mapping with model, data, train, seed", file=path,
+                        key="config")
+    unknown = [k for k in body if k not in (*_SECTIONS, "seed")]
+    if unknown:
+        raise SpecError(f"unknown key {unknown[0]!r}", file=path,
+                        key=".".join((*prefix, str(unknown[0]))),
+                        hint=unknown_name_hint(str(unknown[0]), (*_SECTIONS, "seed")))
+    seed = body.get("seed", 0)
+    tree = {"name": _sweep_name(raw, path), "description": f"trial config {path.name}",
+            "base": {k: body[k] for k in _SECTIONS if k in body}, "seeds": [seed]}
+    n = len(prefix)
+    sweep_locs = {("base", *k[n:]): v for k, v in locs.items() if tuple(k[:n]) == prefix}
+    if (*prefix, "seed") in locs:
+        sweep_locs[("seeds", 0)] = locs[(*prefix, "seed")]
+    try:
+        [trial] = plan_trials(sweep_from_tree(tree, sweep_locs, path))
+    except SpecError as e:
+        raise _as_trial_key(e, prefix) from None
+    if prefix:
+        trial = dataclasses.replace(trial, arm=str(raw.get("arm", "manual")),
+                                    varied=dict(raw.get("varied") or {}),
+                                    role=str(raw.get("role", "arm")))
+    else:
+        trial = dataclasses.replace(trial, sweep="manual", arm=path.stem, role="arm")
+    return trial
 
 
-def _trial_config(raw: Any, path: Path, prefix: str = ""):
-    """TrialConfig from a dict, naming the file and dotted key of any unknown or bad entry."""
-    from ablate.config import DataConfig, ModelConfig, RecipeConfig, TrialConfig
-
-    classes = {"model": ModelConfig, "data": DataConfig, "train": RecipeConfig}
-    allowed = (*_SECTIONS, "seed")
-    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
-        raise SpecError("needs a 'model' mapping with at least 'arch'", file=path,
-                        key=f"{prefix}model")
-    for key in raw:
-        if key not in allowed:
-            raise SpecError(f"unknown key {key!r}", file=path, key=f"{prefix}{key}",
-                            hint=unknown_name_hint(key, allowed))
-    parts = {}
-    for section, cls in classes.items():
-        values = raw.get(section) or {}
-        if not isinstance(values, dict):
-            raise SpecError("expected a mapping", file=path, key=f"{prefix}{section}")
-        fields = [f.name for f in dataclasses.fields(cls)]
-        for key, value in values.items():
-            if key not in fields:
-                raise SpecError(f"unknown key {key!r}", file=path, key=f"{prefix}{section}.{key}",
-                                hint=unknown_name_hint(key, fields))
-            _check_type(cls, key, value, path, f"{prefix}{section}.{key}")
-        parts[section] = cls(**values)
-    if "arch" not in raw["model"]:
-        raise SpecError("missing 'arch'", file=path, key=f"{prefix}model.arch")
-    seed = raw.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise SpecError(f"seed must be an integer, got {seed!r}", file=path, key=f"{prefix}seed")
-    return TrialConfig(model=parts["model"], data=parts["data"], train=parts["train"], seed=seed)
+def _sweep_name(raw: dict[str, Any], path: Path) -> str:
+    name = raw.get("sweep", "manual") if "config" in raw else "manual"
+    return str(name)
 
 
-_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
-          "None": (type(None),)}
-
-
-def _check_type(cls: type, name: str, value: Any, path: Path, key: str) -> None:
-    """The value's type against the dataclass field's annotation (e.g. "int | None")."""
-    annotation = next(f.type for f in dataclasses.fields(cls) if f.name == name)
-    names = [t.strip() for t in str(annotation).split("|")]
-    allowed = tuple(t for n in names for t in _TYPES.get(n, (object,)))
-    if isinstance(value, bool) and bool not in allowed:
-        allowed = ()
-    if not isinstance(value, allowed):
-        raise SpecError(f"expected {annotation}, got {value!r}", file=path, key=key)
+def _as_trial_key(e: SpecError, prefix: tuple) -> SpecError:
+    """A sweep-shaped error's key in the trial file's terms: base.train.x -> train.x."""
+    key = e.key or ""
+    if key.startswith("base."):
+        key = ".".join((*prefix, key[len("base."):]))
+    elif key.startswith("seeds"):
+        key = ".".join((*prefix, "seed"))
+    return SpecError(e.what, file=e.file, line=e.line, key=key or None, hint=e.hint)
 
 
 def _num(v: Any) -> str:

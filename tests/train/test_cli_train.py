@@ -33,9 +33,12 @@ def test_trains_from_a_config_file_and_prints_each_epoch(tmp_path, capsys):
 
 @pytest.mark.parametrize("content,message", [
     ({**TINY, "train": {"epoch": 2}}, "train.epoch: unknown key 'epoch'; did you mean 'epochs'"),
-    ({**TINY, "train": {"epochs": "two"}}, "train.epochs: expected int, got 'two'"),
+    ({**TINY, "train": {"epochs": "two"}}, "train.epochs: expected an integer, got string 'two'"),
+    # the sweep schema's bounds hold for a trial file too
+    ({**TINY, "train": {"epochs": 0}}, "train.epochs: must be >= 1, got integer 0"),
+    ({**TINY, "train": {"lr": -1}}, "train.lr: must be > 0"),
     ({**TINY, "modle": {}}, "modle: unknown key"),
-    ({"data": {}}, "model: needs a 'model' mapping"),
+    ({"data": {}}, "model: required key 'model' is missing"),
     ({**TINY, "model": {"arch": "dwnet_nano", "group_size": "8"}}, "model.group_size"),
     ({**TINY, "model": {"arch": "dwnet_nan"}}, "model.arch: unknown model 'dwnet_nan'"),
     ({**TINY, "data": {"name": "imagefolder", "root": "/no/such/dir"}},
