@@ -51,6 +51,8 @@ class ModelConfig:
     kernel_size: int | None = None  # K: window / kernel side
     se: bool | None = None  # add squeeze-excitation after the mixer
     drop_path_rate: float | None = None
+    mixer: str | None = None  # a registered mixer by name (plugins' too); None: from the axes
+    block: str | None = None  # a registered block style ("swin", "dwnet", plugins')
 
     def axes(self) -> dict[str, Any]:
         """The keyword arguments to pass to ``timm.create_model`` (unset axes left out)."""
@@ -232,6 +234,7 @@ class Trial:
     resources: Resources = field(default_factory=Resources)
     expected: dict[str, Any] | None = None  # the paper's number or claimed direction, if any
     data_fingerprint: str | None = None  # content of config.data.root (ablate.datafiles)
+    plugins: tuple[str, ...] = ()  # modules to import before building the model (workers too)
 
     @property
     def id(self) -> str:
@@ -253,6 +256,7 @@ class Trial:
             resources=Resources(**d.get("resources", {})),
             expected=d.get("expected"),
             data_fingerprint=d.get("data_fingerprint"),
+            plugins=tuple(d.get("plugins", ())),
         )
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from ablate.config import DataConfig, ModelConfig, RecipeConfig, Trial, TrialConfig
 from ablate.errors import AblateError, SpecError, closest
+from ablate.plugins import load_plugins
 from ablate.record import (
     DIVERGED,
     DONE,
@@ -56,10 +57,17 @@ class _Candidate:
     sources: dict[str, tuple]  # dotted axis -> key path in the sweep file
 
 
-def load_plan(path: str | Path, *, confirm: bool = False,
-              check_data: bool = True) -> tuple[Sweep, list[Trial]]:
-    """Load, validate and plan a sweep file; the Sweep comes back with ``trials`` filled."""
+def load_plan(path: str | Path, *, confirm: bool = False, check_data: bool = True,
+              plugins: tuple[str, ...] = ()) -> tuple[Sweep, list[Trial]]:
+    """Load, validate and plan a sweep file; the Sweep comes back with ``trials`` filled.
+
+    ``plugins``: modules to load besides the sweep's own (``--plugin``).
+    """
     sweep = load_sweep(path)
+    if plugins:
+        load_plugins(plugins, source="--plugin")
+        sweep = dataclasses.replace(sweep, plugins=tuple(dict.fromkeys(
+            (*sweep.plugins, *plugins))))
     trials = plan_trials(sweep, confirm=confirm, check_data=check_data)
     return dataclasses.replace(sweep, trials=tuple(trials)), trials
 
@@ -70,6 +78,7 @@ def plan_trials(sweep: Sweep, *, confirm: bool = False, check_data: bool = True)
     ``check_data=False`` skips the existence checks of data folders (to plan a paper-scale
     sweep on a machine without ImageNet); ``confirm`` lifts the ``max_trials`` limit.
     """
+    load_plugins(sweep.plugins, source=str(sweep.path))  # they may define mixers and models
     kept = _apply_exclude(sweep, list(_expand(sweep)))
     if not kept:
         raise sweep.error("the plan is empty: every trial is excluded", "exclude")
@@ -86,7 +95,7 @@ def plan_trials(sweep: Sweep, *, confirm: bool = False, check_data: bool = True)
     kept.sort(key=lambda c: c.order)
     return [Trial(config=c.config, sweep=sweep.name, arm=c.label, varied=c.varied, role=c.role,
                   resources=sweep.resources, expected=sweep.expected.get(c.label),
-                  data_fingerprint=fingerprints.get(c.config.data))
+                  data_fingerprint=fingerprints.get(c.config.data), plugins=sweep.plugins)
             for c in kept]
 
 

@@ -143,9 +143,13 @@ def run_one(config: dict[str, Any]) -> None:
     """
     from ray import tune
 
+    from ablate.plugins import load_plugins
     from ablate.train import train_trial
 
     trial = Trial.from_dict(config["trial"])
+    # a fresh worker knows only ablate's own mixers: import the sweep's plugins, from the
+    # driver's working directory as the driver did
+    load_plugins(trial.plugins, search=config.get("cwd"))
     tdir = record.trial_dir(config["results_dir"], trial.id)
     try:
         train_trial(trial, tdir, report=lambda metrics: tune.report(dict(metrics)))
@@ -300,7 +304,7 @@ def _run_on_ray(todo: list[Trial], results_dir: Path, *, max_concurrent: int | N
         _check_fits(todo)
         tune.Tuner(
             tune.with_resources(run_one, _placement),
-            param_space={"results_dir": str(results_dir),
+            param_space={"results_dir": str(results_dir), "cwd": str(Path.cwd()),
                          "trial": tune.grid_search([t.to_dict() for t in todo])},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=max_concurrent, reuse_actors=True,

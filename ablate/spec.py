@@ -4,6 +4,8 @@ The language (every key optional unless marked; unknown keys are errors at any d
 
     name: group_size_mlp          # default: the file's stem; names results/<name>
     description: one line         # required
+    plugins: [my_lab.mixers]      # modules to import first: they register mixers, blocks or
+                                  # models (importable from the working directory or installed)
     extends: ../other.yaml        # a file (or a list, merged in order) relative to this one,
                                   # deep-merged under this file; name and description are not
                                   # inherited; lists are replaced, not merged; a null in this file
@@ -71,6 +73,7 @@ _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 _Frac = Annotated[float, Field(ge=0, le=1)]
 _Rate = Annotated[float, Field(ge=0, lt=1)]
 _Pos = Annotated[int, Field(ge=1)]
+_MODULE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # a dotted module name
 
 
 class _ModelSpec(BaseModel):
@@ -84,6 +87,8 @@ class _ModelSpec(BaseModel):
     kernel_size: _Pos | None = None
     se: bool | None = None
     drop_path_rate: _Rate | None = None
+    mixer: str | None = None
+    block: str | None = None
 
 
 class _DataSpec(BaseModel):
@@ -139,6 +144,7 @@ class _SweepSpec(BaseModel):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     description: Annotated[str, Field(min_length=1)]
     extends: str | list[str] | None = None
+    plugins: list[Annotated[str, Field(pattern=_MODULE)]] = []
     base: _BaseSpec
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
     paired: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
@@ -184,6 +190,7 @@ class Sweep:
     max_trials: int = 256
     max_concurrent: int | None = None
     extends: tuple[Path, ...] = ()  # the files it builds on, resolved
+    plugins: tuple[str, ...] = ()  # modules that register mixers, blocks or models
     results_dir: Path = Path("results")
     trials: tuple = ()
     locs: dict = field(default_factory=dict, compare=False, repr=False)
@@ -214,7 +221,7 @@ class Sweep:
                 "exclude": [{k: list(v) for k, v in cond} for cond in self.exclude],
                 "seeds": list(self.seeds), "expected": _expected_to_yaml(self.expected),
                 "max_trials": self.max_trials, "max_concurrent": self.max_concurrent,
-                "max_retries": self.max_retries}
+                "max_retries": self.max_retries, "plugins": list(self.plugins)}
         return out
 
 
@@ -346,7 +353,7 @@ def _to_sweep(spec: _SweepSpec, path: Path, locs: dict) -> Sweep:
                  resources=resources, grid=grid, paired=paired, arms=arms,
                  baseline=spec.baseline, exclude=exclude, seeds=tuple(spec.seeds),
                  expected=expected, max_trials=spec.max_trials,
-                 max_concurrent=spec.max_concurrent, extends=ext,
+                 max_concurrent=spec.max_concurrent, extends=ext, plugins=tuple(spec.plugins),
                  results_dir=Path("results") / spec.name, locs=locs)
 
 

@@ -21,6 +21,14 @@ from ablate.errors import AblateError
 COMMAND_MODULES = ("plan", "run", "train", "results")
 
 
+def add_plugin_option(p: argparse.ArgumentParser) -> None:
+    """``--plugin MODULE`` (repeatable): modules that register mixers, blocks or models."""
+    p.add_argument("--plugin", metavar="MODULE", action="append", default=[],
+                   help="import MODULE first (repeatable): a plugin that registers mixers, "
+                   "block styles or models, importable from the working directory or "
+                   "installed; the sweep file's 'plugins:' list does the same")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ablate",

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ablate.cli import add_plugin_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -28,13 +30,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "on a machine without the data)")
     p.add_argument("--no-stats", action="store_true",
                    help="skip counting the models' parameters and FLOPs")
+    add_plugin_option(p)
     p.set_defaults(func=run_plan)
 
 
 def run_plan(args: argparse.Namespace) -> int:
     from ablate.plan import load_plan
 
-    sweep, trials = load_plan(args.sweep, confirm=args.yes, check_data=not args.no_data_check)
+    sweep, trials = load_plan(args.sweep, confirm=args.yes, check_data=not args.no_data_check,
+                              plugins=tuple(args.plugin))
     results = args.results or str(sweep.results_dir)
     report = build_report(sweep, trials, results, stats=not args.no_stats)
     if args.json:

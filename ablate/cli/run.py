@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ablate.cli import add_plugin_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a sweep on Ray Tune (skips trials already done)",
@@ -29,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="rerun finished trials whose stored configuration differs from the "
                    "plan's (a default changed in the code); their old records are kept under "
                    "RESULTS/replaced/")
+    add_plugin_option(p)
     p.set_defaults(func=run_command)
 
     p = sub.add_parser("resume", help="finish what is left of a sweep's results folder",
@@ -69,7 +72,7 @@ def _positive_int(text: str) -> int:
 def run_command(args: argparse.Namespace) -> int:
     from ablate.plan import load_plan
 
-    sweep, trials = load_plan(args.sweep, confirm=args.yes)
+    sweep, trials = load_plan(args.sweep, confirm=args.yes, plugins=tuple(args.plugin))
     results = Path(args.results) if args.results else Path(sweep.results_dir)
     _check_folder_owner(results, sweep.name, args.yes)
     return _execute(trials, results, name=sweep.name, source=str(sweep.path),

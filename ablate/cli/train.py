@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ablate.cli import add_plugin_option
 from ablate.errors import SpecError, TrialError, closest, unknown_name_hint
 
 _SECTIONS = ("model", "data", "train")
@@ -33,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", type=Path,
                    help="results folder of the sweep (default: the sweep's results_dir)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if any)")
+    add_plugin_option(p)
     p.set_defaults(func=run_train)
 
 
@@ -66,18 +68,18 @@ def _resolve(args: argparse.Namespace):
         if args.out is not None:
             raise TrialError("--out is for a config file; with --sweep, give --results",
                              key="--out", hint="the trial folder is RESULTS/trials/ID")
-        trial, results = _from_sweep(args.sweep, args.trial)
+        trial, results = _from_sweep(args.sweep, args.trial, tuple(args.plugin))
         return trial, record.trial_dir(args.results or results, trial.id)
     if args.config is None:
         raise TrialError("no trial given", hint="ablate train CONFIG.yaml, or --sweep and --trial")
-    trial = load_trial_file(args.config)  # checked as a sweep's base is, data included
+    trial = load_trial_file(args.config, plugins=tuple(args.plugin))
     return trial, args.out or record.trial_dir(Path("results") / trial.sweep, trial.id)
 
 
-def _from_sweep(path: Path, trial_id: str):
+def _from_sweep(path: Path, trial_id: str, plugins: tuple[str, ...] = ()):
     from ablate.plan import load_plan
 
-    sweep, trials = load_plan(path)
+    sweep, trials = load_plan(path, plugins=plugins)
     ids = [t.id for t in trials]
     matches = [t for t in trials if t.id.startswith(trial_id)]
     if len(matches) != 1:
@@ -89,7 +91,7 @@ def _from_sweep(path: Path, trial_id: str):
     return matches[0], sweep.results_dir
 
 
-def load_trial_file(path: Path):
+def load_trial_file(path: Path, plugins: tuple[str, ...] = ()):
     """A Trial from a YAML/JSON file holding a TrialConfig or a Trial (a copied trial.json).
 
     It is checked exactly as a sweep file's ``base`` is, by the same schema and the planner's
@@ -120,6 +122,7 @@ def load_trial_file(path: Path):
                         hint=unknown_name_hint(str(unknown[0]), (*_SECTIONS, "seed")))
     seed = body.get("seed", 0)
     tree = {"name": _sweep_name(raw, path), "description": f"trial config {path.name}",
+            "plugins": list(plugins),
             "base": {k: body[k] for k in _SECTIONS if k in body}, "seeds": [seed]}
     n = len(prefix)
     sweep_locs = {("base", *k[n:]): v for k, v in locs.items() if tuple(k[:n]) == prefix}

@@ -49,10 +49,10 @@ def count_flops(model: nn.Module, img_size: int, in_chans: int = 3) -> int:
 
 @lru_cache(maxsize=256)
 def _stats(arch: str, num_classes: int, img_size: int, in_chans: int, axes: tuple) -> ModelStats:
-    from ablate.models.registry import build_model
+    from ablate.models import create_model
 
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = build_model(arch, num_classes=num_classes, in_chans=in_chans, **dict(axes))
+        model = create_model(arch, num_classes=num_classes, in_chans=in_chans, **dict(axes))
     return ModelStats(params=count_params(model), flops=count_flops(model, img_size, in_chans))
 
 
@@ -62,8 +62,8 @@ def model_stats(arch: str, *, num_classes: int, img_size: int, in_chans: int = 3
 
     Raises ModelConfigError for a configuration :func:`validate_model` would reject.
     """
-    from ablate.models.registry import resolve
+    from ablate.models import validate_model
 
-    resolve(arch, **axes)  # our error, before an unhashable value could reach the cache
+    validate_model(arch, **axes)  # our error, before an unhashable value reaches the cache
     axes = tuple(sorted((k, v) for k, v in axes.items() if v is not None))
     return _stats(arch, num_classes, img_size, in_chans, axes)

@@ -19,24 +19,15 @@ from ablate.errors import ModelConfigError, unknown_name_hint
 from ablate.models.backbone import Backbone
 from ablate.models.blocks import BLOCKS
 from ablate.models.mixers import (
+    MIXER_TABLE,
     MIXERS,
     SHARINGS,
-    WEIGHT_SOURCES,
-    WINDOWS,
     check_mixer_args,
     get_mixer,
+    known_weight_sources,
+    known_windows,
 )
 
-# (weight_source, window) -> mixer: the single source of truth for which combinations exist.
-MIXER_TABLE: dict[tuple[str, str], str] = {
-    ("dot_product", "shifted"): "window_attention",
-    ("dot_product", "sliding"): "sliding_attention",
-    ("static", "sliding"): "dwconv",
-    ("static", "shifted"): "local_mlp",
-    ("pooled_linear", "sliding"): "dynamic_dwconv",
-    ("center_linear", "sliding"): "idynamic_dwconv",
-    ("center_linear", "shifted"): "window_idynamic",
-}
 AXES = ("weight_source", "window", "sharing", "group_size", "num_groups", "kernel_size", "se",
         "drop_path_rate", "mixer", "block")
 
@@ -118,10 +109,20 @@ def _positive_int(axes: dict, key: str) -> int | None:
 
 
 def _resolve_mixer(base: ModelSpec, axes: dict) -> str:
-    source = _choice(axes, "weight_source", WEIGHT_SOURCES)
-    window = _choice(axes, "window", WINDOWS)
+    source = _choice(axes, "weight_source", known_weight_sources())
+    window = _choice(axes, "window", known_windows())
     named = axes.get("mixer")
-    default = get_mixer(named if named is not None else base.mixer)
+    if named is not None:
+        # An explicit mixer wins; weight_source/window may only repeat what it is.
+        chosen = get_mixer(named)
+        asked = (source or chosen.weight_source, window or chosen.window)
+        if asked != (chosen.weight_source, chosen.window):
+            raise ModelConfigError(
+                f"mixer={named!r} is ({chosen.weight_source}, {chosen.window}), but the axes ask "
+                f"for ({asked[0]}, {asked[1]})", key="mixer",
+                hint="set either mixer or weight_source/window, not conflicting ones")
+        return named
+    default = get_mixer(base.mixer)
     source = source or default.weight_source
     window = window or default.window
     if (source, window) not in MIXER_TABLE:
@@ -129,13 +130,7 @@ def _resolve_mixer(base: ModelSpec, axes: dict) -> str:
         raise ModelConfigError(
             f"weight_source={source!r} with window={window!r} is not supported", key="window",
             hint=f"supported windows for {source}: {', '.join(ok)}")
-    mixer = MIXER_TABLE[(source, window)]
-    if named is not None and mixer != named:
-        raise ModelConfigError(
-            f"mixer={named!r} is ({default.weight_source}, {default.window}), but the axes ask "
-            f"for ({source}, {window}), which is {mixer!r}", key="mixer",
-            hint="set either mixer or weight_source/window, not conflicting ones")
-    return mixer
+    return MIXER_TABLE[(source, window)]
 
 
 def _resolve_groups(base: ModelSpec, axes: dict) -> dict[str, int | None]:
@@ -225,6 +220,30 @@ def build_model(arch: str, *, num_classes: int = 1000, in_chans: int = 3, **axes
         "first_conv": "patch_embed.proj", "classifier": "head.fc",
     }
     return model
+
+
+def register_arch(name: str, *, block: str, mixer: str, embed_dim: int,
+                  depths: tuple[int, ...], **kw: Any) -> ModelSpec:
+    """Register a named model of ablate's backbone (a plugin's own arch), also with timm.
+
+    ``kw`` are the other :class:`ModelSpec` fields (``group_size`` or ``num_groups``,
+    ``kernel_size``, ``patch_size``, ``img_size``, ``drop_path_rate``, ``se``). The spec is
+    resolved once here, so a model that cannot be built fails at registration.
+    """
+    if name in MODEL_DEFAULTS:
+        raise ModelConfigError(f"a model named {name!r} is already registered", key="arch",
+                               hint="give the new model another name")
+    spec = ModelSpec(block=block, mixer=mixer, embed_dim=embed_dim, depths=tuple(depths), **kw)
+    MODEL_DEFAULTS[name] = spec
+    try:
+        resolve(name)
+    except ModelConfigError:
+        del MODEL_DEFAULTS[name]
+        raise
+    global MODEL_NAMES
+    MODEL_NAMES = tuple(MODEL_DEFAULTS)
+    _entry_point(name)
+    return spec
 
 
 def _entry_point(arch: str):

@@ -46,9 +46,10 @@ def test_mixer_matches_reference(name, shape, shift, groups):
         torch.testing.assert_close(gf, gs, rtol=1e-8, atol=1e-9)
 
 
-def test_every_mixer_has_a_reference_and_a_table_entry():
-    assert set(REFERENCES) == set(MIXERS)
-    assert sorted(MIXER_TABLE.values()) == sorted(MIXERS)
+def test_every_mixer_has_a_reference_and_its_axes_select_a_mixer():
+    assert set(REFERENCES) >= set(MIXERS)
+    for name, cls in MIXERS.items():  # the axes pick this mixer, or an earlier one of theirs
+        assert (cls.weight_source, cls.window) in MIXER_TABLE, name
     for (source, window), name in MIXER_TABLE.items():
         cls = MIXERS[name]
         assert (cls.weight_source, cls.window) == (source, window)

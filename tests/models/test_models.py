@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 import ablate  # noqa: F401  (registers the models)
 from ablate.errors import ModelConfigError
 from ablate.models import (
-    AXIS_VALUES,
     MIXER_TABLE,
     MODEL_NAMES,
+    axis_values,
     count_flops,
     count_params,
     create_model,
@@ -78,8 +78,8 @@ def test_nano_models_train_at_several_input_sizes(arch):
         model.zero_grad()
 
 
-@pytest.mark.parametrize("source", AXIS_VALUES["weight_source"])
-@pytest.mark.parametrize("window", AXIS_VALUES["window"])
+@pytest.mark.parametrize("source", axis_values()["weight_source"])
+@pytest.mark.parametrize("window", axis_values()["window"])
 def test_every_axis_combination_resolves_or_is_rejected(source, window):
     if (source, window) in MIXER_TABLE:
         spec = resolve("dwnet_nano", weight_source=source, window=window)
@@ -218,8 +218,8 @@ def test_nano_models_agree_on_cpu_and_gpu(arch):
 
 _values = st.one_of(st.none(), st.booleans(), st.integers(-3, 200), st.floats(-1, 2),
                     st.text(max_size=12), st.lists(st.integers(), max_size=2),
-                    st.sampled_from([*AXIS_VALUES["weight_source"], *AXIS_VALUES["window"],
-                                     *AXIS_VALUES["sharing"], *MIXERS, "swin", "dwnet"]))
+                    st.sampled_from([*axis_values()["weight_source"], *axis_values()["window"],
+                                     *axis_values()["sharing"], *MIXERS, "swin", "dwnet"]))
 
 
 @settings(max_examples=200, deadline=None)

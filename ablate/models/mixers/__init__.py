@@ -22,8 +22,7 @@ from torch import nn
 
 from ablate.errors import ModelConfigError, unknown_name_hint
 
-WEIGHT_SOURCES = ("static", "dot_product", "center_linear", "pooled_linear")
-WINDOWS = ("shifted", "sliding")
+# Complete by definition: weights shared across positions, across channels, both or neither.
 SHARINGS = ("spatial", "channel", "both", "none")
 
 
@@ -81,12 +80,44 @@ def check_mixer_args(name: str, dim: int, num_groups: int, kernel_size: int) -> 
 
 
 MIXERS: dict[str, type[Mixer]] = {}
+# (weight_source, window) -> the mixer that the two axes select when no mixer is named: the
+# first one registered with that pair (the built-ins below come first). Others with the same
+# pair are reached by name (``mixer=``).
+MIXER_TABLE: dict[tuple[str, str], str] = {}
 
 
 def register_mixer(cls: type[Mixer]) -> type[Mixer]:
-    """Class decorator: make a mixer selectable by its ``name``."""
+    """Class decorator: make a mixer selectable by its ``name`` (and its axis values valid).
+
+    ModelConfigError if the class does not declare the contract's class attributes, or if
+    another class already holds the name.
+    """
+    missing = [a for a in ("name", "weight_source", "window", "spatial_sharing")
+               if not hasattr(cls, a)]
+    if missing or not (isinstance(cls, type) and issubclass(cls, Mixer)):
+        raise ModelConfigError(
+            f"{getattr(cls, '__name__', cls)!r} is not a complete Mixer",
+            key="mixer", hint="subclass ablate.models.Mixer and set the class attributes "
+            f"name, weight_source, window and spatial_sharing (missing: {', '.join(missing)})")
+    if cls.window not in ("shifted", "sliding"):
+        raise ModelConfigError(f"mixer {cls.name!r} has window={cls.window!r}", key="window",
+                               hint="a mixer's window scheme is 'shifted' or 'sliding'")
+    if MIXERS.get(cls.name, cls) is not cls:
+        raise ModelConfigError(f"a mixer named {cls.name!r} is already registered",
+                               key="mixer", hint="give the new mixer another name")
     MIXERS[cls.name] = cls
+    MIXER_TABLE.setdefault((cls.weight_source, cls.window), cls.name)
     return cls
+
+
+def known_weight_sources() -> tuple[str, ...]:
+    """The dynamic-weight sources some registered mixer has (built-ins and plugins)."""
+    return tuple(dict.fromkeys(m.weight_source for m in MIXERS.values()))
+
+
+def known_windows() -> tuple[str, ...]:
+    """The window schemes some registered mixer has."""
+    return tuple(dict.fromkeys(m.window for m in MIXERS.values()))
 
 
 def get_mixer(name: str) -> type[Mixer]:

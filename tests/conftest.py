@@ -1,0 +1,23 @@
+"""Suite-wide options: ``--plugin MODULE`` runs the registry-wide tests on a plugin's parts too.
+
+    python -m pytest tests/models/test_mixers.py --plugin my_lab.mixers
+
+imports ``my_lab.mixers`` before the tests are collected, so every test parametrised over the
+registered mixers and models (forward and gradients against the mixer's registered reference,
+the contract's checks) includes the plugin's.
+"""
+
+from __future__ import annotations
+
+
+def pytest_addoption(parser):
+    parser.addoption("--plugin", action="append", default=[], metavar="MODULE",
+                     help="an ablate plugin module to load before collecting the tests")
+
+
+def pytest_configure(config):
+    plugins = config.getoption("--plugin")
+    if plugins:
+        from ablate.plugins import load_plugins
+
+        load_plugins(plugins, source="--plugin")

@@ -1,0 +1,145 @@
+"""Plugins extend the study without forking: a lab's mixer and model, timm's own models, and
+installed entry points, through the same CLI a user runs (each in a fresh process, so the
+test process's registry stays ablate's own)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ablate.cli import main
+from tests.runner.conftest import TINY_DATA, TINY_TRAIN
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = "tests.plugins.lab_mixers"
+
+
+def _sweep(path: Path, arms: str, plugins: str = f"plugins: [{PLUGIN}]", name: str = "lab",
+           train: dict | None = None) -> Path:
+    path.write_text(textwrap.dedent(f"""\
+        name: {name}
+        description: a lab's own arms beside ablate's
+        {plugins}
+        base:
+          model: {{arch: dwnet_nano}}
+          data: {json.dumps(TINY_DATA)}
+          train: {json.dumps({**TINY_TRAIN, **(train or {})})}
+          resources: {{cpus: 1}}
+        max_concurrent: 2
+        arms:
+        """) + textwrap.indent(textwrap.dedent(arms), "  "))
+    return path
+
+
+def _ablate(*args: str, env: dict | None = None, timeout: int = 600):
+    """The console command in a fresh process, run from the repository root (where the
+    plugin is importable from the working directory, as a lab's own folder would be)."""
+    return subprocess.run([sys.executable, "-m", "ablate", *args], cwd=ROOT, text=True,
+                          capture_output=True, env={**os.environ, **(env or {})},
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+def test_a_plugin_mixer_plans_runs_on_ray_collects_and_plots(tmp_path):
+    sweep = _sweep(tmp_path / "lab.yaml", """\
+        gated: {model.mixer: gated_dwconv}
+        gate_by_axis: {model.weight_source: center_gate}
+        gated_arch: {model.arch: gated_dwnet_nano}
+        resnet: {model.arch: resnet18}
+        """, train={"epochs": 1})
+    planned = _ablate("plan", str(sweep), "--json", "--no-stats")
+    assert planned.returncode == 0, planned.stderr
+    rows = json.loads(planned.stdout)["trials"]
+    assert [r["label"] for r in rows] == ["baseline", "gated", "gate_by_axis", "gated_arch",
+                                          "resnet"]
+    # naming the mixer and asking for its weight source build the same model: one trial each,
+    # but distinct configurations, so distinct ids
+    assert len({r["id"] for r in rows}) == 5
+    results = tmp_path / "results"
+    done = _ablate("run", str(sweep), "--results", str(results))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    trials = pd.read_parquet(results / "trials.parquet")
+    assert sorted(trials["arm"]) == sorted(r["label"] for r in rows)
+    assert set(trials["state"]) == {"done"}
+    by_arm = trials.set_index("arm")
+    assert by_arm.loc["gated", "model.mixer"] == "gated_dwconv"
+    # the gate adds a C x C linear map per block to DWNet's parameters
+    assert by_arm.loc["gated", "params"] > by_arm.loc["baseline", "params"]
+    assert by_arm.loc["gated", "params"] == by_arm.loc["gated_arch", "params"]
+    assert by_arm.loc["resnet", "params"] > 10 * by_arm.loc["baseline", "params"]
+    assert list((results / "figures").glob("*.png"))
+
+
+def test_the_plugin_option_loads_a_plugin_the_sweep_does_not_name(tmp_path):
+    sweep = _sweep(tmp_path / "lab.yaml", "gated: {model.mixer: gated_dwconv}\n", plugins="")
+    without = _ablate("plan", str(sweep), "--no-stats")
+    assert without.returncode == 2
+    assert "gated_dwconv" in without.stderr and "model.mixer" in without.stderr
+    assert len(without.stderr.strip().splitlines()) == 1
+    with_flag = _ablate("plan", str(sweep), "--no-stats", "--plugin", PLUGIN)
+    assert with_flag.returncode == 0, with_flag.stderr
+    assert "gated" in with_flag.stdout
+
+
+def test_a_plugin_that_cannot_be_imported_is_one_line_and_nothing_runs(tmp_path, capsys):
+    sweep = _sweep(tmp_path / "lab.yaml", "x: {model.se: true}\n",
+                   plugins="plugins: [no_such_lab.mixers]")
+    results = tmp_path / "results"
+    assert main(["run", str(sweep), "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "cannot import plugin 'no_such_lab.mixers'" in err and str(sweep) in err
+    assert "plugins" in err and "run from the folder that holds it" in err
+    assert not results.exists()
+
+
+def test_a_plugin_that_raises_names_itself_and_the_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "broken_lab.py").write_text("import math\n\nraise RuntimeError('half done')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sweep = _sweep(tmp_path / "lab.yaml", "x: {model.se: true}\n",
+                   plugins="plugins: [broken_lab]")
+    assert main(["plan", str(sweep)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "cannot import plugin 'broken_lab' (RuntimeError: half done)" in err
+    assert "broken_lab.py:3" in err
+
+
+def test_ablate_axes_on_a_timm_model_are_refused_by_name(tmp_path, capsys):
+    sweep = _sweep(tmp_path / "lab.yaml", "resnet: {model.arch: resnet18, model.window: "
+                   "sliding}\n", plugins="")
+    assert main(["plan", str(sweep), "--no-stats"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "resnet18 is a timm model, not one of ablate's: window does not apply" in err
+    assert "arms.resnet" in err
+
+
+def test_an_installed_package_registers_through_its_entry_point(tmp_path):
+    site = tmp_path / "site"
+    dist = site / "lab_ep-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lab-ep\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[ablate.plugins]\nlab = lab_ep_mixers\n")
+    (site / "lab_ep_mixers.py").write_text(textwrap.dedent("""\
+        from ablate.models.mixers.dwconv import DWConv
+        from ablate.models import register_mixer
+        from ablate.models.reference import REFERENCES
+
+        @register_mixer(reference=REFERENCES["dwconv"])
+        class Renamed(DWConv):
+            name = "installed_dwconv"
+        """))
+    sweep = _sweep(tmp_path / "lab.yaml", "ep: {model.mixer: installed_dwconv}\n", plugins="")
+    out = _ablate("plan", str(sweep), "--no-stats", "--json",
+                  env={"PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])})
+    assert out.returncode == 0, out.stderr
+    labels = [r["label"] for r in json.loads(out.stdout)["trials"]]
+    assert labels == ["baseline", "ep"]
