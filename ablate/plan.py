@@ -239,10 +239,17 @@ def _first_per(kept: list[_Candidate], section: str) -> Iterator[_Candidate]:
 
 
 def _check_models(sweep: Sweep, kept: list[_Candidate]) -> None:
-    from ablate.models import validate_model  # the registry imports torch and timm
+    from ablate.modelcache import ModelCache
+    from ablate.plugins import loaded_plugins
 
+    cache = ModelCache(loaded_plugins())
     for c in _first_per(kept, "model"):
         model = c.config.model
+        config = dataclasses.asdict(model)
+        if cache.get("valid", config):
+            continue  # checked before by the same code: no need to import torch and timm
+        from ablate.models import validate_model  # the registry imports torch and timm
+
         try:
             validate_model(model.arch, **model.axes())
         except AblateError as e:
@@ -251,6 +258,8 @@ def _check_models(sweep: Sweep, kept: list[_Candidate]) -> None:
                 else "model.arch"
             raise SpecError(f"{e.what} (trial '{c.label}')", key=_dotted(_source(c, key)),
                             hint=e.hint, **sweep.where(*_source(c, key))) from None
+        cache.put("valid", config, True)
+    cache.save()
 
 
 def _check_data(sweep: Sweep, kept: list[_Candidate],

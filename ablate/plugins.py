@@ -25,6 +25,12 @@ from pathlib import Path
 from ablate.errors import AblateError
 
 ENTRY_POINT_GROUP = "ablate.plugins"
+_LOADED: dict[str, None] = {}  # every plugin module this process has imported, in order
+
+
+def loaded_plugins() -> list[str]:
+    """The plugin modules imported so far in this process (what a cache must key on)."""
+    return list(_LOADED)
 
 
 class PluginError(AblateError):
@@ -75,3 +81,4 @@ def _import(name: str, source: str | None, load=None) -> None:
             hint = f"raised at {frame.filename}:{frame.lineno}; fix the plugin and try again"
         raise PluginError(f"cannot import plugin {name!r} ({type(e).__name__}: {e})",
                           file=source, key="plugins", hint=hint) from e
+    _LOADED[name] = None

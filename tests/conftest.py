@@ -9,6 +9,14 @@ the contract's checks) includes the plugin's.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
+_CACHE = tempfile.mkdtemp(prefix="ablate-test-cache-")
+# The suite, its subprocesses and its Ray workers never read or write the user's own caches.
+os.environ["ABLATE_CACHE_DIR"] = _CACHE
+
 
 def pytest_addoption(parser):
     parser.addoption("--plugin", action="append", default=[], metavar="MODULE",
@@ -21,3 +29,7 @@ def pytest_configure(config):
         from ablate.plugins import load_plugins
 
         load_plugins(plugins, source="--plugin")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_CACHE, ignore_errors=True)

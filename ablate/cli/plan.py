@@ -90,9 +90,13 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _model_stats(trials: list) -> list[dict[str, Any]]:
-    from ablate.models import model_stats
-    from ablate.plan import num_classes
+    import dataclasses
 
+    from ablate.modelcache import ModelCache
+    from ablate.plan import num_classes
+    from ablate.plugins import loaded_plugins
+
+    cache = ModelCache(loaded_plugins())
     out, seen = [], set()
     for t in trials:
         m, d = t.config.model, t.config.data
@@ -104,9 +108,18 @@ def _model_stats(trials: list) -> list[dict[str, Any]]:
         row = {"arch": m.arch, "axes": m.axes(), "img_size": d.img_size,
                "num_classes": classes, "params": None, "flops": None}
         if classes is not None:
-            s = model_stats(m.arch, num_classes=classes, img_size=d.img_size, **m.axes())
-            row |= {"params": s.params, "flops": s.flops}
+            config = {"model": dataclasses.asdict(m), "img_size": d.img_size,
+                      "num_classes": classes}
+            counts = cache.get("stats", config)
+            if counts is None:
+                from ablate.models import model_stats  # imports torch and timm
+
+                s = model_stats(m.arch, num_classes=classes, img_size=d.img_size, **m.axes())
+                counts = {"params": s.params, "flops": s.flops}
+                cache.put("stats", config, counts)
+            row |= counts
         out.append(row)
+    cache.save()
     return out
 
 
