@@ -38,7 +38,7 @@ OPERATIONAL = {"operational": True}  # field metadata: cannot change a metric, n
 class ModelConfig:
     """Which registered model, and the ablation axes set on it (None: the model's default).
 
-    The axis names are the paper's (paper-notes.md), and are the keyword arguments of every
+    The axis names are the paper's, and are the keyword arguments of every
     registered model: ``timm.create_model(arch, **axes)``.
     """
 

@@ -2,7 +2,7 @@
 
 :func:`train_trial` reads as its phases: open the record, build data/model/optimisation,
 resume from the latest checkpoint, then per epoch train, evaluate, record, checkpoint, report;
-finally write the result. The recipe is Swin's (paper-notes.md) through timm's factories:
+finally write the result. The recipe is Swin's (as in the paper) through timm's factories:
 AdamW without decay on norms/biases/1-D parameters, lr scaled by batch/512, cosine schedule
 with warm-up stepped per iteration, gradient clipping, Mixup/CutMix with soft-target loss (or
 label smoothing), stochastic depth through the model's ``drop_path_rate``; AMP and
