@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,7 @@ def plan_trials(sweep: Sweep, *, confirm: bool = False, check_data: bool = True)
     _check_recipes(sweep, kept)
     _check_models(sweep, kept)
     fingerprints = _check_data(sweep, kept, check_data)
+    _check_splits(sweep, kept, check_data)
     _check_duplicates(sweep, kept, fingerprints)
     if len(kept) > sweep.max_trials and not confirm:
         raise sweep.error(f"the plan has {len(kept)} trials, more than max_trials="
@@ -219,12 +221,94 @@ def _check_expected(sweep: Sweep, labels: set[str]) -> None:
                                   "labels are shown by ablate plan")
 
 
+# Sections of a RandAugment string timm understands: a letter key and its number (m9, n2,
+# mstd0.5, mmax10, inc1, p0.5) or a transform-weights choice starting with "t".
+_RAND_SECTION = re.compile(r"^(t.*|(mstd|mmax|inc|m|n|p)[0-9][0-9.]*)$")
+
+
 def _check_recipes(sweep: Sweep, kept: list[_Candidate]) -> None:
     for c in kept:
-        if c.config.train.warmup_epochs > c.config.train.epochs:
-            raise sweep.error(f"warmup_epochs ({c.config.train.warmup_epochs}) exceeds epochs "
-                              f"({c.config.train.epochs}) in trial '{c.label}'",
+        train = c.config.train
+        if train.warmup_epochs > train.epochs:
+            raise sweep.error(f"warmup_epochs ({train.warmup_epochs}) exceeds epochs "
+                              f"({train.epochs}) in trial '{c.label}'",
                               *_source(c, "train.warmup_epochs"))
+        if (train.mixup > 0 or train.cutmix > 0) and train.batch_size % 2:
+            raise sweep.error(f"batch_size {train.batch_size} is odd, but Mixup/CutMix mix the "
+                              f"batch in pairs (trial '{c.label}')",
+                              *_source(c, "train.batch_size"),
+                              hint="use an even batch_size, or set mixup and cutmix to 0")
+        for section in (train.randaugment or "rand").split("-")[1:]:
+            if not _RAND_SECTION.match(section):
+                raise sweep.error(f"randaugment section {section!r} is not one timm knows "
+                                  f"(trial '{c.label}')", *_source(c, "train.randaugment"),
+                                  hint="sections are m<magnitude>, n<ops>, mstd<std>, "
+                                  "mmax<max>, inc<0|1>, p<prob>: e.g. rand-m9-mstd0.5-inc1")
+
+
+def _check_splits(sweep: Sweep, kept: list[_Candidate], check_exists: bool) -> None:
+    """Each trial's training split holds at least one batch and its validation split an
+    image (what would otherwise fail minutes into the trial)."""
+    seen: set = set()
+    for c in kept:
+        data, batch = c.config.data, c.config.train.batch_size
+        if (data, batch) in seen:
+            continue
+        seen.add((data, batch))
+        sizes = _split_sizes(data, check_exists)
+        if sizes is None:
+            continue
+        (n_train, n_val), why = sizes
+        if why:
+            raise sweep.error(f"{why} (trial '{c.label}')", *_source(c, "data.val_fraction"),
+                              hint=f"raise data.val_fraction (the {data.name} set has "
+                              f"{DIGITS_IMAGES} images in {KNOWN_CLASSES['digits']} classes)")
+        if n_train < batch:
+            raise sweep.error(f"batch_size {batch} is larger than the training split "
+                              f"({n_train} images, trial '{c.label}')",
+                              *_source(c, "train.batch_size"),
+                              hint=f"use a batch_size of at most {n_train}")
+        if n_val < 1:
+            raise sweep.error(f"the validation split is empty (trial '{c.label}')",
+                              *_source(c, "data.num_val"), hint="raise data.num_val")
+
+
+DIGITS_IMAGES = 1797  # scikit-learn's handwritten digits, 8x8, 10 classes
+
+
+def _split_sizes(data: DataConfig, check_exists: bool):
+    """((train, val) image counts, a reason the split cannot be made or None), or None when
+    the sizes are not known without reading the folder."""
+    import math
+
+    why = None
+    if data.name == "digits":
+        # scikit-learn's stratified split: ceil(n * fraction) validation images, and at least
+        # one image per class on each side.
+        n_val = math.ceil(DIGITS_IMAGES * data.val_fraction)
+        n_train = DIGITS_IMAGES - n_val
+        classes = KNOWN_CLASSES["digits"]
+        if min(n_val, n_train) < classes:
+            why = (f"val_fraction {data.val_fraction} leaves {n_val} validation and {n_train} "
+                   f"training images; each must hold one image of each of {classes} classes")
+    elif data.name == "synthetic":
+        n_train, n_val = data.num_train or 256, data.num_val or 64
+    elif data.name in ("cifar10", "cifar100"):
+        n_train, n_val = 50_000, 10_000
+    elif data.name == "imagefolder" and check_exists and data.root:
+        from ablate.datafiles import class_names, image_files
+
+        root = Path(data.root).expanduser()
+        try:
+            n_train, n_val = (sum(len(image_files(root / split / k))
+                                  for k in class_names(root / split)) for split in ("train", "val"))
+        except OSError:
+            return None  # the folder check reports what is wrong with it
+    else:
+        return None
+    n_train = min(n_train, data.num_train or n_train)
+    n_val = min(n_val, data.num_val or n_val)
+    return (n_train, n_val), why
 
 
 def _first_per(kept: list[_Candidate], section: str) -> Iterator[_Candidate]:
@@ -259,7 +343,34 @@ def _check_models(sweep: Sweep, kept: list[_Candidate]) -> None:
             raise SpecError(f"{e.what} (trial '{c.label}')", key=_dotted(_source(c, key)),
                             hint=e.hint, **sweep.where(*_source(c, key))) from None
         cache.put("valid", config, True)
+    _check_kernels(sweep, kept, cache)
     cache.save()
+
+
+def _check_kernels(sweep: Sweep, kept: list[_Candidate], cache: Any) -> None:
+    """A kernel wider than 2M - 1, M the first stage's map side, has taps that never reach
+    an image position: refuse it rather than train parameters that stay zero-input."""
+    seen: set = set()
+    for c in kept:
+        model, img = c.config.model, c.config.data.img_size
+        config = {"model": dataclasses.asdict(model), "img_size": img}
+        if (model, img) in seen or model.kernel_size is None:
+            continue
+        seen.add((model, img))
+        side = cache.get("stage1", config)
+        if side is None:
+            from ablate.models import is_ablate_model
+            from ablate.models.registry import resolve
+
+            if not is_ablate_model(model.arch):
+                continue
+            side = -(-img // resolve(model.arch, **model.axes()).patch_size)
+            cache.put("stage1", config, side)
+        if model.kernel_size > 2 * side - 1:
+            raise sweep.error(f"kernel_size {model.kernel_size} is wider than the first stage's "
+                              f"{side}x{side} map allows at img_size {img} (trial '{c.label}')",
+                              *_source(c, "model.kernel_size"),
+                              hint=f"use a kernel_size of at most {2 * side - 1}")
 
 
 def _check_data(sweep: Sweep, kept: list[_Candidate],

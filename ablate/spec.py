@@ -69,10 +69,20 @@ def _d(cls: type, name: str) -> Any:
 
 
 # --- the strict pydantic edge: one model per section, defaults taken from ablate.config ---
-_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+# Ranges. Beyond the obvious (counts >= 1, rates in [0, 1)), each value has an upper bound
+# that no real run reaches, so that a typo or an overflow is refused here instead of failing
+# minutes into a trial or starting a run that never ends:
+#   epochs <= 10,000 (the paper trains 300); batch_size <= 65,536 (the paper's global batch is
+#   1,024); img_size <= 4,096 pixels (ImageNet trains at 224); kernel_size <= 63 (the paper
+#   uses 7), and the planner also refuses a kernel wider than the first stage's map allows;
+#   seeds in [0, 2**32 - 1], what numpy's and torch's generators take. Every number must be
+#   finite: .inf and .nan are refused everywhere.
+MAX_EPOCHS, MAX_BATCH, MAX_IMG, MAX_KERNEL, MAX_SEED = 10_000, 65_536, 4_096, 63, 2**32 - 1
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 _Frac = Annotated[float, Field(ge=0, le=1)]
 _Rate = Annotated[float, Field(ge=0, lt=1)]
 _Pos = Annotated[int, Field(ge=1)]
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"  # a safe folder name: no "..", no "/"
 _MODULE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # a dotted module name
 
 
@@ -84,7 +94,7 @@ class _ModelSpec(BaseModel):
     sharing: str | None = None
     group_size: _Pos | None = None
     num_groups: _Pos | None = None
-    kernel_size: _Pos | None = None
+    kernel_size: Annotated[int, Field(ge=1, le=MAX_KERNEL)] | None = None
     se: bool | None = None
     drop_path_rate: _Rate | None = None
     mixer: str | None = None
@@ -95,7 +105,7 @@ class _DataSpec(BaseModel):
     model_config = _STRICT
     name: Literal[DATA_NAMES] = _d(DataConfig, "name")  # type: ignore[valid-type]
     root: str | None = _d(DataConfig, "root")
-    img_size: Annotated[int, Field(ge=8)] = _d(DataConfig, "img_size")
+    img_size: Annotated[int, Field(ge=8, le=MAX_IMG)] = _d(DataConfig, "img_size")
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = _d(DataConfig, "val_fraction")
     num_train: _Pos | None = _d(DataConfig, "num_train")
     num_val: _Pos | None = _d(DataConfig, "num_val")
@@ -104,8 +114,8 @@ class _DataSpec(BaseModel):
 
 class _TrainSpec(BaseModel):
     model_config = _STRICT
-    epochs: _Pos = _d(RecipeConfig, "epochs")
-    batch_size: _Pos = _d(RecipeConfig, "batch_size")
+    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = _d(RecipeConfig, "epochs")
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = _d(RecipeConfig, "batch_size")
     lr: Annotated[float, Field(gt=0)] = _d(RecipeConfig, "lr")
     warmup_lr: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "warmup_lr")
     min_lr: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "min_lr")
@@ -141,17 +151,17 @@ class _BaseSpec(BaseModel):
 
 class _SweepSpec(BaseModel):
     model_config = _STRICT
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    name: Annotated[str, Field(pattern=_NAME, max_length=100)]
     description: Annotated[str, Field(min_length=1)]
     extends: str | list[str] | None = None
     plugins: list[Annotated[str, Field(pattern=_MODULE)]] = []
     base: _BaseSpec
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
     paired: dict[str, Annotated[list[Any], Field(min_length=1)]] = {}
-    arms: dict[str, dict[str, Any]] = {}
+    arms: dict[Annotated[str, Field(min_length=1)], dict[str, Any]] = {}
     baseline: Annotated[str, Field(min_length=1)] = "baseline"
     exclude: list[dict[str, Any]] = []
-    seeds: Annotated[list[int], Field(min_length=1)] = [0]
+    seeds: Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]], Field(min_length=1)] = [0]
     expected: dict[str, dict[str, float | str]] = {}
     max_trials: _Pos = 256
     max_concurrent: _Pos | None = None
@@ -162,7 +172,7 @@ _SPECS = {"model": _ModelSpec, "data": _DataSpec, "train": _TrainSpec}
 AXES = tuple(f"{s}.{f}" for s, m in _SPECS.items() for f in m.model_fields)
 _ADAPTERS = {
     f"{s}.{f}": TypeAdapter(Annotated[(fi.annotation, *fi.metadata)] if fi.metadata
-                            else fi.annotation, config=ConfigDict(strict=True))
+                            else fi.annotation, config=ConfigDict(strict=True, allow_inf_nan=False))
     for s, m in _SPECS.items() for f, fi in m.model_fields.items()
 }
 
@@ -265,6 +275,15 @@ def _explain(err: dict) -> tuple[str, str | None]:
         return f"must be {bounds[kind]} {limit}, got {_show(value)}", None
     if kind in ("too_short", "string_too_short"):
         return "must not be empty", None
+    if kind == "string_too_long":
+        return (f"is {len(value)} characters long, more than {ctx.get('max_length')}",
+                "use a shorter name")
+    if kind == "finite_number":
+        return f"must be a finite number, got {_show(value)}", "give a number (.inf and .nan " \
+            "are refused)"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == _NAME:
+        return (f"{_show(value)} is not a safe folder name",
+                "use letters, digits, '_' and '-', with single dots between them")
     if kind == "string_pattern_mismatch":
         return f"{_show(value)} does not match the pattern {ctx.get('pattern')}", None
     if kind == "literal_error":
@@ -293,6 +312,9 @@ def _pydantic_error(e: ValidationError, locs: dict, path: Path) -> SpecError:
             hint = "max_retries is a top-level key of the sweep"
     elif err["type"] == "missing":
         what = f"required key '{loc[-1]}' is missing"
+    elif loc[-1:] == ("[key]",) and err["type"] == "string_too_short":
+        return SpecError("an arm label is empty", key=_dotted(loc[:-2]), hint="give every arm "
+                         "a name", **_where(locs, path, loc[:-2] + ("",)))  # the key's line
     return _error(locs, path, what, loc, hint)
 
 

@@ -18,6 +18,7 @@ Loc = tuple  # (file, line)
 NOT_INHERITED = ("name", "description", "extends")
 DROPPABLE = ("grid", "paired", "arms", "expected")  # null entries remove inherited ones
 MAX_NODES = 100_000  # alias bombs end here, not in memory
+MAX_DEPTH = 32  # deeper nesting is a mistake, and would exhaust the recursion of the readers
 
 
 # --- YAML with line numbers --------------------------------------------------------------
@@ -59,6 +60,10 @@ def _read_yaml(path: Path) -> tuple[Any, dict[KeyPath, Loc]]:
                         hint="fix the YAML (indentation, quotes, ':' after keys)") from None
     except yaml.YAMLError as e:
         raise SpecError(f"YAML error: {e}", file=file) from None
+    except RecursionError:  # the YAML composer recurses once per level of nesting
+        raise SpecError(f"YAML nested more than {MAX_DEPTH} levels deep", file=file,
+                        hint="a sweep file needs a few levels; look for runaway brackets"
+                        ) from None
     finally:
         loader.dispose()
     return value, locs
@@ -79,6 +84,10 @@ def _build(loader: _Loader, node: yaml.Node, path: KeyPath, locs: dict, file: st
     if state[0] > MAX_NODES or id(node) in state[1]:
         raise SpecError("YAML too large or recursive (aliases)", file=file, line=line,
                         key=_dotted(path) or None)
+    if len(path) > MAX_DEPTH:
+        raise SpecError(f"YAML nested more than {MAX_DEPTH} levels deep", file=file, line=line,
+                        key=_dotted(path[:3]) + ".(...)",
+                        hint="a sweep file needs a few levels; look for runaway brackets")
     if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
         loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
         out: dict[str, Any] = {}
@@ -147,7 +156,11 @@ def _parent(path: Path, ext: Any, chain: tuple[Path, ...], loc: Loc, key: str) -
     where = {"file": loc[0], "line": loc[1], "key": key}
     if not isinstance(ext, str) or not ext:
         raise SpecError(f"expected a file path (or a list of them), got {_show(ext)}", **where)
-    parent = (path.parent / ext).resolve()
+    try:
+        parent = (path.parent / ext).resolve()
+    except (RuntimeError, OSError):  # Python raises RuntimeError for a symbolic-link loop
+        raise SpecError(f"extended file is a symbolic-link loop: {ext}", **where,
+                        hint="point extends at a real file") from None
     here = path.resolve()
     if parent in chain or parent == here:
         cycle = " -> ".join(p.name for p in (*chain, here, parent))

@@ -96,7 +96,7 @@ description: one trial on an image folder
 base:
   model: {{arch: dwnet_nano}}
   data: {{name: imagefolder, root: {json.dumps(str(root))}, img_size: 32}}
-  train: {{epochs: 1, warmup_epochs: 0, workers: 0}}
+  train: {{epochs: 1, warmup_epochs: 0, workers: 0, batch_size: 2}}
 """)
     return path
 
