@@ -79,8 +79,17 @@ def folder_entries(class_dir: Path) -> Iterator[tuple[str, os.DirEntry]]:
                 continue
             if e.is_dir(follow_symlinks=False):
                 stack.append((f"{prefix}{e.name}/", Path(e.path)))
-            elif not (e.is_symlink() and e.is_dir()):
+            elif not (e.is_symlink() and _is(e.is_dir)):
                 yield prefix + e.name, e
+
+
+def _is(test: Callable[[], bool]) -> bool:
+    """A DirEntry test that follows a link, False where the link cannot be followed (os.scandir
+    swallows only some errors: a link loop raises)."""
+    try:
+        return test()
+    except OSError:
+        return False
 
 
 def cifar_dir(root: Path, name: str) -> Path:
@@ -224,7 +233,7 @@ def check_files(data: DataConfig, on_file: Callable[[], None] | None = None) -> 
         for c in class_names(root / split):
             found = 0
             for rel, entry in folder_entries(root / split / c):
-                _check_entry(Path(entry.path), rel)
+                _check_entry(entry, rel)
                 found += 1
                 if on_file is not None:
                     on_file()
@@ -235,7 +244,11 @@ def check_files(data: DataConfig, on_file: Callable[[], None] | None = None) -> 
     return count
 
 
-def _check_entry(path: Path, rel: str) -> None:
+def _check_entry(entry: os.DirEntry, rel: str) -> None:
+    path = Path(entry.path)
+    if not _is(entry.is_file):  # follows links: a broken link, a link loop, a pipe or a socket
+        raise DataError("not a readable file (a broken link or a link loop?)", file=path,
+                        hint="remove it from the class folder")
     if not is_image_name(rel):
         raise DataError(f"not an image file (images end in {', '.join(IMAGE_SUFFIXES)})",
                         file=path, hint="move it out of the class folder, or rename it if it is "
@@ -245,7 +258,7 @@ def _check_entry(path: Path, rel: str) -> None:
             head = fh.read(16)
     except OSError as e:
         raise UnreadableImage(f"cannot be read ({e.strerror or e})", file=path,
-                              hint="fix or remove it (a broken link or a link loop?)") from None
+                              hint="check its permissions, or remove it") from None
     problem = image_header_problem(head)
     if problem:
         raise UnreadableImage(f"not an image: {problem}", file=path,
