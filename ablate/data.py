@@ -10,8 +10,9 @@ Small data sets (digits, CIFAR, synthetic) are held in memory as uint8 ``(N, H, 
 an image folder is read lazily from disk, each file decoded to RGB by
 ``ablate.datafiles.read_image`` (which documents how every image mode is converted; a file it
 cannot decode fails the trial as a data error naming it). CIFAR batches are read by
-``ablate.datafiles.read_cifar_batch``, which never runs anything from the file. ``validate_data`` checks a configuration without
-loading anything and names the folder and the expected layout when it is wrong.
+``ablate.datafiles.read_cifar_batch``, which never runs anything from the file.
+``validate_data`` checks a configuration without loading anything and names the folder and the
+expected layout when it is wrong.
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def test_grey_with_alpha_is_composited_on_black(tmp_path):
     assert px[0, :, 0].tolist() == [200, 0, 40] and (px[..., 0] == px[..., 1]).all()
 
 
-# -- the cheap check, the deep check and its cache --------------------------------------------------
+# -- the cheap check, the deep check and its cache ---------------------------------------------
 
 
 def noise_jpeg(path, size=48):
