@@ -202,8 +202,9 @@ def read_cifar_batch(path: Path, name: str) -> tuple[Any, Any]:
 
 
 # Leading bytes of each image format the loader reads (WebP: RIFF, a size, then WEBP).
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
-          b"MM\x00*", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM",
+          b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",  # TIFF, BigTIFF
+          b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
 
 
 def image_header_problem(head: bytes) -> str | None:

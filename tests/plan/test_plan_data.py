@@ -204,3 +204,19 @@ def test_an_unreadable_image_at_run_time_fails_the_trial_as_data_naming_it(tmp_p
     assert failure.kind == "data" and failure.deterministic  # never retried
     assert str(bad) in failure.first_line  # what the run's summary shows ...
     assert "ablate plan --deep-data-check" in failure.first_line  # ... and how to find others
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_only(capsys):
+    from ablate.cli.plan import _ProgressBar
+
+    for tty in (True, False):
+        bar = _ProgressBar("decoding d", tty=tty)
+        for done in range(1, 5):
+            bar.update(done, 4)
+        bar.close()
+        err = capsys.readouterr().err
+        if tty:  # the first and the last update are drawn, whatever the time between
+            assert err.startswith("\rdecoding d [#######") and err.endswith("] 4/4\n")
+            assert f"[{'#' * 30}] 4/4" in err
+        else:
+            assert err == ""
