@@ -7,14 +7,17 @@ with persistent workers, and after a resume from any epoch (nothing about the lo
 be checkpointed).
 
 Small data sets (digits, CIFAR, synthetic) are held in memory as uint8 ``(N, H, W, 3)`` arrays;
-an image folder is read lazily from disk. ``validate_data`` checks a configuration without
-loading anything and names the folder and the expected layout when it is wrong.
+an image folder is read lazily from disk, each file decoded to RGB by
+``ablate.datafiles.read_image`` (which documents how every image mode is converted; a file it
+cannot decode fails the trial as a data error naming it). CIFAR batches are read by
+``ablate.datafiles.read_cifar_batch``, which never runs anything from the file.
+``validate_data`` checks a configuration without loading anything and names the folder and the
+expected layout when it is wrong.
 """
 
 from __future__ import annotations
 
 import hashlib
-import pickle
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,15 +30,19 @@ from PIL import Image
 
 from ablate.augment import build_transforms
 from ablate.config import DataConfig, RecipeConfig
-from ablate.datafiles import IMAGE_SUFFIXES, class_names, image_files
+from ablate.datafiles import (
+    CIFAR_FILES,
+    CIFAR_LABELS,
+    IMAGE_SUFFIXES,
+    class_names,
+    cifar_dir,
+    image_files,
+    read_cifar_batch,
+    read_image,
+)
 from ablate.errors import DataError, unknown_name_hint
 
 DATA_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
-_CIFAR = {  # name -> (folder, train files, test files, label key, classes)
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-                b"labels", 10),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
-}
 _LAYOUT = {
     "cifar10": "ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch} (the extracted python "
                "pickle archive; ROOT may also be that folder itself)",
@@ -77,8 +84,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def load(self, index: int) -> Image.Image:
         if self.images is not None:
             return Image.fromarray(self.images[index])
-        with Image.open(self.files[index]) as img:
-            return img.convert("RGB")
+        return read_image(self.files[index])
 
     def __getitem__(self, key: AugmentKey | int) -> tuple[torch.Tensor, int]:
         return self.__getitems__([key])[0]
@@ -163,7 +169,7 @@ def validate_data(cfg: DataConfig) -> None:
                         key="data.val_fraction", hint="e.g. 0.2")
     if cfg.name == "synthetic" and cfg.num_classes is not None and cfg.num_classes < 2:
         raise DataError("synthetic data needs at least 2 classes", key="data.num_classes")
-    if cfg.name in _CIFAR:
+    if cfg.name in CIFAR_FILES:
         _cifar_dir(cfg)
     elif cfg.name == "imagefolder":
         _folder_classes(cfg)
@@ -182,8 +188,8 @@ def _require_root(cfg: DataConfig) -> Path:
 
 def _cifar_dir(cfg: DataConfig) -> Path:
     root = _require_root(cfg)
-    folder, train, test, _, _ = _CIFAR[cfg.name]
-    base = root if root.name == folder else root / folder
+    _, train, test = CIFAR_FILES[cfg.name]
+    base = cifar_dir(root, cfg.name)
     missing = [f for f in train + test if not (base / f).is_file()]
     if missing:
         raise DataError(f"missing {', '.join(missing)}", file=base, key="data.root",
@@ -283,22 +289,14 @@ def _load_synthetic(cfg: DataConfig):
 
 def _load_cifar(cfg: DataConfig):
     base = _cifar_dir(cfg)
-    _, train, test, label_key, k = _CIFAR[cfg.name]
+    _, train, test = CIFAR_FILES[cfg.name]
 
     def read(files: list[str]):
-        xs, ys = [], []
-        for f in files:
-            try:
-                with open(base / f, "rb") as fh:
-                    batch = pickle.load(fh, encoding="bytes")
-                xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
-                ys.append(np.asarray(batch[label_key]))
-            except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
-                raise DataError(f"not a CIFAR python batch ({type(e).__name__})", file=base / f,
-                                hint=f"expected layout: {_LAYOUT[cfg.name]}") from None
-        return np.concatenate(xs).transpose(0, 2, 3, 1).copy(), np.concatenate(ys)
+        batches = [read_cifar_batch(base / f, cfg.name) for f in files]
+        x = np.concatenate([b[0] for b in batches]).reshape(-1, 3, 32, 32)
+        return x.transpose(0, 2, 3, 1).copy(), np.concatenate([b[1] for b in batches])
 
-    return read(train), read(test), k
+    return read(train), read(test), CIFAR_LABELS[cfg.name][1]
 
 
 def _load_folder(cfg: DataConfig):

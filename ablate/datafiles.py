@@ -15,15 +15,25 @@ even at the same path. :func:`data_fingerprint` identifies a data folder by what
 Listing an image folder reads directory entries only (no image is opened, no file is stat'ed),
 so ImageNet's 1.3 million files are listed in seconds. The loader (``ablate.data``) reads the
 same list, so what the fingerprint covers is exactly what a trial trains on.
+
+Reading a file never trusts it: a CIFAR batch is unpickled by :func:`read_cifar_batch`, which
+resolves only the few numpy names an array needs (anything else is a DataError naming the file,
+and nothing from the file runs); an image is decoded by :func:`read_image`, which converts every
+Pillow mode to 8-bit RGB one way (see there). :func:`check_files` is the cheap check of a data
+folder that ``ablate plan`` runs before anything is launched.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ablate.config import DataConfig
+from ablate.errors import DataError, UnreadableImage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 FOLDER_SPLITS = ("train", "val")
@@ -31,6 +41,8 @@ CIFAR_FILES = {  # name -> (archive folder, train batches, test batches)
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]),
     "cifar100": ("cifar-100-python", ["train"], ["test"]),
 }
+CIFAR_LABELS = {"cifar10": (b"labels", 10), "cifar100": (b"fine_labels", 100)}  # key, classes
+CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _EDGE = 1 << 20  # bytes hashed at each end of a CIFAR batch file
 
 
@@ -46,7 +58,19 @@ def image_files(class_dir: Path) -> list[str]:
     Sub-folders are searched too; links to folders are not followed (a link loop inside a
     class folder cannot hang the listing), hidden files and folders are skipped.
     """
-    found: list[str] = []
+    return sorted(rel for rel, _ in folder_entries(class_dir) if is_image_name(rel))
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def folder_entries(class_dir: Path) -> Iterator[tuple[str, os.DirEntry]]:
+    """Every entry under a class folder that is not a folder, with its relative path.
+
+    Sub-folders are searched; links to folders are skipped, never followed; hidden names are
+    skipped. Broken links and link loops are yielded (opening them fails).
+    """
     stack = [("", class_dir)]
     while stack:
         prefix, folder = stack.pop()
@@ -55,9 +79,17 @@ def image_files(class_dir: Path) -> list[str]:
                 continue
             if e.is_dir(follow_symlinks=False):
                 stack.append((f"{prefix}{e.name}/", Path(e.path)))
-            elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
-                found.append(prefix + e.name)
-    return sorted(found)
+            elif not (e.is_symlink() and _is(e.is_dir)):
+                yield prefix + e.name, e
+
+
+def _is(test: Callable[[], bool]) -> bool:
+    """A DirEntry test that follows a link, False where the link cannot be followed (os.scandir
+    swallows only some errors: a link loop raises)."""
+    try:
+        return test()
+    except OSError:
+        return False
 
 
 def cifar_dir(root: Path, name: str) -> Path:
@@ -104,3 +136,178 @@ def _hash_cifar(h, base: Path, name: str) -> None:
             if size > 2 * _EDGE:
                 fh.seek(-_EDGE, os.SEEK_END)
                 h.update(fh.read(_EDGE))
+
+
+# -- reading files without trusting them --------------------------------------------------------
+
+# What a CIFAR python batch refers to: dicts, lists, bytes and numbers need no global; a numpy
+# array needs these (numpy 2 names numpy.core "numpy._core"; protocol 2 writes bytes through
+# _codecs.encode). Nothing else is resolved, so no name from a file can run.
+_PICKLE_NAMES = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                 ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+                 ("numpy.core.numeric", "_frombuffer")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the names in ``_PICKLE_NAMES``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module.replace("numpy._core", "numpy.core"), name) not in _PICKLE_NAMES:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a data file "
+                                         "never needs (reading it could run code)")
+        if module.startswith("numpy.core."):
+            import numpy
+
+            if hasattr(numpy, "_core"):  # numpy 2: numpy.core is a deprecated alias
+                module = "numpy._core." + module.split(".", 2)[2]
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path, name: str) -> tuple[Any, Any]:
+    """A CIFAR python batch file as (uint8 images (N, 3072), int64 labels (N,)).
+
+    Unpickled without resolving any name but numpy's array constructors; DataError naming the
+    file when it is not a batch, refers to anything else, or its labels do not fit its images
+    (fewer labels than images, or a label outside the data set's classes).
+    """
+    import numpy as np
+
+    key, classes = CIFAR_LABELS[name]
+
+    def bad(what: str) -> DataError:
+        return DataError(f"not a CIFAR python batch: {what}", file=path,
+                         hint=f"replace the archive with the python version from {CIFAR_SOURCE}")
+
+    try:
+        with open(path, "rb") as fh:
+            batch = _ArrayUnpickler(fh, encoding="bytes").load()
+    except MemoryError:
+        raise
+    except Exception as e:  # anything a crafted or damaged file makes the unpickler raise
+        raise bad(str(e) or type(e).__name__) from None
+    if not isinstance(batch, dict) or b"data" not in batch or key not in batch:
+        raise bad(f"it has no {b'data'!r} and {key!r} entries")
+    images, labels = batch[b"data"], np.asarray(batch[key])
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 \
+            or images.shape[1] != 3 * 32 * 32:
+        raise bad("its data is not a uint8 array of 3072 values per image")
+    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+        raise bad(f"its {key!r} are not whole numbers")
+    if len(labels) != len(images):
+        raise bad(f"it has {len(images)} images but {len(labels)} labels")
+    if labels.size and not 0 <= labels.min() <= labels.max() < classes:
+        worst = labels.min() if labels.min() < 0 else labels.max()
+        raise bad(f"label {worst} is outside the {classes} classes (0-{classes - 1})")
+    return images, labels.astype(np.int64)
+
+
+# Leading bytes of each image format the loader reads (WebP: RIFF, a size, then WEBP).
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM",
+          b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+",  # TIFF, BigTIFF
+          b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
+
+
+def image_header_problem(head: bytes) -> str | None:
+    """Why the first 16 bytes of a file are not those of an image, or None if they are."""
+    if not head:
+        return "the file is empty (0 bytes)"
+    if head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return None
+    return "its first bytes are not those of a JPEG, PNG, GIF, BMP, WebP, TIFF or PPM image"
+
+
+def check_files(data: DataConfig, on_file: Callable[[], None] | None = None) -> int:
+    """The cheap check of a data folder already laid out right (``ablate.data.validate_data``).
+
+    An image folder: every class folder has an image in each split, every file in a class
+    folder has an image extension and an image header (16 bytes read; nothing is decoded).
+    A CIFAR archive: every batch is read safely and its labels fit its images. Returns the
+    number of images; the first problem is a DataError naming the file and what to do.
+    """
+    root = Path(data.root).expanduser()
+    if data.name in CIFAR_FILES:
+        base = cifar_dir(root, data.name)
+        _, train, test = CIFAR_FILES[data.name]
+        return sum(len(read_cifar_batch(base / f, data.name)[1]) for f in train + test)
+    count = 0
+    for split in FOLDER_SPLITS:
+        for c in class_names(root / split):
+            found = 0
+            for rel, entry in folder_entries(root / split / c):
+                _check_entry(entry, rel)
+                found += 1
+                if on_file is not None:
+                    on_file()
+            if not found:
+                raise DataError(f"class '{c}' has no images in {split}/", file=root / split / c,
+                                hint="add images to it, or remove this class from every split")
+            count += found
+    return count
+
+
+def _check_entry(entry: os.DirEntry, rel: str) -> None:
+    path = Path(entry.path)
+    if not _is(entry.is_file):  # follows links: a broken link, a link loop, a pipe or a socket
+        raise DataError("not a readable file (a broken link or a link loop?)", file=path,
+                        hint="remove it from the class folder")
+    if not is_image_name(rel):
+        raise DataError(f"not an image file (images end in {', '.join(IMAGE_SUFFIXES)})",
+                        file=path, hint="move it out of the class folder, or rename it if it is "
+                        "an image")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as e:
+        raise UnreadableImage(f"cannot be read ({e.strerror or e})", file=path,
+                              hint="check its permissions, or remove it") from None
+    problem = image_header_problem(head)
+    if problem:
+        raise UnreadableImage(f"not an image: {problem}", file=path,
+                              hint="replace or remove it")
+
+
+def read_image(path: Path) -> Any:
+    """Decode one image file to an 8-bit RGB PIL image; UnreadableImage naming it otherwise.
+
+    Every mode becomes RGB one way. Grey (1, L) is copied to the three channels; 16-bit grey
+    (I;16, and I holding 16-bit values, as Pillow opens 16-bit PNGs) is scaled to 8 bits as
+    value / 257, so 65535 is 255 and nothing is clipped; wider I values are scaled from the
+    32-bit range. Palette images take their palette's colours; CMYK and the other modes go
+    through Pillow's conversion. Transparency (RGBA, LA, PA, or a palette's, grey or RGB
+    image's transparent colour) is composited on black: a pixel becomes its colour times its
+    opacity, so a fully transparent one is black whatever colour the file stored there.
+    """
+    from PIL import Image
+
+    img = None
+    try:
+        img = Image.open(path)
+        img.load()
+    except MemoryError:
+        raise
+    except Exception as e:  # Pillow raises many types for a damaged file; all are the file's
+        if img is not None:
+            img.close()
+        raise UnreadableImage(f"cannot decode this image ({e})", file=path,
+                              hint="find every unreadable image with 'ablate plan "
+                              "--deep-data-check SWEEP.yaml', then fix or remove them") from None
+    with img:
+        return to_rgb(img)
+
+
+def to_rgb(img: Any) -> Any:
+    """``img`` as 8-bit RGB, converted as :func:`read_image` documents."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode.startswith("I"):
+        value = np.asarray(img, dtype=np.float64)
+        wide = img.mode == "I" and value.size and value.max() > 65535
+        value = value * (255 / (2**31 - 1)) if wide else value / 257
+        img = Image.fromarray(np.clip(np.rint(value), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" or "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        black = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, img.convert("RGBA")).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")

@@ -55,6 +55,26 @@ class DataError(AblateError):
     """A data folder is missing or not laid out as expected."""
 
 
+class UnreadableImage(DataError):
+    """An image file that cannot be decoded (met by the loader, or by a data check).
+
+    torch's DataLoader re-raises a worker's exception as ``Type(text)``, where the text is
+    "Caught Type in DataLoader worker process N. Original Traceback ..." ending with the
+    original's one-line rendering; the constructor recovers that line, so an error from a
+    worker reads exactly like one from the main process.
+    """
+
+    def __init__(self, what: str, *, file: str | Path | None = None,
+                 hint: str | None = None, **kw) -> None:
+        if file is None and what.startswith("Caught ") and "Traceback" in what:
+            last = what.strip().splitlines()[-1]
+            line = last.split(": ", 1)[1] if last.startswith(("ablate.", type(self).__name__)) \
+                else last
+            where, sep, rest = line.partition(": ")
+            file, what = (where, rest) if sep else (None, line)
+        super().__init__(what, file=file, hint=hint, **kw)
+
+
 class RecordError(AblateError):
     """A trial record or results folder is missing, corrupt or of an unknown version."""
 

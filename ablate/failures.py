@@ -25,8 +25,8 @@ _TYPE_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (KILLED, ("RayActorError", "ActorDiedError", "WorkerCrashedError", "NodeDiedError",
               "ActorUnavailableError", "ActorUnschedulableError", "LocalRayletDiedError")),
     (DIVERGED, ("FloatingPointError", "Diverged", "DivergedError")),
-    (DATA, ("DataError", "UnidentifiedImageError", "FileNotFoundError", "NotADirectoryError",
-            "EOFError", "UnpicklingError")),
+    (DATA, ("DataError", "UnreadableImage", "UnidentifiedImageError", "FileNotFoundError",
+            "NotADirectoryError", "EOFError", "UnpicklingError")),
     (CONFIG, ("ModelConfigError", "SpecError", "TrialError", "RecordError")),
 )
 # Message fragments (lower case) that identify a kind whatever the exception type: torch raises

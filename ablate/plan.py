@@ -396,6 +396,7 @@ def _check_data(sweep: Sweep, kept: list[_Candidate],
         if check_exists:
             _check_folder(sweep, data, c)
             fingerprints[data] = _fingerprint(sweep, data, c)
+            _check_files(sweep, data, c, fingerprints[data])
     return fingerprints
 
 
@@ -418,9 +419,25 @@ def _check_folder(sweep: Sweep, data: DataConfig, c: _Candidate) -> None:
     try:
         validate_data(data)
     except AblateError as e:
-        key = e.key if e.key in c.varied or (e.key or "").startswith("data.") else "data.root"
-        what = f"{e.what} ({e.file})" if e.file else e.what
-        raise sweep.error(what, *_source(c, key), hint=e.hint) from None
+        raise _data_error(sweep, c, e) from None
+
+
+def _check_files(sweep: Sweep, data: DataConfig, c: _Candidate, fingerprint: str | None) -> None:
+    """The cheap check of every file (names, headers, classes with images, CIFAR labels);
+    remembered per content, so planning the same data again reads nothing."""
+    from ablate.deepcheck import check_data
+
+    try:
+        check_data(data, fingerprint)
+    except AblateError as e:
+        raise _data_error(sweep, c, e) from None
+
+
+def _data_error(sweep: Sweep, c: _Candidate, e: AblateError) -> SpecError:
+    """A data problem as an error at the sweep key that chose the data, naming the file."""
+    key = e.key if e.key in c.varied or (e.key or "").startswith("data.") else "data.root"
+    what = f"{e.what} ({e.file})" if e.file else e.what
+    return sweep.error(what, *_source(c, key), hint=e.hint)
 
 
 def _check_duplicates(sweep: Sweep, kept: list[_Candidate],

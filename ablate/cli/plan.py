@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "on a machine without the data)")
     p.add_argument("--no-stats", action="store_true",
                    help="skip counting the models' parameters and FLOPs")
+    add_deep_check_option(p)
     add_plugin_option(p)
     p.set_defaults(func=run_plan)
+
+
+def add_deep_check_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--deep-data-check", action="store_true",
+                   help="decode every image of the data folders once before going on (the "
+                   "result is remembered per data content, so the next time is instant)")
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -39,6 +48,8 @@ def run_plan(args: argparse.Namespace) -> int:
 
     sweep, trials = load_plan(args.sweep, confirm=args.yes, check_data=not args.no_data_check,
                               plugins=tuple(args.plugin))
+    if args.deep_data_check:
+        deep_check_data(trials)
     results = args.results or str(sweep.results_dir)
     report = build_report(sweep, trials, results, stats=not args.no_stats)
     if args.json:
@@ -46,6 +57,46 @@ def run_plan(args: argparse.Namespace) -> int:
     else:
         print(render(report))
     return 0
+
+
+def deep_check_data(trials: list) -> None:
+    """Decode every image of the trials' data folders once; one line per folder on stderr."""
+    from ablate.deepcheck import check_data
+
+    seen = set()
+    for t in trials:
+        data = t.config.data
+        if data in seen or not data.root or not t.data_fingerprint:
+            continue
+        seen.add(data)
+        bar = _ProgressBar(f"decoding {data.root}", tty=sys.stderr.isatty())
+        result = check_data(data, t.data_fingerprint, deep=True, on_progress=bar.update)
+        bar.close()
+        when = "checked before" if result.cached else "checked now"
+        print(f"ablate: data {data.root}: {result.images} images, all readable ({when})",
+              file=sys.stderr)
+
+
+class _ProgressBar:
+    """``label [#####.....] done/total`` redrawn on a terminal, at most 10 times a second."""
+
+    def __init__(self, label: str, *, tty: bool) -> None:
+        self.label, self.tty, self.shown, self.last = label, tty, False, 0.0
+
+    def update(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.tty or (now - self.last < 0.1 and done < total):
+            return
+        self.last, self.shown = now, True
+        filled = 30 * done // max(total, 1)
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] "
+                         f"{done}/{total}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
 
 
 def build_report(sweep: Any, trials: list, results_dir: str, *, stats: bool) -> dict[str, Any]:

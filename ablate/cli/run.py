@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.cli import add_plugin_option
+from ablate.cli.plan import add_deep_check_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="rerun finished trials whose stored configuration differs from the "
                    "plan's (a default changed in the code); their old records are kept under "
                    "RESULTS/replaced/")
+    add_deep_check_option(p)
     add_plugin_option(p)
     p.set_defaults(func=run_command)
 
@@ -73,6 +75,10 @@ def run_command(args: argparse.Namespace) -> int:
     from ablate.plan import load_plan
 
     sweep, trials = load_plan(args.sweep, confirm=args.yes, plugins=tuple(args.plugin))
+    if args.deep_data_check:
+        from ablate.cli.plan import deep_check_data
+
+        deep_check_data(trials)
     results = Path(args.results) if args.results else Path(sweep.results_dir)
     _check_folder_owner(results, sweep.name, args.yes)
     return _execute(trials, results, name=sweep.name, source=str(sweep.path),

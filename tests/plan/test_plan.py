@@ -168,8 +168,9 @@ def test_data_folders_are_checked_unless_disabled(write_sweep, tmp_path):
     path = write_sweep("grid: {data.root: [%s, %s/missing]}\n" % (tmp_path, tmp_path),
                        base=MINIMAL.replace("{name: digits}", "{name: imagefolder}"))
     for split in ("train", "val"):
-        (tmp_path / split / "cat").mkdir(parents=True)
-        (tmp_path / split / "dog").mkdir(parents=True)
+        for c in ("cat", "dog"):  # each class needs an image: empty ones are refused
+            (tmp_path / split / c).mkdir(parents=True)
+            (tmp_path / split / c / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     with pytest.raises(SpecError) as info:
         load_plan(path)
     assert info.value.key == "grid.data.root[1]" and "does not exist" in info.value.what
