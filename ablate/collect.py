@@ -9,8 +9,8 @@ files carry ``ablate.table_schema`` (TABLE_SCHEMA) in their parquet key-value me
 Collecting is incremental and atomic: ``.collect-manifest.json`` keeps each trial folder's
 signature (the folder's mtime, which every atomic JSON write bumps, and metrics.jsonl's mtime and
 size) and its number of epoch rows; unchanged trials' rows are reused from the previous tables,
-every file is written to a temporary name and renamed into place (the manifest last), and nothing
-is written when nothing changed. ``collect_results(..., full=True)`` rereads everything (for
+every file is written through ``ablate.record.atomic_files`` (temporary names, renamed into
+place, the manifest last), and nothing is written when nothing changed. ``collect_results(..., full=True)`` rereads everything (for
 records edited in place by hand). A trial whose records are corrupt or of an unknown version is
 left out with a warning naming the file. The id of a trial is the name of its folder.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,13 +161,7 @@ def _merge_epochs(results_dir: Path, old_rows: dict[str, int], keep: set[str], b
     return table.select(epoch_column_order(set(table.column_names))), dict(zip(order, counts))
 
 
-def _temp_beside(path: Path) -> str:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return tmp
-
-
-def _write_parquet(table: pa.Table, where: str) -> None:
+def _write_parquet(table: pa.Table, where: Any) -> None:
     """Plain parquet: no arrow schema stored, so epochs' dictionary ids read back as strings."""
     with pq.ParquetWriter(where, table.schema.remove_metadata(), compression="snappy",
                           store_schema=False) as writer:
@@ -182,27 +175,16 @@ def _write_tables(results_dir: Path, tables: dict[str, pa.Table]) -> dict[str, l
     A failure while writing leaves every previous table untouched; the renames follow each
     other, and a crash between them is caught by the manifest check on the next collect.
     """
-    temps: dict[str, str] = {}
-    try:
-        for name, table in tables.items():
-            temps[name] = _temp_beside(results_dir / name)
-            _write_parquet(table, temps[name])
-        for name, tmp in temps.items():
-            os.replace(tmp, results_dir / name)
-    finally:
-        for tmp in temps.values():
-            Path(tmp).unlink(missing_ok=True)
+    with record.atomic_files([results_dir / name for name in tables], "wb") as files:
+        for table, f in zip(tables.values(), files):
+            _write_parquet(table, f)
     return {name: [(st := (results_dir / name).stat()).st_mtime_ns, st.st_size]
             for name in tables}
 
 
 def _write_manifest(results_dir: Path, manifest: dict[str, Any]) -> None:
-    tmp = _temp_beside(results_dir / MANIFEST_FILE)
-    try:
-        Path(tmp).write_text(json.dumps(manifest, sort_keys=True))
-        os.replace(tmp, results_dir / MANIFEST_FILE)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with record.atomic_file(results_dir / MANIFEST_FILE) as f:
+        f.write(json.dumps(manifest, sort_keys=True))
 
 
 def collect_results(results_dir: str | Path, *, full: bool = False) -> CollectSummary:

@@ -13,8 +13,9 @@ A results folder (``results/<sweep>/``) holds ``trials/<trial id>/`` per trial::
                        "device", "host", "data_fingerprint", "seed", "params", "flops", ...}
     checkpoints/      epoch_NNNN.pt (the last few) and best.pt; written atomically
 
-Every JSON file is written atomically (temporary file, then rename), so a crash never leaves a
-half-written one. ``metrics.jsonl`` is appended line by line; a reader ignores a truncated last
+Every file ablate writes whole (JSON records, checkpoints, tables, figures, reports) goes
+through :func:`atomic_file`: a temporary file beside it, then a rename, so a crash never leaves
+a half-written one. ``metrics.jsonl`` is appended line by line; a reader ignores a truncated last
 line, and when epochs repeat (a resumed trial re-running an epoch) the last record wins.
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,24 +66,57 @@ def trial_folder(results_dir: str | Path, trial: Trial) -> Path:
     return legacy_dir(results_dir, trial) or trial_dir(results_dir, trial.id)
 
 
-@contextmanager
-def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path`` that replaces it only if the block succeeds.
+def _create_new(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_EXCL, 0o666)
 
-    Readers see the old file or the new one, never a part: the data is fsynced before the
-    rename, and on any error the temporary file is removed and ``path`` left as it was.
+
+def _open_temp(path: Path, mode: str) -> tuple[Path, IO[Any]]:
+    """A new file beside ``path``, named for this process and a random token.
+
+    Two writers of the same path (two processes, or two threads) never share a temporary
+    file. Created with mode 0o666 less the umask, as ``open`` would make it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, open(tmp, mode, opener=_create_new)
+        except FileExistsError:
+            continue
+
+
+@contextmanager
+def atomic_files(paths: list[Path], mode: str = "w") -> Iterator[list[IO[Any]]]:
+    """Open a temporary file beside each of ``paths``; they replace them, in order, only if the
+    block succeeds.
+
+    Readers see the old file or the new one, never a part: the data is fsynced before the
+    renames, and on any error every temporary file is removed and ``paths`` left as they were.
+    Several files are renamed only once all of them are written (tables that belong together).
+    """
+    temps: list[tuple[Path, IO[Any]]] = []
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
+        for path in paths:
+            temps.append(_open_temp(path, mode))
+        yield [f for _, f in temps]
+        for _, f in temps:
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            f.close()
+        for (tmp, _), path in zip(temps, paths):
+            os.replace(tmp, path)
+    finally:
+        for tmp, f in temps:
+            f.close()
+            tmp.unlink(missing_ok=True)  # gone already once renamed
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` that replaces it only if the block succeeds
+    (see :func:`atomic_files`); the one writer of every whole file ablate writes."""
+    with atomic_files([path], mode) as (f,):
+        yield f
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -186,9 +220,8 @@ def read_metrics(tdir: Path) -> list[dict[str, Any]]:
 def truncate_metrics(tdir: Path, last_epoch: int) -> None:
     """Drop records after ``last_epoch`` (used when resuming from that epoch's checkpoint)."""
     rows = [r for r in read_metrics(tdir) if r["epoch"] <= last_epoch]
-    tmp = tdir / ".metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    os.replace(tmp, tdir / "metrics.jsonl")
+    with atomic_file(tdir / "metrics.jsonl") as f:
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def write_result(tdir: Path, result: dict[str, Any]) -> None:

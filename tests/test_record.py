@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +64,15 @@ def test_atomic_write_leaves_old_file_when_serialisation_fails(tdir):
         record.write_json_atomic(tdir / "result.json", {1j: 1})  # complex keys can't be JSON
     assert record.read_result(tdir)["final"] == {"val/top1": 1.0}
     assert not list(tdir.glob(".result.json.*"))  # no temporary left behind
+
+
+def test_two_writers_of_one_file_never_share_a_temporary(tdir):
+    path = tdir / "result.json"
+    with record.atomic_file(path) as outer:
+        with record.atomic_file(path) as inner:
+            names = {Path(outer.name).name, Path(inner.name).name}
+            inner.write('{"who": "inner"}')
+        assert len(names) == 2 and all(f".{os.getpid()}." in n for n in names)
+        outer.write('{"who": "outer"}')
+    assert json.loads(path.read_text()) == {"who": "outer"}  # the last rename wins, whole
+    assert not list(tdir.glob(".result.json.*"))

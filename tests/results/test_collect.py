@@ -153,7 +153,7 @@ def test_a_failure_mid_write_leaves_the_previous_tables(group_sweep, factory_mod
     def crash_on_second(table, where):
         calls.append(where)
         if len(calls) == 2:  # trials.parquet's temp is written; die while writing epochs
-            Path(where).write_bytes(b"PAR1 half a file")
+            where.write(b"PAR1 half a file")
             raise KeyboardInterrupt
         real(table, where)
 
