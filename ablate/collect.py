@@ -7,12 +7,13 @@ files carry ``ablate.table_schema`` (TABLE_SCHEMA) in their parquet key-value me
 ``load_tables`` refuses other versions.
 
 Collecting is incremental and atomic: ``.collect-manifest.json`` keeps each trial folder's
-signature (the folder's mtime, which every atomic JSON write bumps, and metrics.jsonl's mtime and
-size) and its number of epoch rows; unchanged trials' rows are reused from the previous tables,
-every file is written through ``ablate.record.atomic_files`` (temporary names, renamed into
-place, the manifest last), and nothing is written when nothing changed. ``collect_results(..., full=True)`` rereads everything (for
-records edited in place by hand). A trial whose records are corrupt or of an unknown version is
-left out with a warning naming the file. The id of a trial is the name of its folder.
+signature (name, size and modification time of each of its files, so an edit in place is seen
+even when the folder's own time stays) and its number of epoch rows; unchanged trials' rows are
+reused from the previous tables, every file is written through ``ablate.record.atomic_files``
+(temporary names, renamed into place, the manifest last), and nothing is written when nothing
+changed. ``collect_results(..., full=True)`` rereads everything. A trial whose records are
+corrupt or of an unknown version is left out with a warning naming the file. The id of a trial
+is the name of its folder.
 
 The files are plain parquet (snappy) without a stored arrow schema, so every reader sees the
 types ablate.columns lists; pandas, pyarrow, polars and DuckDB read them alike.
@@ -49,7 +50,7 @@ from ablate.rows import add_epoch_columns, read_epochs, read_trial_row
 
 SCHEMA_KEY = b"ablate.table_schema"
 TRIALS_FILE, EPOCHS_FILE = "trials.parquet", "epochs.parquet"
-MANIFEST_FILE, MANIFEST_VERSION = ".collect-manifest.json", 2
+MANIFEST_FILE, MANIFEST_VERSION = ".collect-manifest.json", 3
 
 
 @dataclass(frozen=True)
@@ -77,18 +78,13 @@ def _trial_dirs(results_dir: Path) -> dict[str, Path]:
     return {name: root / name for name in names}
 
 
-def _signature(tdir: Path) -> list[int | None]:
-    """What changes whenever ablate.record writes to the folder.
-
-    JSON records are replaced by rename, which updates the folder's mtime; metrics.jsonl is
-    appended to, which updates its own mtime and size. Two stats instead of six.
-    """
-    try:
-        m = (tdir / "metrics.jsonl").stat()
-        metrics = [m.st_mtime_ns, m.st_size]
-    except FileNotFoundError:
-        metrics = [None, None]
-    return [tdir.stat().st_mtime_ns, *metrics]
+def _signature(tdir: Path) -> list[list[Any]]:
+    """[name, size, mtime_ns] of each file of the folder, by name: any write to a record changes
+    it, be it a rename (a new inode, a new time), an append or an edit in place."""
+    with os.scandir(tdir) as it:
+        files = sorted((e.name, e.stat()) for e in it
+                       if e.is_file(follow_symlinks=False) and not e.name.startswith("."))
+    return [[name, st.st_size, st.st_mtime_ns] for name, st in files]
 
 
 def _load_manifest(results_dir: Path) -> dict[str, Any] | None:
@@ -190,8 +186,8 @@ def _write_manifest(results_dir: Path, manifest: dict[str, Any]) -> None:
 def collect_results(results_dir: str | Path, *, full: bool = False) -> CollectSummary:
     """Bring ``trials.parquet``/``epochs.parquet`` in ``results_dir`` up to date with its records.
 
-    Only trials whose folders changed since the last collect are read again (``full=True``
-    reads all: after editing records by hand rather than through ablate.record). Raises
+    Only trials with a file changed since the last collect are read again (``full=True``
+    reads all). Raises
     RecordError when ``results_dir`` holds no trial folders. Unreadable trials never raise:
     they are left out and named in ``warnings``; the caller decides how to show them.
     """
