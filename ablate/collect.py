@@ -35,16 +35,7 @@ import pyarrow.parquet as pq
 
 from ablate import record
 
-# The column dicts are re-exported: they are part of ablate.collect's public names.
-from ablate.columns import (  # noqa: F401
-    CONFIG_COLUMNS,
-    HEAD_COLUMNS,
-    RUN_COLUMNS,
-    TABLE_SCHEMA,
-    epoch_column_order,
-    to_table,
-    trial_column_order,
-)
+from ablate.columns import TABLE_SCHEMA, epoch_column_order, to_table, trial_column_order
 from ablate.errors import RecordError
 from ablate.rows import add_epoch_columns, read_epochs, read_trial_row
 
