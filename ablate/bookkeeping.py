@@ -2,8 +2,9 @@
 
 ``sweep.json`` holds the plan, so ``ablate resume`` needs no YAML; the driver lock lets
 ``ablate status`` tell a running trial from an interrupted one; the status rows are each
-trial's state as its record shows it. The runner (``ablate.runner``) keeps these up to date
-while it runs; ``ablate status`` and ``ablate resume`` read them with no Ray at all.
+trial's state as ``ablate.record.trial_state`` derives it, with any problem of its record.
+The runner (``ablate.runner``) keeps these up to date while it runs; ``ablate status`` and
+``ablate resume`` read them with no Ray at all.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from ablate.config import Trial
 from ablate.errors import RecordError, TrialError
 from ablate.failures import Failure, classify_record
 
+# STALE_S is not used here; the runner's tests read it from this module
+from ablate.record import LOCK, STALE_S, driver_running  # noqa: F401
+
 MANIFEST = "sweep.json"
-LOCK = ".driver.lock"
-STALE_S = 10.0  # a "running" record older than this with no driver holding the lock is stale
 
 
 # ---------------------------------------------------------------------------- sweep.json
@@ -91,21 +93,6 @@ def driver_lock(results_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock; a killed driver releases it too
 
 
-def driver_running(results_dir: Path) -> bool:
-    """Whether a driver holds the lock of this results folder right now."""
-    path = Path(results_dir) / LOCK
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 # ---------------------------------------------------------------------------- status
 
 
@@ -115,39 +102,28 @@ class TrialStatus:
 
     id: str
     arm: str
-    state: str  # record.STATES, or new / interrupted
+    state: str  # record.STATES, or new / interrupted / corrupt / damaged
     epochs_done: int
     epochs: int
     best_top1: float | None
     updated: float | None  # unix time of the last write to the record
     error: Failure | None = None
-    problem: str | None = None  # why the record cannot be read (state "corrupt")
+    problem: str | None = None  # what is wrong with the record, and what to do
 
 
 def trial_status(trial: Trial, results_dir: Path, *, driver_alive: bool,
                  now: float | None = None) -> TrialStatus:
-    """Read one trial's record; "running" with no driver and no recent write is interrupted."""
-    tdir = record.trial_folder(results_dir, trial)
-    try:
-        raw = record.check_record(tdir) or {}
-    except RecordError as e:
-        return TrialStatus(id=trial.id, arm=trial.arm, state=record.CORRUPT,
-                           epochs_done=len(record.read_metrics(tdir)),
-                           epochs=trial.config.train.epochs, best_top1=None, updated=None,
-                           problem=str(e))
-    state = record.state_of(raw)
-    rows = record.read_metrics(tdir)
-    mtimes = [p.stat().st_mtime for p in (tdir / "metrics.jsonl", tdir / "state.json")
-              if p.exists()]
-    updated = max([raw.get("updated", 0.0), *mtimes]) if raw else None
-    now = time.time() if now is None else now
-    if state == record.RUNNING and not driver_alive and (updated or 0) < now - STALE_S:
-        state = record.INTERRUPTED
+    """Read one trial's record (record.trial_state); a problem is set for a corrupt or damaged
+    record."""
+    derived = record.trial_state(results_dir, trial, driver_alive=driver_alive, now=now)
+    raw, rows = derived.raw, derived.rows
     tops = [r["val/top1"] for r in rows if isinstance(r.get("val/top1"), (int, float))]
-    error = classify_record(raw["error"]) if state == record.FAILED and raw.get("error") else None
-    return TrialStatus(id=trial.id, arm=trial.arm, state=state, epochs_done=len(rows),
+    error = classify_record(raw["error"]) \
+        if derived.state == record.FAILED and raw.get("error") else None
+    problem = str(derived.problem) if derived.problem else None
+    return TrialStatus(id=trial.id, arm=trial.arm, state=derived.state, epochs_done=len(rows),
                        epochs=trial.config.train.epochs, best_top1=max(tops) if tops else None,
-                       updated=updated, error=error)
+                       updated=derived.updated, error=error, problem=problem)
 
 
 def sweep_status(results_dir: Path) -> list[TrialStatus]:
@@ -171,13 +147,16 @@ def sweep_status(results_dir: Path) -> list[TrialStatus]:
 def split_finished(trials: list[Trial], results_dir: Path) -> tuple[list[Trial], list[Trial]]:
     """(finished, to run): done and diverged trials are never run again.
 
-    Raises RecordError on a trial folder whose record cannot be read, before anything runs.
+    Raises RecordError on a trial whose record is corrupt or damaged (record.trial_state),
+    before anything runs: a corrupt record is no new trial, and resuming a damaged one would
+    drop its lost epoch in silence.
     """
     finished, todo = [], []
     for t in trials:
-        tdir = record.trial_folder(results_dir, t)
-        state = record.state_of(record.check_record(tdir))
-        (finished if state in record.FINISHED else todo).append(t)
+        derived = record.trial_state(results_dir, t, driver_alive=True)
+        if derived.problem is not None:
+            raise derived.problem
+        (finished if derived.state in record.FINISHED else todo).append(t)
     return finished, todo
 
 

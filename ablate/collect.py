@@ -12,8 +12,9 @@ even when the folder's own time stays) and its number of epoch rows; unchanged t
 reused from the previous tables, every file is written through ``ablate.record.atomic_files``
 (temporary names, renamed into place, the manifest last), and nothing is written when nothing
 changed. ``collect_results(..., full=True)`` rereads everything. A trial whose records are
-corrupt or of an unknown version is left out with a warning naming the file. The id of a trial
-is the name of its folder.
+corrupt or of an unknown version, or whose metrics.jsonl lost an epoch to an unreadable line
+(state "damaged" in ``ablate status``), is left out with a warning naming the file (and line),
+on every collect until it is repaired. The id of a trial is the name of its folder.
 
 The files are plain parquet (snappy) without a stored arrow schema, so every reader sees the
 types ablate.columns lists; pandas, pyarrow, polars and DuckDB read them alike.
@@ -54,7 +55,7 @@ class CollectSummary:
     new: int  # trials read for the first time
     updated: int  # trials re-read because their records changed
     unchanged: int  # trials whose rows were reused
-    skipped: int  # trials left out because a record could not be read
+    skipped: int  # trials left out because a record could not be read, or lost an epoch
     warnings: tuple[str, ...]
     written: bool
 
@@ -178,9 +179,9 @@ def collect_results(results_dir: str | Path, *, full: bool = False) -> CollectSu
     """Bring ``trials.parquet``/``epochs.parquet`` in ``results_dir`` up to date with its records.
 
     Only trials with a file changed since the last collect are read again (``full=True``
-    reads all). Raises
-    RecordError when ``results_dir`` holds no trial folders. Unreadable trials never raise:
-    they are left out and named in ``warnings``; the caller decides how to show them.
+    reads all). Raises RecordError when ``results_dir`` holds no trial folders. Unreadable or
+    damaged trials never raise: they are left out and named in ``warnings`` (every time); the
+    caller decides how to show them.
     """
     results_dir = Path(results_dir)
     dirs = _trial_dirs(results_dir)
@@ -199,6 +200,11 @@ def collect_results(results_dir: str | Path, *, full: bool = False) -> CollectSu
                 read[tid] = d
             except RecordError as err:
                 warnings.append(f"skipped trial {tid}: {err}")
+    body, blocks, damaged = read_epochs(read)
+    for tid, err in damaged.items():
+        warnings.append(f"skipped trial {tid} (damaged): {err}")
+        del read[tid]
+    rows = [r for r in rows if r["id"] in read]
     new = sum(1 for tid in read if tid not in old)
     summary = dict(results_dir=results_dir, new=new, updated=len(read) - new,
                    unchanged=len(keep), skipped=len(dirs) - len(keep) - len(read),
@@ -206,7 +212,6 @@ def collect_results(results_dir: str | Path, *, full: bool = False) -> CollectSu
     if manifest and not read and set(old) == keep:  # nothing to do: write nothing
         return CollectSummary(rows=len(keep), epoch_rows=sum(old[t]["rows"] for t in keep),
                               written=False, **summary)
-    body, blocks = read_epochs(read)
     add_epoch_columns(rows, body, blocks)
     trials = _merge_trials(results_dir, keep, rows)
     epochs, counts = _merge_epochs(results_dir, {t: e["rows"] for t, e in old.items()}, keep,

@@ -3,6 +3,7 @@ import os
 
 from ablate import record
 from ablate.cli import main
+from ablate.collect import load_tables
 
 
 def test_collect_prints_a_summary_and_one_line_per_warning(group_sweep, capsys):
@@ -30,6 +31,48 @@ def test_a_folder_without_records_is_one_line_and_status_2(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no trial folders" in err[0] and str(tmp_path) in err[0]
+
+
+def _break_line(path, number: int) -> None:
+    """Overwrite one line of a file with bytes that are no JSON, keeping the others."""
+    lines = path.read_bytes().split(b"\n")
+    lines[number - 1] = b'{"epoch": 2, "val/to\x00\xff'
+    path.write_bytes(b"\n".join(lines))
+
+
+def test_a_finished_trial_that_lost_an_epoch_is_damaged_in_status_collect_and_report(
+        group_sweep, factory_module, capsys):
+    tdir = record.list_trial_dirs(group_sweep)[3]
+    metrics = tdir / "metrics.jsonl"
+    assert main(["collect", str(group_sweep)]) == 0
+    _break_line(metrics, 2)
+    # a running trial torn mid-append at its end is no damage
+    with factory_module.fast_writes():
+        running = factory_module.write_record(
+            group_sweep, factory_module.make_trial("r", seed=7, epochs=4), top1=50,
+            state=record.RUNNING, epochs=2)
+    with open(running / "metrics.jsonl", "ab") as f:
+        f.write(b'{"epoch": 3, "val/t')
+    capsys.readouterr()
+
+    assert main(["status", str(group_sweep)]) == 2
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line for line in out.splitlines()[1:-1]}
+    assert " damaged " in rows[tdir.name] and " 3/4 " in rows[tdir.name]
+    assert " running " in rows[running.name] or " interrupted " in rows[running.name]
+    assert len(err.strip().splitlines()) == 1 and f"{metrics}:2: unreadable" in err
+
+    assert main(["collect", str(group_sweep)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"warning: skipped trial {tdir.name} (damaged): {metrics}:2: ")
+    assert "1 skipped" in out[1] and len(out) == 2
+    trials, epochs = load_tables(group_sweep)
+    assert tdir.name not in set(trials["id"]) and tdir.name not in set(epochs["id"])
+    assert list(epochs[epochs["id"] == running.name]["epoch"]) == [1, 2]
+
+    assert main(["report", str(group_sweep)]) == 0  # says so again, and leaves it out
+    out = capsys.readouterr().out
+    assert f"warning: skipped trial {tdir.name} (damaged)" in out
 
 
 def test_every_file_written_follows_the_umask_and_no_temporary_is_left(tmp_path, factory_module,

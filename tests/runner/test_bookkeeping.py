@@ -174,3 +174,37 @@ def test_status_marks_a_corrupt_record_and_exits_2(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert bad.id in out and "corrupt" in out
     assert f"{bad_dir / 'result.json'}: corrupt JSON" in err
+
+
+def test_plan_run_and_status_derive_the_same_state(tmp_path, monkeypatch, capsys):
+    from ablate.plan import load_plan
+    from tests.runner.conftest import write_sweep
+
+    sweep = write_sweep(tmp_path / "tiny.yaml", seeds=[0, 1, 2])
+    _, trials = load_plan(sweep)
+    results = tmp_path / "results"
+    bookkeeping.write_manifest(results, name="tiny", source=str(sweep), trials=trials,
+                               max_concurrent=None)
+    corrupt = _write(results, trials[0], record.DONE, epochs=3)
+    (corrupt / "state.json").write_text('{"state": "do')
+    damaged = _write(results, trials[1], record.DONE, epochs=3)
+    lines = (damaged / "metrics.jsonl").read_text().split("\n")
+    (damaged / "metrics.jsonl").write_text("\n".join([lines[0], "{oops", *lines[2:]]))
+    expected = {trials[0].id: record.CORRUPT, trials[1].id: record.DAMAGED,
+                trials[2].id: record.NEW}
+
+    assert main(["plan", str(sweep), "--results", str(results), "--json", "--no-stats"]) == 0
+    planned = {r["id"]: r["state"] for r in json.loads(capsys.readouterr().out)["trials"]}
+    assert main(["status", str(results), "--json"]) == 0
+    shown = {r["id"]: r["state"] for r in json.loads(capsys.readouterr().out)}
+    assert planned == shown == expected
+
+    launched = []
+    monkeypatch.setattr(runner, "_run_on_ray", lambda *a, **k: launched.append(a))
+    assert main(["run", str(sweep), "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert launched == [] and "\n" not in err and f"{corrupt / 'state.json'}: corrupt" in err
+    (corrupt / "state.json").unlink()  # the user deletes it, as the hint says
+    assert main(["run", str(sweep), "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert launched == [] and f"{damaged / 'metrics.jsonl'}:2: unreadable" in err
