@@ -176,7 +176,9 @@ def write_trial(tdir: Path, trial: Trial) -> None:
 def read_trial(tdir: Path) -> Trial:
     obj = read_json(tdir / "trial.json")
     if obj is None:
-        raise RecordError("no trial.json", file=tdir, hint="not a trial folder")
+        raise RecordError("no trial.json", file=tdir, hint="if it was deleted, 'ablate resume' "
+                          "of the results folder restores it from sweep.json; else delete the "
+                          "folder")
     try:
         return Trial.from_dict(obj)
     except (KeyError, TypeError, ValueError) as e:
