@@ -159,9 +159,16 @@ def check_record(tdir: Path) -> dict[str, Any] | None:
     trial. A truncated last line of metrics.jsonl is not corruption (a crash mid-append).
     Returns the parsed state.json (None when there is none), so callers read it only once.
     """
-    files = {name: read_json(tdir / name)
-             for name in ("trial.json", "state.json", "result.json", "provenance.json")}
-    state = files["state.json"]
+    read_json(tdir / "trial.json")
+    state = read_state_checked(tdir)
+    for name in ("result.json", "provenance.json"):
+        read_json(tdir / name)
+    return state
+
+
+def read_state_checked(tdir: Path) -> dict[str, Any] | None:
+    """state.json parsed (None if absent); RecordError if corrupt, newer, or of no known state."""
+    state = read_json(tdir / "state.json")
     if state is not None and state.get("state") not in STATES:
         raise RecordError(f"unknown state {state.get('state')!r} (expected one of "
                           f"{', '.join(STATES)})", file=tdir / "state.json",

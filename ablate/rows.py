@@ -43,7 +43,7 @@ def read_trial_row(tdir: Path) -> dict[str, Any]:
     # The folder name is the id the writer gave the trial; rehashing the config would cost a
     # third of a collect and would disown old trials whenever a config field is added.
     tid = tdir.name
-    state = record.read_json(tdir / "state.json") or {}
+    state = record.read_state_checked(tdir) or {}
     result = record.read_result(tdir) or {}
     prov = record.read_provenance(tdir) or {}
     error = state.get("error") or {}

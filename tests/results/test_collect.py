@@ -259,3 +259,12 @@ def test_a_damaged_manifest_means_a_full_collect(group_sweep):
     (group_sweep / collect.MANIFEST_FILE).write_text('{"table_schema": 1, "trials": [1, 2]}')
     summary = collect_results(group_sweep)
     assert summary.written and summary.new == 18
+
+
+def test_a_state_json_of_no_known_state_is_refused_like_a_corrupt_one(group_sweep):
+    tdir = record.list_trial_dirs(group_sweep)[2]
+    raw = json.loads((tdir / "state.json").read_text())
+    replace(tdir / "state.json", json.dumps({**raw, "state": "finished"}))
+    summary = collect_results(group_sweep)
+    assert summary.skipped == 1 and "unknown state 'finished'" in summary.warnings[0]
+    assert str(tdir / "state.json") in summary.warnings[0]
