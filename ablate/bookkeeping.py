@@ -1,14 +1,17 @@
 """The results folder's bookkeeping, without Ray: ``sweep.json``, the driver lock, status rows.
 
-``sweep.json`` holds the plan, so ``ablate resume`` needs no YAML; the driver lock lets
-``ablate status`` tell a running trial from an interrupted one; the status rows are each
-trial's state as its record shows it. The runner (``ablate.runner``) keeps these up to date
-while it runs; ``ablate status`` and ``ablate resume`` read them with no Ray at all.
+``sweep.json`` holds the plan, so ``ablate resume`` needs no YAML, and a trial folder that
+lost its trial.json gets it back from there; the driver lock lets ``ablate status`` tell a
+running trial from an interrupted one; the status rows are each trial's state as
+``ablate.record.trial_state`` derives it, with any problem of its record. The runner
+(``ablate.runner``) keeps these up to date while it runs; ``ablate status`` and
+``ablate resume`` read them with no Ray at all.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 import time
@@ -23,9 +26,11 @@ from ablate.config import Trial
 from ablate.errors import RecordError, TrialError
 from ablate.failures import Failure, classify_record
 
+# STALE_S is not used here; the runner's tests read it from this module
+from ablate.record import LOCK, STALE_S, driver_running  # noqa: F401
+
 MANIFEST = "sweep.json"
-LOCK = ".driver.lock"
-STALE_S = 10.0  # a "running" record older than this with no driver holding the lock is stale
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- sweep.json
@@ -91,21 +96,6 @@ def driver_lock(results_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock; a killed driver releases it too
 
 
-def driver_running(results_dir: Path) -> bool:
-    """Whether a driver holds the lock of this results folder right now."""
-    path = Path(results_dir) / LOCK
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 # ---------------------------------------------------------------------------- status
 
 
@@ -115,45 +105,59 @@ class TrialStatus:
 
     id: str
     arm: str
-    state: str  # record.STATES, or new / interrupted
+    state: str  # record.STATES, or new / interrupted / corrupt / damaged
     epochs_done: int
     epochs: int
     best_top1: float | None
     updated: float | None  # unix time of the last write to the record
     error: Failure | None = None
-    problem: str | None = None  # why the record cannot be read (state "corrupt")
+    problem: str | None = None  # what is wrong with the record, and what to do
+
+
+def _missing_trial_json(tdir: Path) -> str | None:
+    """The problem of a trial folder that has a record but no trial.json, else None."""
+    if (tdir / "trial.json").exists() or not tdir.is_dir() or not any(tdir.iterdir()):
+        return None
+    results = tdir.parent.parent
+    return (f"{tdir / 'trial.json'}: missing; 'ablate resume {results}' restores it from "
+            f"sweep.json")
 
 
 def trial_status(trial: Trial, results_dir: Path, *, driver_alive: bool,
                  now: float | None = None) -> TrialStatus:
-    """Read one trial's record; "running" with no driver and no recent write is interrupted."""
-    tdir = record.trial_folder(results_dir, trial)
-    try:
-        raw = record.check_record(tdir) or {}
-    except RecordError as e:
-        return TrialStatus(id=trial.id, arm=trial.arm, state=record.CORRUPT,
-                           epochs_done=len(record.read_metrics(tdir)),
-                           epochs=trial.config.train.epochs, best_top1=None, updated=None,
-                           problem=str(e))
-    state = record.state_of(raw)
-    rows = record.read_metrics(tdir)
-    mtimes = [p.stat().st_mtime for p in (tdir / "metrics.jsonl", tdir / "state.json")
-              if p.exists()]
-    updated = max([raw.get("updated", 0.0), *mtimes]) if raw else None
-    now = time.time() if now is None else now
-    if state == record.RUNNING and not driver_alive and (updated or 0) < now - STALE_S:
-        state = record.INTERRUPTED
+    """Read one trial's record (record.trial_state); a problem is set for a corrupt or damaged
+    record and for one that lost its trial.json."""
+    derived = record.trial_state(results_dir, trial, driver_alive=driver_alive, now=now)
+    raw, rows = derived.raw, derived.rows
     tops = [r["val/top1"] for r in rows if isinstance(r.get("val/top1"), (int, float))]
-    error = classify_record(raw["error"]) if state == record.FAILED and raw.get("error") else None
-    return TrialStatus(id=trial.id, arm=trial.arm, state=state, epochs_done=len(rows),
+    error = classify_record(raw["error"]) \
+        if derived.state == record.FAILED and raw.get("error") else None
+    problem = str(derived.problem) if derived.problem else \
+        _missing_trial_json(record.trial_folder(results_dir, trial))
+    return TrialStatus(id=trial.id, arm=trial.arm, state=derived.state, epochs_done=len(rows),
                        epochs=trial.config.train.epochs, best_top1=max(tops) if tops else None,
-                       updated=updated, error=error)
+                       updated=derived.updated, error=error, problem=problem)
+
+
+def _unknown_folder(tdir: Path) -> TrialStatus:
+    """The row of a trial folder no plan names and whose trial.json cannot be read."""
+    try:
+        record.read_trial(tdir)
+        problem = None
+    except RecordError as err:
+        problem = str(err) if (tdir / "trial.json").exists() else (
+            f"{tdir / 'trial.json'}: missing, and sweep.json does not list this trial; restore "
+            "the file, or delete the folder")
+    return TrialStatus(id=tdir.name, arm="?", state=record.CORRUPT,
+                       epochs_done=len(record.read_metrics(tdir)), epochs=0, best_top1=None,
+                       updated=None, problem=problem)
 
 
 def sweep_status(results_dir: Path) -> list[TrialStatus]:
     """Every trial of the results folder (planned, retired, or only on disk), plan order.
 
-    Works on a folder of trial records without ``sweep.json`` too (trials run one by one).
+    Works on a folder of trial records without ``sweep.json`` too (trials run one by one). A
+    folder that is no listed trial's and has no readable trial.json is a "corrupt" row.
     """
     results_dir = Path(results_dir)
     trials: dict[str, Trial] = {}
@@ -161,23 +165,60 @@ def sweep_status(results_dir: Path) -> list[TrialStatus]:
         manifest = read_manifest(results_dir)  # no trial folders either: not a results folder
         trials = {t.id: t for t in manifest["trials"] + manifest["retired"]}
     claimed = {record.trial_folder(results_dir, t).name for t in trials.values()}
+    unknown = []
     for tdir in record.list_trial_dirs(results_dir):
-        if tdir.name not in claimed and (tdir / "trial.json").exists():
+        if tdir.name in claimed:
+            continue
+        try:
             trials[tdir.name] = record.read_trial(tdir)
+        except RecordError:
+            unknown.append(_unknown_folder(tdir))
     alive = driver_running(results_dir)
-    return [trial_status(t, results_dir, driver_alive=alive) for t in trials.values()]
+    return [trial_status(t, results_dir, driver_alive=alive) for t in trials.values()] + unknown
+
+
+def _listed_trials(results_dir: Path) -> dict[str, Trial]:
+    """Trial id -> Trial of every trial sweep.json lists; empty when it cannot be read."""
+    try:
+        manifest = read_manifest(results_dir)
+    except RecordError:
+        return {}
+    return {t.id: t for t in manifest["trials"] + manifest["retired"]}
+
+
+def restore_trial_json(results_dir: Path, trial: Trial,
+                       listed: dict[str, Trial] | None = None) -> bool:
+    """Write back the trial.json of ``trial``'s folder if it has a record without one.
+
+    The trial comes from sweep.json when it lists it (``listed``: its trials, read once by
+    the caller), else ``trial`` itself (the plan's, of the same id). True when restored.
+    """
+    tdir = record.trial_folder(results_dir, trial)
+    if _missing_trial_json(tdir) is None:
+        return False
+    listed = _listed_trials(results_dir) if listed is None else listed
+    record.write_trial(tdir, listed.get(trial.id, trial))
+    log.warning("restored %s from %s", tdir / "trial.json",
+                MANIFEST if trial.id in listed else "the plan")
+    return True
 
 
 def split_finished(trials: list[Trial], results_dir: Path) -> tuple[list[Trial], list[Trial]]:
     """(finished, to run): done and diverged trials are never run again.
 
-    Raises RecordError on a trial folder whose record cannot be read, before anything runs.
+    A trial folder that lost its trial.json gets it back (from sweep.json, else the plan).
+    Raises RecordError on a trial whose record is corrupt or damaged (record.trial_state),
+    before anything runs: a corrupt record is no new trial, and resuming a damaged one would
+    drop its lost epoch in silence.
     """
     finished, todo = [], []
+    listed = _listed_trials(results_dir) if (Path(results_dir) / MANIFEST).exists() else {}
     for t in trials:
-        tdir = record.trial_folder(results_dir, t)
-        state = record.state_of(record.check_record(tdir))
-        (finished if state in record.FINISHED else todo).append(t)
+        restore_trial_json(results_dir, t, listed)
+        derived = record.trial_state(results_dir, t, driver_alive=True)
+        if derived.problem is not None:
+            raise derived.problem
+        (finished if derived.state in record.FINISHED else todo).append(t)
     return finished, todo
 
 

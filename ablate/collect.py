@@ -7,12 +7,14 @@ files carry ``ablate.table_schema`` (TABLE_SCHEMA) in their parquet key-value me
 ``load_tables`` refuses other versions.
 
 Collecting is incremental and atomic: ``.collect-manifest.json`` keeps each trial folder's
-signature (the folder's mtime, which every atomic JSON write bumps, and metrics.jsonl's mtime and
-size) and its number of epoch rows; unchanged trials' rows are reused from the previous tables,
-every file is written to a temporary name and renamed into place (the manifest last), and nothing
-is written when nothing changed. ``collect_results(..., full=True)`` rereads everything (for
-records edited in place by hand). A trial whose records are corrupt or of an unknown version is
-left out with a warning naming the file. The id of a trial is the name of its folder.
+signature (name, size and modification time of each of its files, so an edit in place is seen
+even when the folder's own time stays) and its number of epoch rows; unchanged trials' rows are
+reused from the previous tables, every file is written through ``ablate.record.atomic_files``
+(temporary names, renamed into place, the manifest last), and nothing is written when nothing
+changed. ``collect_results(..., full=True)`` rereads everything. A trial whose records are
+corrupt or of an unknown version, or whose metrics.jsonl lost an epoch to an unreadable line
+(state "damaged" in ``ablate status``), is left out with a warning naming the file (and line),
+on every collect until it is repaired. The id of a trial is the name of its folder.
 
 The files are plain parquet (snappy) without a stored arrow schema, so every reader sees the
 types ablate.columns lists; pandas, pyarrow, polars and DuckDB read them alike.
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,22 +36,13 @@ import pyarrow.parquet as pq
 
 from ablate import record
 
-# The column dicts are re-exported: they are part of ablate.collect's public names.
-from ablate.columns import (  # noqa: F401
-    CONFIG_COLUMNS,
-    HEAD_COLUMNS,
-    RUN_COLUMNS,
-    TABLE_SCHEMA,
-    epoch_column_order,
-    to_table,
-    trial_column_order,
-)
+from ablate.columns import TABLE_SCHEMA, epoch_column_order, to_table, trial_column_order
 from ablate.errors import RecordError
 from ablate.rows import add_epoch_columns, read_epochs, read_trial_row
 
 SCHEMA_KEY = b"ablate.table_schema"
 TRIALS_FILE, EPOCHS_FILE = "trials.parquet", "epochs.parquet"
-MANIFEST_FILE, MANIFEST_VERSION = ".collect-manifest.json", 2
+MANIFEST_FILE, MANIFEST_VERSION = ".collect-manifest.json", 3
 
 
 @dataclass(frozen=True)
@@ -63,7 +55,7 @@ class CollectSummary:
     new: int  # trials read for the first time
     updated: int  # trials re-read because their records changed
     unchanged: int  # trials whose rows were reused
-    skipped: int  # trials left out because a record could not be read
+    skipped: int  # trials left out because a record could not be read, or lost an epoch
     warnings: tuple[str, ...]
     written: bool
 
@@ -78,18 +70,13 @@ def _trial_dirs(results_dir: Path) -> dict[str, Path]:
     return {name: root / name for name in names}
 
 
-def _signature(tdir: Path) -> list[int | None]:
-    """What changes whenever ablate.record writes to the folder.
-
-    JSON records are replaced by rename, which updates the folder's mtime; metrics.jsonl is
-    appended to, which updates its own mtime and size. Two stats instead of six.
-    """
-    try:
-        m = (tdir / "metrics.jsonl").stat()
-        metrics = [m.st_mtime_ns, m.st_size]
-    except FileNotFoundError:
-        metrics = [None, None]
-    return [tdir.stat().st_mtime_ns, *metrics]
+def _signature(tdir: Path) -> list[list[Any]]:
+    """[name, size, mtime_ns] of each file of the folder, by name: any write to a record changes
+    it, be it a rename (a new inode, a new time), an append or an edit in place."""
+    with os.scandir(tdir) as it:
+        files = sorted((e.name, e.stat()) for e in it
+                       if e.is_file(follow_symlinks=False) and not e.name.startswith("."))
+    return [[name, st.st_size, st.st_mtime_ns] for name, st in files]
 
 
 def _load_manifest(results_dir: Path) -> dict[str, Any] | None:
@@ -162,13 +149,7 @@ def _merge_epochs(results_dir: Path, old_rows: dict[str, int], keep: set[str], b
     return table.select(epoch_column_order(set(table.column_names))), dict(zip(order, counts))
 
 
-def _temp_beside(path: Path) -> str:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return tmp
-
-
-def _write_parquet(table: pa.Table, where: str) -> None:
+def _write_parquet(table: pa.Table, where: Any) -> None:
     """Plain parquet: no arrow schema stored, so epochs' dictionary ids read back as strings."""
     with pq.ParquetWriter(where, table.schema.remove_metadata(), compression="snappy",
                           store_schema=False) as writer:
@@ -182,36 +163,25 @@ def _write_tables(results_dir: Path, tables: dict[str, pa.Table]) -> dict[str, l
     A failure while writing leaves every previous table untouched; the renames follow each
     other, and a crash between them is caught by the manifest check on the next collect.
     """
-    temps: dict[str, str] = {}
-    try:
-        for name, table in tables.items():
-            temps[name] = _temp_beside(results_dir / name)
-            _write_parquet(table, temps[name])
-        for name, tmp in temps.items():
-            os.replace(tmp, results_dir / name)
-    finally:
-        for tmp in temps.values():
-            Path(tmp).unlink(missing_ok=True)
+    with record.atomic_files([results_dir / name for name in tables], "wb") as files:
+        for table, f in zip(tables.values(), files):
+            _write_parquet(table, f)
     return {name: [(st := (results_dir / name).stat()).st_mtime_ns, st.st_size]
             for name in tables}
 
 
 def _write_manifest(results_dir: Path, manifest: dict[str, Any]) -> None:
-    tmp = _temp_beside(results_dir / MANIFEST_FILE)
-    try:
-        Path(tmp).write_text(json.dumps(manifest, sort_keys=True))
-        os.replace(tmp, results_dir / MANIFEST_FILE)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with record.atomic_file(results_dir / MANIFEST_FILE) as f:
+        f.write(json.dumps(manifest, sort_keys=True))
 
 
 def collect_results(results_dir: str | Path, *, full: bool = False) -> CollectSummary:
     """Bring ``trials.parquet``/``epochs.parquet`` in ``results_dir`` up to date with its records.
 
-    Only trials whose folders changed since the last collect are read again (``full=True``
-    reads all: after editing records by hand rather than through ablate.record). Raises
-    RecordError when ``results_dir`` holds no trial folders. Unreadable trials never raise:
-    they are left out and named in ``warnings``; the caller decides how to show them.
+    Only trials with a file changed since the last collect are read again (``full=True``
+    reads all). Raises RecordError when ``results_dir`` holds no trial folders. Unreadable or
+    damaged trials never raise: they are left out and named in ``warnings`` (every time); the
+    caller decides how to show them.
     """
     results_dir = Path(results_dir)
     dirs = _trial_dirs(results_dir)
@@ -230,6 +200,11 @@ def collect_results(results_dir: str | Path, *, full: bool = False) -> CollectSu
                 read[tid] = d
             except RecordError as err:
                 warnings.append(f"skipped trial {tid}: {err}")
+    body, blocks, damaged = read_epochs(read)
+    for tid, err in damaged.items():
+        warnings.append(f"skipped trial {tid} (damaged): {err}")
+        del read[tid]
+    rows = [r for r in rows if r["id"] in read]
     new = sum(1 for tid in read if tid not in old)
     summary = dict(results_dir=results_dir, new=new, updated=len(read) - new,
                    unchanged=len(keep), skipped=len(dirs) - len(keep) - len(read),
@@ -237,7 +212,6 @@ def collect_results(results_dir: str | Path, *, full: bool = False) -> CollectSu
     if manifest and not read and set(old) == keep:  # nothing to do: write nothing
         return CollectSummary(rows=len(keep), epoch_rows=sum(old[t]["rows"] for t in keep),
                               written=False, **summary)
-    body, blocks = read_epochs(read)
     add_epoch_columns(rows, body, blocks)
     trials = _merge_trials(results_dir, keep, rows)
     epochs, counts = _merge_epochs(results_dir, {t: e["rows"] for t, e in old.items()}, keep,

@@ -23,6 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
+from ablate import record
 from ablate.report import METRIC, arm_summary, natural_key
 
 LABELS = {
@@ -275,10 +276,8 @@ def make_figures(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str = METRI
 def save_figure(fig: Figure, path: Path) -> Path:
     """Save ``fig`` to ``path`` (format from the suffix) without dates or version stamps."""
     fmt = path.suffix.lstrip(".")
-    tmp = path.with_name(f".{path.name}.tmp")
-    with matplotlib.rc_context(STYLE):
-        fig.savefig(tmp, format=fmt, metadata=METADATA.get(fmt))
-    tmp.replace(path)
+    with matplotlib.rc_context(STYLE), record.atomic_file(path, "wb") as f:
+        fig.savefig(f, format=fmt, metadata=METADATA.get(fmt))
     return path
 
 

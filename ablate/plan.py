@@ -35,8 +35,7 @@ from ablate.record import (
     INTERRUPTED,
     NEW,
     RUNNING,
-    read_state,
-    trial_folder,
+    trial_state,
 )
 from ablate.spec import Sweep, _dotted, _same, load_sweep
 
@@ -103,7 +102,7 @@ def plan_trials(sweep: Sweep, *, confirm: bool = False, check_data: bool = True)
 
 def trial_states(trials: list[Trial], results_dir: str | Path) -> dict[str, str]:
     """Trial id -> its recorded state (new, running, done, failed, diverged)."""
-    return {t.id: read_state(trial_folder(results_dir, t)) for t in trials}
+    return {t.id: trial_state(results_dir, t).state for t in trials}
 
 
 def run_action(state: str) -> str:

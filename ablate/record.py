@@ -13,19 +13,27 @@ A results folder (``results/<sweep>/``) holds ``trials/<trial id>/`` per trial::
                        "device", "host", "data_fingerprint", "seed", "params", "flops", ...}
     checkpoints/      epoch_NNNN.pt (the last few) and best.pt; written atomically
 
-Every JSON file is written atomically (temporary file, then rename), so a crash never leaves a
-half-written one. ``metrics.jsonl`` is appended line by line; a reader ignores a truncated last
-line, and when epochs repeat (a resumed trial re-running an epoch) the last record wins.
+Beside ``trials/``, ``sweep.json`` holds the plan (ablate.bookkeeping) and ``.driver.lock`` is
+held by the driver running the folder.
+
+Every file ablate writes whole (JSON records, checkpoints, tables, figures, reports) goes
+through :func:`atomic_file`: a temporary file beside it, then a rename, so a crash never leaves
+a half-written one. ``metrics.jsonl`` is appended line by line. A truncated last line is a
+crash mid-append and is ignored; an unreadable line anywhere else means an epoch is lost, and
+the trial's state is then "damaged" (see :func:`trial_state`). When epochs repeat (a resumed
+trial re-running an epoch) the last record wins.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import tempfile
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,10 +44,12 @@ RECORD_SCHEMA = 1
 
 RUNNING, DONE, FAILED, DIVERGED = "running", "done", "failed", "diverged"
 STATES = (RUNNING, DONE, FAILED, DIVERGED)
-# Derived states, never written: no record yet, "running" with nobody running it, or a record
-# file that cannot be read.
-NEW, INTERRUPTED, CORRUPT = "new", "interrupted", "corrupt"
+# Derived states, never written: no record yet, "running" with nobody running it, a record
+# file that cannot be read, or a metrics.jsonl that lost an epoch to an unreadable line.
+NEW, INTERRUPTED, CORRUPT, DAMAGED = "new", "interrupted", "corrupt", "damaged"
 FINISHED = (DONE, DIVERGED)  # never recomputed
+LOCK = ".driver.lock"
+STALE_S = 10.0  # a "running" record older than this with no driver holding the lock is stale
 
 
 def trials_root(results_dir: str | Path) -> Path:
@@ -65,24 +75,57 @@ def trial_folder(results_dir: str | Path, trial: Trial) -> Path:
     return legacy_dir(results_dir, trial) or trial_dir(results_dir, trial.id)
 
 
-@contextmanager
-def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path`` that replaces it only if the block succeeds.
+def _create_new(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_EXCL, 0o666)
 
-    Readers see the old file or the new one, never a part: the data is fsynced before the
-    rename, and on any error the temporary file is removed and ``path`` left as it was.
+
+def _open_temp(path: Path, mode: str) -> tuple[Path, IO[Any]]:
+    """A new file beside ``path``, named for this process and a random token.
+
+    Two writers of the same path (two processes, or two threads) never share a temporary
+    file. Created with mode 0o666 less the umask, as ``open`` would make it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, open(tmp, mode, opener=_create_new)
+        except FileExistsError:
+            continue
+
+
+@contextmanager
+def atomic_files(paths: list[Path], mode: str = "w") -> Iterator[list[IO[Any]]]:
+    """Open a temporary file beside each of ``paths``; they replace them, in order, only if the
+    block succeeds.
+
+    Readers see the old file or the new one, never a part: the data is fsynced before the
+    renames, and on any error every temporary file is removed and ``paths`` left as they were.
+    Several files are renamed only once all of them are written (tables that belong together).
+    """
+    temps: list[tuple[Path, IO[Any]]] = []
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
+        for path in paths:
+            temps.append(_open_temp(path, mode))
+        yield [f for _, f in temps]
+        for _, f in temps:
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            f.close()
+        for (tmp, _), path in zip(temps, paths):
+            os.replace(tmp, path)
+    finally:
+        for tmp, f in temps:
+            f.close()
+            tmp.unlink(missing_ok=True)  # gone already once renamed
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` that replaces it only if the block succeeds
+    (see :func:`atomic_files`); the one writer of every whole file ablate writes."""
+    with atomic_files([path], mode) as (f,):
+        yield f
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -116,9 +159,21 @@ def check_record(tdir: Path) -> dict[str, Any] | None:
     trial. A truncated last line of metrics.jsonl is not corruption (a crash mid-append).
     Returns the parsed state.json (None when there is none), so callers read it only once.
     """
-    files = {name: read_json(tdir / name)
-             for name in ("trial.json", "state.json", "result.json", "provenance.json")}
-    return files["state.json"]
+    read_json(tdir / "trial.json")
+    state = read_state_checked(tdir)
+    for name in ("result.json", "provenance.json"):
+        read_json(tdir / name)
+    return state
+
+
+def read_state_checked(tdir: Path) -> dict[str, Any] | None:
+    """state.json parsed (None if absent); RecordError if corrupt, newer, or of no known state."""
+    state = read_json(tdir / "state.json")
+    if state is not None and state.get("state") not in STATES:
+        raise RecordError(f"unknown state {state.get('state')!r} (expected one of "
+                          f"{', '.join(STATES)})", file=tdir / "state.json",
+                          hint="delete the file or the trial folder to recompute it")
+    return state
 
 
 def write_trial(tdir: Path, trial: Trial) -> None:
@@ -128,7 +183,9 @@ def write_trial(tdir: Path, trial: Trial) -> None:
 def read_trial(tdir: Path) -> Trial:
     obj = read_json(tdir / "trial.json")
     if obj is None:
-        raise RecordError("no trial.json", file=tdir, hint="not a trial folder")
+        raise RecordError("no trial.json", file=tdir, hint="if it was deleted, 'ablate resume' "
+                          "of the results folder restores it from sweep.json; else delete the "
+                          "folder")
     try:
         return Trial.from_dict(obj)
     except (KeyError, TypeError, ValueError) as e:
@@ -168,27 +225,77 @@ def append_metrics(tdir: Path, row: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def read_metrics(tdir: Path) -> list[dict[str, Any]]:
-    """Epoch records in epoch order, one per epoch (the last written wins); bad lines skipped."""
+@dataclass(frozen=True)
+class Metrics:
+    """metrics.jsonl as read: one record per epoch, and what was lost reading it."""
+
+    rows: list[dict[str, Any]]  # epoch order, one per epoch (the last written wins)
+    damage: RecordError | None  # names the first unreadable line that was not a torn end
+
+
+def _epoch_row(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """(the record, "") for a line holding an epoch's record, else (None, why not)."""
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, f"not JSON: {getattr(e, 'msg', e)}"
+    try:
+        row["epoch"] = int(row["epoch"])
+        return row, ""
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None, "no epoch number"
+
+
+def scan_metrics(tdir: Path) -> Metrics:
+    """Read metrics.jsonl, telling a torn last line (a crash mid-append: ignored) from an
+    unreadable line anywhere else (an epoch lost: ``damage``)."""
     path = tdir / "metrics.jsonl"
-    if not path.exists():
-        return []
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        return Metrics([], None)
     by_epoch: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-            by_epoch[int(row["epoch"])] = row
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue  # a truncated last line from a crash mid-write
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    bad: list[tuple[int, str]] = []
+    torn = len(lines)  # the last piece has no newline after it: its write may have been cut
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        row, why = _epoch_row(line)
+        if row is not None:
+            by_epoch[row["epoch"]] = row
+        elif n != torn:
+            bad.append((n, why))
+    damage = None
+    if bad:
+        (n, why), more = bad[0], len(bad) - 1
+        damage = RecordError(
+            f"unreadable epoch record ({why})" + (f", and {more} more after it" if more else "")
+            + "; the trial's results would miss that epoch", file=path, line=n,
+            hint="repair the line, or delete the trial folder to rerun the trial")
+    return Metrics([by_epoch[e] for e in sorted(by_epoch)], damage)
+
+
+def read_metrics(tdir: Path, *, strict: bool = False) -> list[dict[str, Any]]:
+    """Epoch records in epoch order, one per epoch (the last written wins).
+
+    A torn last line is ignored; other unreadable lines are skipped, or with ``strict`` raise
+    the RecordError that names the first of them.
+    """
+    metrics = scan_metrics(tdir)
+    if strict and metrics.damage is not None:
+        raise metrics.damage
+    return metrics.rows
 
 
 def truncate_metrics(tdir: Path, last_epoch: int) -> None:
-    """Drop records after ``last_epoch`` (used when resuming from that epoch's checkpoint)."""
-    rows = [r for r in read_metrics(tdir) if r["epoch"] <= last_epoch]
-    tmp = tdir / ".metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    os.replace(tmp, tdir / "metrics.jsonl")
+    """Drop records after ``last_epoch`` (used when resuming from that epoch's checkpoint).
+
+    RecordError when an epoch to keep may be lost to an unreadable line: rewriting the file
+    would drop it in silence.
+    """
+    rows = [r for r in read_metrics(tdir, strict=last_epoch > 0) if r["epoch"] <= last_epoch]
+    with atomic_file(tdir / "metrics.jsonl") as f:
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def write_result(tdir: Path, result: dict[str, Any]) -> None:
@@ -210,3 +317,63 @@ def read_provenance(tdir: Path) -> dict[str, Any] | None:
 def list_trial_dirs(results_dir: str | Path) -> list[Path]:
     root = trials_root(results_dir)
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+
+
+# ---------------------------------------------------------------------------- derived state
+
+
+def driver_running(results_dir: str | Path) -> bool:
+    """Whether a driver holds the lock of this results folder right now."""
+    path = Path(results_dir) / LOCK
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class TrialState:
+    """A trial's state as its record shows it, with what it was derived from."""
+
+    state: str  # STATES, or NEW / INTERRUPTED / CORRUPT / DAMAGED
+    raw: dict[str, Any]  # state.json ({} when there is none, or it cannot be read)
+    rows: list[dict[str, Any]]  # the epoch records that could be read
+    updated: float | None  # unix time of the last write to the record
+    problem: RecordError | None = None  # why the state is CORRUPT or DAMAGED
+
+
+def trial_state(results_dir: str | Path, trial: Trial, *, driver_alive: bool | None = None,
+                now: float | None = None) -> TrialState:
+    """The one derivation of a trial's state, shown by ``plan`` and ``status`` and used by ``run``.
+
+    CORRUPT: a JSON record cannot be read (or is of a newer schema); DAMAGED: metrics.jsonl
+    lost an epoch to an unreadable line; INTERRUPTED: "running", but no driver holds the lock
+    (``driver_alive``; None: look) and nothing was written for STALE_S seconds; NEW: no
+    state.json; else the written state.
+    """
+    tdir = trial_folder(results_dir, trial)
+    try:
+        raw = check_record(tdir) or {}
+    except RecordError as err:
+        return TrialState(CORRUPT, {}, read_metrics(tdir), None, err)
+    metrics = scan_metrics(tdir)
+    mtimes = [p.stat().st_mtime for p in (tdir / "metrics.jsonl", tdir / "state.json")
+              if p.exists()]
+    written = raw.get("updated")
+    updated = max([written if isinstance(written, (int, float)) else 0.0, *mtimes]) \
+        if raw else None
+    state = state_of(raw)
+    if metrics.damage is not None:
+        return TrialState(DAMAGED, raw, metrics.rows, updated, metrics.damage)
+    if state == RUNNING:
+        alive = driver_running(results_dir) if driver_alive is None else driver_alive
+        now = time.time() if now is None else now
+        if not alive and (updated or 0.0) < now - STALE_S:
+            state = INTERRUPTED
+    return TrialState(state, raw, metrics.rows, updated)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ablate import record
+
 METRIC = "val/top1"
 AGREED, CONTRADICTED, UNDECIDED = "agreed", "contradicted", "not decided"
 _OPS = {">": "higher than", "<": "lower than", "~": "about equal to"}
@@ -251,5 +253,6 @@ def write_report(results_dir: str | Path) -> list[Path]:
 
 
 def _write(path: Path, text: str) -> Path:
-    path.write_text(text)
+    with record.atomic_file(path) as f:
+        f.write(text)
     return path

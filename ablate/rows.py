@@ -1,8 +1,9 @@
 """Trial folders -> table rows: a dict per trial, an arrow table of epoch rows (ablate.columns).
 
 Reads through ablate.record, which owns the record formats; a trial whose records are corrupt or
-of an unknown version raises RecordError. ablate.collect decides which folders to read and writes
-the tables.
+of an unknown version raises RecordError, and one whose metrics.jsonl lost an epoch to an
+unreadable line is returned apart as damaged. ablate.collect decides which folders to read and
+writes the tables.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pyarrow.json as pj
 from ablate import record
 from ablate.columns import column_type, metric_order, to_table
 from ablate.config import Trial, TrialConfig, flatten
+from ablate.errors import RecordError
 
 
 def _scalar(v: Any) -> Any:
@@ -41,7 +43,7 @@ def read_trial_row(tdir: Path) -> dict[str, Any]:
     # The folder name is the id the writer gave the trial; rehashing the config would cost a
     # third of a collect and would disown old trials whenever a config field is added.
     tid = tdir.name
-    state = record.read_json(tdir / "state.json") or {}
+    state = record.read_state_checked(tdir) or {}
     result = record.read_result(tdir) or {}
     prov = record.read_provenance(tdir) or {}
     error = state.get("error") or {}
@@ -64,12 +66,15 @@ def read_trial_row(tdir: Path) -> dict[str, Any]:
     return row
 
 
-def read_epochs(dirs: dict[str, Path]) -> tuple[pa.Table, list[tuple[str, int]]]:
-    """Epoch rows of the given trials, without the id column, and (id, rows) blocks in order.
+def read_epochs(dirs: dict[str, Path]) -> tuple[pa.Table, list[tuple[str, int]],
+                                                dict[str, RecordError]]:
+    """Epoch rows of the given trials, without the id column, (id, rows) blocks in order, and
+    the damaged trials (id -> the error naming the unreadable line), which have no rows.
 
     Clean files (epochs 1, 2, ... once each, whole lines) are parsed by pyarrow, 256 files at a
     time, which is ~5x faster than line-by-line JSON; any other file (a truncated line, an epoch
-    re-run after a resume, NaN) goes through record.read_metrics, which owns the rules.
+    re-run after a resume, NaN, an unreadable line) goes through record.scan_metrics, which owns
+    the rules.
     """
     tables, blocks, chunk, slow = [], [], [], []
 
@@ -96,13 +101,16 @@ def read_epochs(dirs: dict[str, Path]) -> tuple[pa.Table, list[tuple[str, int]]]
             flush()
     if chunk:
         flush()
-    rows = []
+    rows, damaged = [], {}
     for tid in slow:
-        mine = record.read_metrics(dirs[tid])
-        rows += mine
-        blocks += [(tid, len(mine))] if mine else []
+        metrics = record.scan_metrics(dirs[tid])
+        if metrics.damage is not None:
+            damaged[tid] = metrics.damage
+            continue
+        rows += metrics.rows
+        blocks += [(tid, len(metrics.rows))] if metrics.rows else []
     tables.append(to_table(rows, metric_order))
-    return pa.concat_tables(tables, promote_options="permissive"), blocks
+    return pa.concat_tables(tables, promote_options="permissive"), blocks, damaged
 
 
 def _parse_clean(chunk: list[tuple[str, bytes]]) -> tuple[pa.Table | None, list[int | None]]:

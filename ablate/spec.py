@@ -59,7 +59,6 @@ from ablate.errors import SpecError, unknown_name_hint
 from ablate.sweepfile import KeyPath, _dotted, _load_tree, _show, _where
 
 DATA_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": RecipeConfig}
 DIRECTION = re.compile(r"^\s*(>|<|~)\s*(\S.*?)\s*$")
 METRIC = re.compile(r"^[A-Za-z0-9_]+/[A-Za-z0-9_.]+$")
 

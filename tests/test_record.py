@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +64,33 @@ def test_atomic_write_leaves_old_file_when_serialisation_fails(tdir):
         record.write_json_atomic(tdir / "result.json", {1j: 1})  # complex keys can't be JSON
     assert record.read_result(tdir)["final"] == {"val/top1": 1.0}
     assert not list(tdir.glob(".result.json.*"))  # no temporary left behind
+
+
+def test_two_writers_of_one_file_never_share_a_temporary(tdir):
+    path = tdir / "result.json"
+    with record.atomic_file(path) as outer:
+        with record.atomic_file(path) as inner:
+            names = {Path(outer.name).name, Path(inner.name).name}
+            inner.write('{"who": "inner"}')
+        assert len(names) == 2 and all(f".{os.getpid()}." in n for n in names)
+        outer.write('{"who": "outer"}')
+    assert json.loads(path.read_text()) == {"who": "outer"}  # the last rename wins, whole
+    assert not list(tdir.glob(".result.json.*"))
+
+
+def test_metrics_damage_is_an_unreadable_line_before_the_end(tdir):
+    for e in (1, 2, 3):
+        record.append_metrics(tdir, {"epoch": e, "val/top1": float(e)})
+    assert record.scan_metrics(tdir).damage is None
+    with open(tdir / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 4, "va')  # torn at the end: a crash mid-append
+    assert record.scan_metrics(tdir).damage is None
+    lines = (tdir / "metrics.jsonl").read_text().split("\n")
+    lines[1] = '{"loss": 1}'  # JSON, but no epoch's record
+    (tdir / "metrics.jsonl").write_text("\n".join(lines))
+    scan = record.scan_metrics(tdir)
+    assert [r["epoch"] for r in scan.rows] == [1, 3]
+    assert scan.damage.line == 2 and "no epoch number" in str(scan.damage)
+    with pytest.raises(RecordError, match=r"metrics.jsonl:2: unreadable"):
+        record.truncate_metrics(tdir, 3)  # resuming would drop epoch 2 in silence
+    assert (tdir / "metrics.jsonl").read_text().split("\n")[1] == '{"loss": 1}'

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
                     "trials.parquet (one row per trial) and epochs.parquet (one row per trial "
                     "and epoch). Incremental: only new or changed trials are read."))
     p.add_argument("--full", action="store_true",
-                   help="reread every trial, not only changed ones (after editing records by hand)")
+                   help="reread every trial, not only those with a changed record file")
     p.set_defaults(func=collect_command)
     p = folder(sub.add_parser(
         "figures", help="draw the ablation figures into RESULTS_DIR/figures",

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ablate import collect, record
+from ablate.cli import main
 from ablate.collect import collect_results, load_tables
 from ablate.errors import RecordError
 
@@ -130,13 +131,28 @@ def test_an_unreadable_trial_is_skipped_with_a_warning_naming_the_file(group_swe
     assert tdir.name not in set(trials["id"]) and tdir.name not in set(epochs["id"])
 
 
-def test_a_record_edited_in_place_needs_a_full_collect(group_sweep):
-    collect_results(group_sweep)
+@pytest.mark.parametrize("edit", ["shorter", "same size, later"])
+def test_a_record_corrupted_in_place_is_seen_by_an_incremental_collect(group_sweep, capsys,
+                                                                       edit):
+    assert main(["collect", str(group_sweep)]) == 0
     tdir = record.list_trial_dirs(group_sweep)[5]
-    (tdir / "result.json").write_text('{"state": "do')  # in place: the folder's mtime stays
-    assert collect_results(group_sweep).skipped == 0
-    summary = collect_results(group_sweep, full=True)
-    assert summary.skipped == 1 and summary.new == 17 and str(tdir) in summary.warnings[0]
+    state, folder = tdir / "state.json", tdir.stat()
+    text = state.read_text()
+    broken = text[:10] if edit == "shorter" else "{" * len(text)
+    with open(state, "r+") as f:  # in place: same inode, the folder is not touched
+        f.write(broken)
+        f.truncate()
+    if edit != "shorter":  # same size: only the file's time tells, as a later edit's would
+        st = state.stat()
+        os.utime(state, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    os.utime(tdir, ns=(folder.st_atime_ns, folder.st_mtime_ns))
+    capsys.readouterr()
+    assert main(["collect", str(group_sweep)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"warning: skipped trial {tdir.name}: {state}: corrupt JSON")
+    assert "17 unchanged, 1 skipped" in out[1]
+    trials, epochs = load_tables(group_sweep)
+    assert tdir.name not in set(trials["id"]) and tdir.name not in set(epochs["id"])
 
 
 def test_a_failure_mid_write_leaves_the_previous_tables(group_sweep, factory_module,
@@ -153,7 +169,7 @@ def test_a_failure_mid_write_leaves_the_previous_tables(group_sweep, factory_mod
     def crash_on_second(table, where):
         calls.append(where)
         if len(calls) == 2:  # trials.parquet's temp is written; die while writing epochs
-            Path(where).write_bytes(b"PAR1 half a file")
+            where.write(b"PAR1 half a file")
             raise KeyboardInterrupt
         real(table, where)
 
@@ -243,3 +259,12 @@ def test_a_damaged_manifest_means_a_full_collect(group_sweep):
     (group_sweep / collect.MANIFEST_FILE).write_text('{"table_schema": 1, "trials": [1, 2]}')
     summary = collect_results(group_sweep)
     assert summary.written and summary.new == 18
+
+
+def test_a_state_json_of_no_known_state_is_refused_like_a_corrupt_one(group_sweep):
+    tdir = record.list_trial_dirs(group_sweep)[2]
+    raw = json.loads((tdir / "state.json").read_text())
+    replace(tdir / "state.json", json.dumps({**raw, "state": "finished"}))
+    summary = collect_results(group_sweep)
+    assert summary.skipped == 1 and "unknown state 'finished'" in summary.warnings[0]
+    assert str(tdir / "state.json") in summary.warnings[0]

@@ -174,3 +174,68 @@ def test_status_marks_a_corrupt_record_and_exits_2(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert bad.id in out and "corrupt" in out
     assert f"{bad_dir / 'result.json'}: corrupt JSON" in err
+
+
+def test_a_deleted_trial_json_is_reported_by_status_and_restored_by_resume(tmp_path, capsys,
+                                                                          monkeypatch, caplog):
+    from ablate.cli import run as cli_run
+
+    done, other = tiny_trial(seed=0), tiny_trial(seed=1)
+    bookkeeping.write_manifest(tmp_path, name="tiny", source=None, trials=[done, other],
+                               max_concurrent=None)
+    tdir = _write(tmp_path, done, record.DONE, epochs=3)
+    _write(tmp_path, other, record.DONE, epochs=3)
+    listed = (tdir / "trial.json").read_text()
+    (tdir / "trial.json").unlink()
+    stray = record.trial_dir(tmp_path, "0123456789ab")  # no plan lists it, nothing names it
+    stray.mkdir(parents=True)
+    record.append_metrics(stray, {"epoch": 1})
+    for _ in range(2):  # every time, not once
+        assert main(["status", str(tmp_path)]) == 2
+        out, err = capsys.readouterr()
+        assert f"{tdir / 'trial.json'}: missing; 'ablate resume {tmp_path}' restores it" in err
+        assert f"{stray / 'trial.json'}: missing, and sweep.json does not list this trial" in err
+        assert len(err.strip().splitlines()) == 2
+        assert stray.name in out and done.id in out
+    monkeypatch.setattr(cli_run, "_make_results", lambda results: None)
+    launched = []
+    monkeypatch.setattr(runner, "_run_on_ray", lambda *a, **k: launched.append(a))
+    with caplog.at_level("WARNING", logger="ablate.bookkeeping"):
+        assert main(["resume", str(tmp_path)]) == 0  # both finished: nothing launches
+    assert launched == [] and (tdir / "trial.json").read_text() == listed
+    assert f"restored {tdir / 'trial.json'} from sweep.json" in caplog.text
+    assert record.read_trial(tdir) == done
+
+
+def test_plan_run_and_status_derive_the_same_state(tmp_path, monkeypatch, capsys):
+    from ablate.plan import load_plan
+    from tests.runner.conftest import write_sweep
+
+    sweep = write_sweep(tmp_path / "tiny.yaml", seeds=[0, 1, 2])
+    _, trials = load_plan(sweep)
+    results = tmp_path / "results"
+    bookkeeping.write_manifest(results, name="tiny", source=str(sweep), trials=trials,
+                               max_concurrent=None)
+    corrupt = _write(results, trials[0], record.DONE, epochs=3)
+    (corrupt / "state.json").write_text('{"state": "do')
+    damaged = _write(results, trials[1], record.DONE, epochs=3)
+    lines = (damaged / "metrics.jsonl").read_text().split("\n")
+    (damaged / "metrics.jsonl").write_text("\n".join([lines[0], "{oops", *lines[2:]]))
+    expected = {trials[0].id: record.CORRUPT, trials[1].id: record.DAMAGED,
+                trials[2].id: record.NEW}
+
+    assert main(["plan", str(sweep), "--results", str(results), "--json", "--no-stats"]) == 0
+    planned = {r["id"]: r["state"] for r in json.loads(capsys.readouterr().out)["trials"]}
+    assert main(["status", str(results), "--json"]) == 0
+    shown = {r["id"]: r["state"] for r in json.loads(capsys.readouterr().out)}
+    assert planned == shown == expected
+
+    launched = []
+    monkeypatch.setattr(runner, "_run_on_ray", lambda *a, **k: launched.append(a))
+    assert main(["run", str(sweep), "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert launched == [] and "\n" not in err and f"{corrupt / 'state.json'}: corrupt" in err
+    (corrupt / "state.json").unlink()  # the user deletes it, as the hint says
+    assert main(["run", str(sweep), "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert launched == [] and f"{damaged / 'metrics.jsonl'}:2: unreadable" in err
