@@ -1,8 +1,9 @@
 """Checking a data folder's files before a launch, once per content.
 
 Two levels, each remembered per data fingerprint (``ablate.datafiles.data_fingerprint``) and
-folder in the user's cache folder (``$XDG_CACHE_HOME/ablate/data-checks``, by default
-``~/.cache/ablate/data-checks``), so a second plan of the same data is instant:
+folder in ``data-checks/`` of ablate's cache folder (``$ABLATE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/ablate``, else ``~/.cache/ablate``), so a second plan of the same data is
+instant:
 
 - ``files`` (what ``ablate plan`` always does): ``ablate.datafiles.check_files``, every class
   has images in every split, every file has an image name and header, CIFAR batches are read
@@ -54,9 +55,10 @@ class DataCheck:
 
 
 def cache_dir() -> Path:
-    """Where check results are kept: $XDG_CACHE_HOME/ablate/data-checks (~/.cache/...)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "ablate" \
-        / "data-checks"
+    """Where check results are kept: ``data-checks/`` in ablate's cache folder."""
+    from ablate.modelcache import cache_dir as ablate_cache
+
+    return ablate_cache() / "data-checks"
 
 
 def check_data(data: DataConfig, fingerprint: str | None, *, deep: bool = False,
@@ -151,10 +153,10 @@ def _read_cache(path: Path) -> dict | None:
 
 def _write_cache(path: Path, entry: dict) -> None:
     """Best effort: a cache that cannot be written only means checking again next time."""
+    from ablate.record import atomic_file
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(entry, indent=1))
-        os.replace(tmp, path)
+        with atomic_file(path) as f:
+            json.dump(entry, f, indent=1)
     except OSError:
         pass

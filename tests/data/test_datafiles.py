@@ -23,7 +23,7 @@ from ablate.failures import classify_exception
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("ABLATE_CACHE_DIR", str(tmp_path / "cache"))
 
 
 # -- CIFAR ----------------------------------------------------------------------------------------

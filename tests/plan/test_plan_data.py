@@ -26,7 +26,7 @@ CIFAR10 = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("ABLATE_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def image_folder(root, per_class=2):
