@@ -37,20 +37,15 @@ from ablate.datafiles import (
     class_names,
     cifar_dir,
     image_files,
+    DATA_NAMES,
+    _LAYOUT,
+    _cifar_dir,
+    _folder_classes,
     read_cifar_batch,
     read_image,
+    validate_data,
 )
-from ablate.errors import DataError, unknown_name_hint
-
-DATA_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
-_LAYOUT = {
-    "cifar10": "ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch} (the extracted python "
-               "pickle archive; ROOT may also be that folder itself)",
-    "cifar100": "ROOT/cifar-100-python/{train,test} (the extracted python pickle archive; "
-                "ROOT may also be that folder itself)",
-    "imagefolder": "ROOT/train/CLASS/*.jpg and ROOT/val/CLASS/*.jpg, one folder per class, "
-                   "the same class folders in both",
-}
+from ablate.errors import DataError
 
 
 class AugmentKey(NamedTuple):
@@ -154,69 +149,6 @@ def _mix(*parts: int) -> int:
 
 
 # -- validation --------------------------------------------------------------------------------
-
-
-def validate_data(cfg: DataConfig) -> None:
-    """Check a DataConfig without loading images; raise DataError naming the path and layout."""
-    if cfg.name not in DATA_NAMES:
-        raise DataError(f"unknown data set {cfg.name!r}", key="data.name",
-                        hint=unknown_name_hint(cfg.name, DATA_NAMES))
-    if cfg.img_size < 8:
-        raise DataError(f"img_size {cfg.img_size} is too small", key="data.img_size",
-                        hint="use 8 or more (the nano models expect 32)")
-    if cfg.name == "digits" and not 0 < cfg.val_fraction < 1:
-        raise DataError(f"val_fraction {cfg.val_fraction} is not in (0, 1)",
-                        key="data.val_fraction", hint="e.g. 0.2")
-    if cfg.name == "synthetic" and cfg.num_classes is not None and cfg.num_classes < 2:
-        raise DataError("synthetic data needs at least 2 classes", key="data.num_classes")
-    if cfg.name in CIFAR_FILES:
-        _cifar_dir(cfg)
-    elif cfg.name == "imagefolder":
-        _folder_classes(cfg)
-
-
-def _require_root(cfg: DataConfig) -> Path:
-    if not cfg.root:
-        raise DataError(f"data set {cfg.name!r} needs a folder", key="data.root",
-                        hint=f"set data.root; expected layout: {_LAYOUT[cfg.name]}")
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise DataError("data folder does not exist", file=root, key="data.root",
-                        hint=f"expected layout: {_LAYOUT[cfg.name]}")
-    return root
-
-
-def _cifar_dir(cfg: DataConfig) -> Path:
-    root = _require_root(cfg)
-    _, train, test = CIFAR_FILES[cfg.name]
-    base = cifar_dir(root, cfg.name)
-    missing = [f for f in train + test if not (base / f).is_file()]
-    if missing:
-        raise DataError(f"missing {', '.join(missing)}", file=base, key="data.root",
-                        hint=f"expected layout: {_LAYOUT[cfg.name]}")
-    return base
-
-
-def _folder_classes(cfg: DataConfig) -> dict[str, list[str]]:
-    """Class folder names of ROOT/train and ROOT/val (each non-empty, the same in both)."""
-    root = _require_root(cfg)
-    found = {}
-    for split in ("train", "val"):
-        d = root / split
-        if not d.is_dir():
-            raise DataError(f"no {split}/ folder", file=root, key="data.root",
-                            hint=f"expected layout: {_LAYOUT['imagefolder']}")
-        classes = class_names(d)
-        if not classes:
-            raise DataError("no class folders", file=d, key="data.root",
-                            hint=f"expected layout: {_LAYOUT['imagefolder']}")
-        found[split] = classes
-    if found["train"] != found["val"]:
-        diff = sorted(set(found["train"]) ^ set(found["val"]))
-        raise DataError(f"train/ and val/ have different class folders ({', '.join(diff[:5])})",
-                        file=root, key="data.root",
-                        hint=f"give both splits the same classes; layout: {_LAYOUT['imagefolder']}")
-    return found
 
 
 # -- loading -----------------------------------------------------------------------------------

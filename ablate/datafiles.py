@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.config import DataConfig
-from ablate.errors import DataError, UnreadableImage
+from ablate.errors import DataError, UnreadableImage, unknown_name_hint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 FOLDER_SPLITS = ("train", "val")
@@ -101,7 +101,7 @@ def cifar_dir(root: Path, name: str) -> Path:
 def data_fingerprint(data: DataConfig) -> str | None:
     """16 hex digits identifying the content of ``data``'s folder; None if it has no folder.
 
-    The folder must exist with the expected layout (``ablate.data.validate_data`` checks that
+    The folder must exist with the expected layout (``validate_data`` checks that
     first and says what is wrong); OSError otherwise.
     """
     if not data.root:
@@ -217,7 +217,7 @@ def image_header_problem(head: bytes) -> str | None:
 
 
 def check_files(data: DataConfig, on_file: Callable[[], None] | None = None) -> int:
-    """The cheap check of a data folder already laid out right (``ablate.data.validate_data``).
+    """The cheap check of a data folder already laid out right (``validate_data``).
 
     An image folder: every class folder has an image in each split, every file in a class
     folder has an image extension and an image header (16 bytes read; nothing is decoded).
@@ -311,3 +311,79 @@ def to_rgb(img: Any) -> Any:
         black = Image.new("RGBA", img.size, (0, 0, 0, 255))
         return Image.alpha_composite(black, img.convert("RGBA")).convert("RGB")
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+# -- layout: what each data set needs on disk, checked without reading an image --------------
+
+DATA_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
+_LAYOUT = {
+    "cifar10": "ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch} (the extracted python "
+               "pickle archive; ROOT may also be that folder itself)",
+    "cifar100": "ROOT/cifar-100-python/{train,test} (the extracted python pickle archive; "
+                "ROOT may also be that folder itself)",
+    "imagefolder": "ROOT/train/CLASS/*.jpg and ROOT/val/CLASS/*.jpg, one folder per class, "
+                   "the same class folders in both",
+}
+
+
+def validate_data(cfg: DataConfig) -> None:
+    """Check a DataConfig without loading images; raise DataError naming the path and layout."""
+    if cfg.name not in DATA_NAMES:
+        raise DataError(f"unknown data set {cfg.name!r}", key="data.name",
+                        hint=unknown_name_hint(cfg.name, DATA_NAMES))
+    if cfg.img_size < 8:
+        raise DataError(f"img_size {cfg.img_size} is too small", key="data.img_size",
+                        hint="use 8 or more (the nano models expect 32)")
+    if cfg.name == "digits" and not 0 < cfg.val_fraction < 1:
+        raise DataError(f"val_fraction {cfg.val_fraction} is not in (0, 1)",
+                        key="data.val_fraction", hint="e.g. 0.2")
+    if cfg.name == "synthetic" and cfg.num_classes is not None and cfg.num_classes < 2:
+        raise DataError("synthetic data needs at least 2 classes", key="data.num_classes")
+    if cfg.name in CIFAR_FILES:
+        _cifar_dir(cfg)
+    elif cfg.name == "imagefolder":
+        _folder_classes(cfg)
+
+
+def _require_root(cfg: DataConfig) -> Path:
+    if not cfg.root:
+        raise DataError(f"data set {cfg.name!r} needs a folder", key="data.root",
+                        hint=f"set data.root; expected layout: {_LAYOUT[cfg.name]}")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DataError("data folder does not exist", file=root, key="data.root",
+                        hint=f"expected layout: {_LAYOUT[cfg.name]}")
+    return root
+
+
+def _cifar_dir(cfg: DataConfig) -> Path:
+    root = _require_root(cfg)
+    _, train, test = CIFAR_FILES[cfg.name]
+    base = cifar_dir(root, cfg.name)
+    missing = [f for f in train + test if not (base / f).is_file()]
+    if missing:
+        raise DataError(f"missing {', '.join(missing)}", file=base, key="data.root",
+                        hint=f"expected layout: {_LAYOUT[cfg.name]}")
+    return base
+
+
+def _folder_classes(cfg: DataConfig) -> dict[str, list[str]]:
+    """Class folder names of ROOT/train and ROOT/val (each non-empty, the same in both)."""
+    root = _require_root(cfg)
+    found = {}
+    for split in ("train", "val"):
+        d = root / split
+        if not d.is_dir():
+            raise DataError(f"no {split}/ folder", file=root, key="data.root",
+                            hint=f"expected layout: {_LAYOUT['imagefolder']}")
+        classes = class_names(d)
+        if not classes:
+            raise DataError("no class folders", file=d, key="data.root",
+                            hint=f"expected layout: {_LAYOUT['imagefolder']}")
+        found[split] = classes
+    if found["train"] != found["val"]:
+        diff = sorted(set(found["train"]) ^ set(found["val"]))
+        raise DataError(f"train/ and val/ have different class folders ({', '.join(diff[:5])})",
+                        file=root, key="data.root",
+                        hint=f"give both splits the same classes; layout: {_LAYOUT['imagefolder']}")
+    return found

@@ -66,7 +66,7 @@ def check_data(data: DataConfig, fingerprint: str | None, *, deep: bool = False,
                workers: int | None = None) -> DataCheck | None:
     """Check ``data``'s files (``deep``: decode every image too), unless done before.
 
-    The folder's layout must have been checked (``ablate.data.validate_data``). The first
+    The folder's layout must have been checked (``ablate.datafiles.validate_data``). The first
     problem of the cheap check is a DataError naming the file; the deep check decodes every
     image and names all that fail in one DataError. ``on_progress(done, total)`` is called
     while images are decoded. None for data without files.

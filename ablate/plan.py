@@ -411,9 +411,7 @@ def _fingerprint(sweep: Sweep, data: DataConfig, c: _Candidate) -> str | None:
 
 
 def _check_folder(sweep: Sweep, data: DataConfig, c: _Candidate) -> None:
-    from ablate.data import (
-        validate_data,  # imports torch; only when folders are checked
-    )
+    from ablate.datafiles import validate_data
 
     try:
         validate_data(data)
