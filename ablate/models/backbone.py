@@ -132,7 +132,8 @@ class Backbone(nn.Module):
 
 
 def _init_weights(m: nn.Module) -> None:
-    # Swin's init for Linear layers; norms start at identity; convs keep torch's default.
+    # Swin's init for Linear layers; norms start at identity; convs (the DWNet family's 1x1
+    # convs and kernel generators included) keep PyTorch's default, as in the authors' code.
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
