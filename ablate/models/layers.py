@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
 
+@register_notrace_module  # FX leaf: BatchNorm's input check branches on the tensor's rank
 class BatchNormLast(nn.BatchNorm2d):
     """BatchNorm2d over channels-last (B, H, W, C) tensors: statistics over B, H and W.
 
