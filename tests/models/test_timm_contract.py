@@ -221,3 +221,32 @@ def test_every_mixer_and_the_local_ops_are_fx_leaves():
     x, w = torch.randn(1, 4, 4, 6), torch.randn(1, 4, 4, 9, 3)
     module = torch.fx.GraphModule(Aggregate(), graph)
     torch.testing.assert_close(module(x, w), Aggregate()(x, w))
+
+
+def test_a_plugins_model_and_mixer_keep_the_contract():
+    """In a fresh process (the plugin must not join this process's registry)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import timm, torch
+import tests.plugins.lab_mixers
+from timm.models import create_feature_extractor, get_graph_node_names
+cfg = timm.get_pretrained_cfg("gated_dwnet_nano")
+assert cfg.input_size == (3, 32, 32) and "2106.04263" in cfg.paper_ids, cfg
+model = timm.create_model("gated_dwnet_nano", num_classes=3).eval()
+_, nodes = get_graph_node_names(model)
+assert "layers.0.blocks.0.mixer" in nodes, nodes
+x = torch.randn(1, 3, 32, 32)
+with torch.no_grad():
+    traced = create_feature_extractor(model, return_nodes={nodes[-1]: "out"})
+    assert torch.equal(traced(x)["out"], model(x))
+    feats = timm.create_model("gated_dwnet_nano", features_only=True).eval()(x)
+assert [f.shape[-1] for f in feats] == [24, 48, 96, 192]
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
