@@ -16,6 +16,7 @@ from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, register_model
+from torch import nn
 
 from ablate.errors import ModelConfigError, unknown_name_hint
 from ablate.models.backbone import Backbone
@@ -208,6 +209,7 @@ PAPER = dict(
     paper_ids="arXiv:2106.04263",
     origin_url="https://github.com/Atten4Vis/DemystifyLocalViT",
 )
+_SWIN_NOTE = ("Swin blocks after Liu et al., arXiv:2103.14030, as the study uses them",)
 # timm's registry reads each entry point's cfg from its module's ``default_cfgs``.
 default_cfgs: dict[str, dict[str, Any]] = {}
 
@@ -227,7 +229,7 @@ def default_cfg(arch: str) -> dict[str, Any]:
         std=IMAGENET_DEFAULT_STD, num_classes=1000, first_conv="patch_embed.proj",
         classifier="head.fc",
         description=f"{arch}: {spec.block} blocks with the {spec.mixer} mixer, no weights",
-        **PAPER,
+        notes=_SWIN_NOTE if spec.block == "swin" else None, **PAPER,
     )
 
 
@@ -242,11 +244,12 @@ def _backbone(arch: str, *, num_classes: int = 1000, in_chans: int = 3,
     return model
 
 
-def build_model(arch: str, *, pretrained: bool = False, **kwargs: Any) -> Backbone:
+def build_model(arch: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Build ``arch`` through timm's builder (what each timm entry point calls).
 
     ``kwargs`` are the axes and timm's own (``num_classes``, ``in_chans``, ``global_pool``,
     ``features_only``, ``out_indices``, ``feature_cls``, ``pretrained_cfg_overlay``, ...).
+    A :class:`Backbone`, or with ``features_only=True`` timm's feature wrapper around one.
     """
     if pretrained:
         raise ModelConfigError(f"{arch} has no pretrained weights", key="pretrained",
@@ -284,7 +287,7 @@ def register_arch(name: str, *, block: str, mixer: str, embed_dim: int,
 def _entry_point(arch: str):
     default_cfgs[arch] = default_cfg(arch)  # before register_model, which reads it
 
-    def entry(pretrained: bool = False, **kwargs: Any) -> Backbone:
+    def entry(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         return build_model(arch, pretrained=pretrained, **kwargs)
 
     entry.__name__ = entry.__qualname__ = arch

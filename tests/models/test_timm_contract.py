@@ -24,7 +24,8 @@ from ablate.models.mixers.local_ops import local_aggregate
 from ablate.models.registry import MODEL_DEFAULTS
 
 NANO = [n for n in MODEL_NAMES if n.endswith("_nano")]
-TRACER = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+# torchvision notes that eval-mode graphs are a subsequence of train-mode ones; known, and fine
+pytestmark = pytest.mark.filterwarnings("ignore:NOTE. The nodes obtained by tracing")
 
 
 def _nano(arch: str, seed: int = 0, **kwargs) -> nn.Module:
