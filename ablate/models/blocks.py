@@ -10,7 +10,7 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
-from ablate.models.layers import BatchNormLast, Mlp, SqueezeExcite
+from ablate.models.layers import BatchNormLast, Conv1x1, Mlp, SqueezeExcite
 from ablate.models.mixers import Mixer
 
 
@@ -48,7 +48,8 @@ class SwinBlock(nn.Module):
 class DWNetBlock(nn.Module):
     """DWNet's block: no pre-norm; 1x1-BN-ReLU, mixer-BN-ReLU, 1x1-BN; then a BN-pre-norm FFN.
 
-    The 1x1 convs are bias-free Linear layers (the same map in the channels-last layout).
+    The 1x1 convs are bias-free :class:`Conv1x1` layers with PyTorch's default initialisation
+    (the authors' ``nn.Conv2d``), not trunc-normal Linear layers; the FFN's are Linear, as Swin's.
     Squeeze-excitation, when asked for, follows the mixer's BN-ReLU, as in the Swin block it
     follows the mixer.
     """
@@ -68,12 +69,12 @@ class DWNetBlock(nn.Module):
         act_layer: type[nn.Module] = nn.GELU,
     ):
         super().__init__()
-        self.conv1 = nn.Linear(dim, dim, bias=False)
+        self.conv1 = Conv1x1(dim, dim, bias=False)
         self.bn1 = norm_layer(dim)
         self.mixer = mixer_layer(dim, num_groups=num_groups, kernel_size=kernel_size, shift=shift)
         self.bn2 = norm_layer(dim)
         self.se = SqueezeExcite(dim) if se else nn.Identity()
-        self.conv2 = nn.Linear(dim, dim, bias=False)
+        self.conv2 = Conv1x1(dim, dim, bias=False)
         self.bn3 = norm_layer(dim)
         self.act = nn.ReLU()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()

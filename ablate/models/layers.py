@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
 
+@register_notrace_module  # FX leaf: BatchNorm's input check branches on the tensor's rank
 class BatchNormLast(nn.BatchNorm2d):
     """BatchNorm2d over channels-last (B, H, W, C) tensors: statistics over B, H and W.
 
@@ -19,6 +22,28 @@ class BatchNormLast(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.reshape(-1, x.shape[-1])).view(x.shape)
+
+
+class Conv1x1(nn.Conv2d):
+    """A 1x1 convolution applied to channels-last (B, ..., C) tensors.
+
+    It is an ``nn.Conv2d`` (weight (out, in, 1, 1), PyTorch's default initialisation, the
+    parameter layout of the DWNet authors' checkpoints), computed as the linear map it is on
+    the channels axis, so no permute is needed. A 2-D (out, in) weight, the layout of ablate
+    0.1 checkpoints, loads too.
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, bias: bool = True):
+        super().__init__(in_chans, out_chans, kernel_size=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.flatten(1), self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        weight = state_dict.get(prefix + "weight")
+        if weight is not None and weight.dim() == 2:
+            state_dict[prefix + "weight"] = weight[:, :, None, None]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class Mlp(nn.Module):
@@ -51,14 +76,16 @@ class SqueezeExcite(nn.Module):
 
 
 def kernel_generator(dim: int, out: int, *, bias: bool, norm: bool = True) -> nn.Sequential:
-    """Linear(C -> C/4), BatchNorm, ReLU, Linear(C/4 -> out): how dynamic mixers predict weights.
+    """1x1 conv (C -> C/4), BatchNorm, ReLU, 1x1 conv (C/4 -> out): how dynamic mixers predict
+    weights. ``bias`` is the first conv's; the last always has one.
 
-    Applied to (B, H, W, C) features (one kernel per position) or (B, 1, 1, C) pooled ones.
+    Applied to (B, H, W, C) features (one kernel per position) or (B, 1, 1, C) pooled ones. Both
+    convs keep PyTorch's default initialisation, as in the authors' code.
     """
     hidden = max(dim // 4, 1)
     return nn.Sequential(
-        nn.Linear(dim, hidden, bias=bias),
+        Conv1x1(dim, hidden, bias=bias),
         BatchNormLast(hidden) if norm else nn.Identity(),
         nn.ReLU(),
-        nn.Linear(hidden, out),
+        Conv1x1(hidden, out),
     )

@@ -2,10 +2,12 @@
 
 For each mixer this module states, in plain Python loops over positions, which j lie in the
 window of i and which of the mixer's own weights connects them, then gathers the dense weights
-w[b, i, j, c] (zero outside the window) from the mixer's parameters (and, for dynamic mixers,
-from the weights its generator predicts) and applies the formula. It restates the window rules
-rather than importing the fast code's helpers, so a bug in one is not copied into the other.
-Only for tests: memory grows with (H*W)^2.
+w[b, i, j, c] (zero outside the window) from the mixer's parameters and applies the formula.
+Dynamic weights are predicted here too, from the input and the generator's parameters (the
+global mean for the homogeneous conv, each position's own feature for the inhomogeneous ones),
+never by the mixer's kernel code. It restates the window rules rather than importing the fast
+code's helpers, so a bug in one is not copied into the other. Only for tests: memory grows
+with (H*W)^2.
 """
 
 from __future__ import annotations
@@ -67,6 +69,36 @@ def _per_channel(t: torch.Tensor, c: int) -> torch.Tensor:
     return t.repeat_interleave(c // t.shape[-1], dim=-1)
 
 
+def _conv1x1(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution on (..., C_in) features: each output channel a weighted channel sum."""
+    y = torch.einsum("...i,oi->...o", x, conv.weight.reshape(conv.weight.shape[0], -1))
+    return y if conv.bias is None else y + conv.bias
+
+
+def _batch_norm(bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm over every axis but the last: batch statistics in training, running ones not."""
+    if isinstance(bn, nn.Identity):
+        return x
+    if bn.training:
+        flat = x.reshape(-1, x.shape[-1])
+        mean, var = flat.mean(0), flat.var(0, unbiased=False)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    return (x - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
+
+
+def predict(generator: nn.Sequential, feats: torch.Tensor) -> torch.Tensor:
+    """The paper's kernel generator from its parameters: 1x1 conv, BatchNorm, ReLU, 1x1 conv."""
+    first, norm, _, last = generator
+    return _conv1x1(last, _batch_norm(norm, _conv1x1(first, feats)).clamp(min=0))
+
+
+def own_features(x: torch.Tensor) -> torch.Tensor:
+    """(B, HW, C): row i is position i's own feature, what its kernel is predicted from (the
+    generator's 1x1 convs act per row; only BatchNorm's batch statistics span positions)."""
+    return torch.stack([x[:, r, c] for r, c in positions(*x.shape[1:3])], dim=1)
+
+
 def _attention(m: nn.Module, x: torch.Tensor, idx: torch.Tensor, bias_at: torch.Tensor):
     b, h, w, c = x.shape
     heads, hd = m.num_groups, c // m.num_groups
@@ -108,7 +140,8 @@ def dwconv(m, x):
 def dynamic_dwconv(m, x):
     b, h, w, c = x.shape
     idx = index_table(h, w, lambda i, j: sliding_offset(i, j, m.kernel_size))
-    kernel = m.kernels(x).reshape(b, m.num_groups, -1).transpose(1, 2)  # (B, K*K, G)
+    mean = x.sum(dim=(1, 2)) / (h * w)  # the global average of each channel, (B, C)
+    kernel = predict(m.kernel_gen, mean).reshape(b, m.num_groups, -1).transpose(1, 2)  # (B,KK,G)
     wts = _per_channel(kernel[:, idx.clamp(min=0)], c)  # (B, HW, HW, C)
     return apply_weights(x, wts, idx) + m.bias
 
@@ -116,7 +149,7 @@ def dynamic_dwconv(m, x):
 def idynamic_dwconv(m, x):
     b, h, w, c = x.shape
     idx = index_table(h, w, lambda i, j: sliding_offset(i, j, m.kernel_size))
-    kernel = m.kernels(x).reshape(b, h * w, -1, m.num_groups)  # (B, HW_i, K*K, G)
+    kernel = predict(m.kernel_gen, own_features(x)).reshape(b, h * w, -1, m.num_groups)
     rows = torch.arange(h * w)[:, None].expand_as(idx)
     wts = _per_channel(kernel[:, rows, idx.clamp(min=0)], c)  # (B, HW_i, HW_j, C)
     return apply_weights(x, wts, idx)
@@ -134,7 +167,7 @@ def window_idynamic(m, x):
         return r * k + col
 
     idx = index_table(h, w, rule)
-    kernel = m.kernel_gen(x).reshape(b, h * w, k * k, g)
+    kernel = predict(m.kernel_gen, own_features(x)).reshape(b, h * w, k * k, g)
     rows = torch.arange(h * w)[:, None].expand_as(idx)
     return apply_weights(x, _per_channel(kernel[:, rows, idx.clamp(min=0)], c), idx)
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from timm.models import register_model
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, register_model
+from torch import nn
 
 from ablate.errors import ModelConfigError, unknown_name_hint
 from ablate.models.backbone import Backbone
@@ -200,26 +203,61 @@ def resolve(arch: str, **axes: Any) -> ModelSpec:
     return spec
 
 
-def build_model(arch: str, *, num_classes: int = 1000, in_chans: int = 3, **axes: Any) -> Backbone:
-    """Build ``arch`` with ``axes`` applied (what each timm entry point calls)."""
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's extras
-        axes.pop(key, None)
-    if axes.pop("pretrained", False):
-        raise ModelConfigError(f"{arch} has no pretrained weights", key="pretrained",
-                               hint="train it, or load a checkpoint with load_state_dict")
+PAPER = dict(
+    paper_name="On the Connection between Local Attention and Dynamic Depth-wise Convolution "
+               "(Han et al., ICLR 2022)",
+    paper_ids="arXiv:2106.04263",
+    origin_url="https://github.com/Atten4Vis/DemystifyLocalViT",
+)
+_SWIN_NOTE = ("Swin blocks after Liu et al., arXiv:2103.14030, as the study uses them",)
+# timm's registry reads each entry point's cfg from its module's ``default_cfgs``.
+default_cfgs: dict[str, dict[str, Any]] = {}
+
+
+def default_cfg(arch: str) -> dict[str, Any]:
+    """The cfg timm reports for ``arch`` (``timm.get_pretrained_cfg``): how it sees images.
+
+    No weights (no url or hub id). Crop 0.875 as in the paper's evaluation (resize 256, crop
+    224); at 64 pixels or less, 1.0, as ablate's own evaluation of small images does.
+    """
+    spec = MODEL_DEFAULTS[arch]
+    size = spec.img_size
+    pool = -(-size // (spec.patch_size * 2 ** (len(spec.depths) - 1)))
+    return dict(
+        input_size=(3, size, size), pool_size=(pool, pool), interpolation="bicubic",
+        crop_pct=0.875 if size > 64 else 1.0, mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD, num_classes=1000, first_conv="patch_embed.proj",
+        classifier="head.fc",
+        description=f"{arch}: {spec.block} blocks with the {spec.mixer} mixer, no weights",
+        notes=_SWIN_NOTE if spec.block == "swin" else None, **PAPER,
+    )
+
+
+def _backbone(arch: str, *, num_classes: int = 1000, in_chans: int = 3,
+              global_pool: str = "avg", **axes: Any) -> Backbone:
     spec = resolve(arch, **axes)
     model = Backbone(block=spec.block, mixer=spec.mixer, embed_dim=spec.embed_dim,
                      depths=spec.depths, groups=spec.groups, kernel_size=spec.kernel_size,
                      se=spec.se, drop_path_rate=spec.drop_path_rate, num_classes=num_classes,
-                     in_chans=in_chans, patch_size=spec.patch_size)
+                     in_chans=in_chans, patch_size=spec.patch_size, global_pool=global_pool)
     model.spec = spec
-    model.pretrained_cfg = model.default_cfg = {
-        "architecture": arch, "num_classes": num_classes, "input_size": (in_chans, spec.img_size,
-        spec.img_size), "interpolation": "bicubic", "crop_pct": 0.875 if spec.img_size > 64
-        else 1.0, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-        "first_conv": "patch_embed.proj", "classifier": "head.fc",
-    }
     return model
+
+
+def build_model(arch: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build ``arch`` through timm's builder (what each timm entry point calls).
+
+    ``kwargs`` are the axes and timm's own (``num_classes``, ``in_chans``, ``global_pool``,
+    ``features_only``, ``out_indices``, ``feature_cls``, ``pretrained_cfg_overlay``, ...).
+    A :class:`Backbone`, or with ``features_only=True`` timm's feature wrapper around one.
+    """
+    if pretrained:
+        raise ModelConfigError(f"{arch} has no pretrained weights", key="pretrained",
+                               hint="train it, or load a checkpoint with load_state_dict")
+    depth = len(MODEL_DEFAULTS[arch].depths)
+    return build_model_with_cfg(
+        partial(_backbone, arch), arch, pretrained=False,
+        feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(depth))), **kwargs)
 
 
 def register_arch(name: str, *, block: str, mixer: str, embed_dim: int,
@@ -247,7 +285,9 @@ def register_arch(name: str, *, block: str, mixer: str, embed_dim: int,
 
 
 def _entry_point(arch: str):
-    def entry(pretrained: bool = False, **kwargs: Any) -> Backbone:
+    default_cfgs[arch] = default_cfg(arch)  # before register_model, which reads it
+
+    def entry(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         return build_model(arch, pretrained=pretrained, **kwargs)
 
     entry.__name__ = entry.__qualname__ = arch

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from timm.layers import register_notrace_module
 from torch import nn
 
 from ablate.errors import ModelConfigError, unknown_name_hint
@@ -87,7 +88,8 @@ MIXER_TABLE: dict[tuple[str, str], str] = {}
 
 
 def register_mixer(cls: type[Mixer]) -> type[Mixer]:
-    """Class decorator: make a mixer selectable by its ``name`` (and its axis values valid).
+    """Class decorator: make a mixer selectable by its ``name`` (and its axis values valid),
+    and a leaf module for FX tracing (timm's feature extraction, ``torch.fx``).
 
     ModelConfigError if the class does not declare the contract's class attributes, or if
     another class already holds the name.
@@ -107,6 +109,9 @@ def register_mixer(cls: type[Mixer]) -> type[Mixer]:
                                key="mixer", hint="give the new mixer another name")
     MIXERS[cls.name] = cls
     MIXER_TABLE.setdefault((cls.weight_source, cls.window), cls.name)
+    # An FX leaf: a mixer adapts to the input's size in Python (windows shrink, maps pad),
+    # which symbolic tracing cannot follow; traced models and feature extractors call it whole.
+    register_notrace_module(cls)
     return cls
 
 
