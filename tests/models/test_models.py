@@ -172,7 +172,7 @@ def test_flops_scale_with_the_map_and_count_the_custom_ops():
 
 
 def test_paper_flops_are_close_to_the_published_ones():
-    # Published multiply-adds (paper-notes.md): DWNet-T 3.8G, Swin-T 4.5G, Swin-B 15.4G.
+    # Published multiply-adds (the paper's tables): DWNet-T 3.8G, Swin-T 4.5G, Swin-B 15.4G.
     for arch, published in [("dwnet_tiny", 3.8e9), ("ablate_swin_tiny", 4.5e9),
                             ("ablate_swin_base", 15.4e9)]:
         flops = model_stats(arch, num_classes=1000, img_size=224).flops
