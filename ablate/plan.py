@@ -29,6 +29,8 @@ from ablate.config import DataConfig, ModelConfig, RecipeConfig, Trial, TrialCon
 from ablate.errors import AblateError, SpecError, closest
 from ablate.plugins import load_plugins
 from ablate.record import (
+    CORRUPT,
+    DAMAGED,
     DIVERGED,
     DONE,
     FAILED,
@@ -42,7 +44,8 @@ from ablate.spec import Sweep, _dotted, _same, load_sweep
 FOLDER_DATA = ("cifar10", "cifar100", "imagefolder")
 KNOWN_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
 ACTIONS = {NEW: "start", DONE: "skip", DIVERGED: "skip", FAILED: "resume",
-           INTERRUPTED: "resume", RUNNING: "resume"}
+           INTERRUPTED: "resume", RUNNING: "resume",
+           CORRUPT: "stop", DAMAGED: "stop"}  # run refuses until the record is repaired
 
 
 @dataclass(frozen=True)

@@ -185,8 +185,9 @@ def test_trial_states_and_actions(tmp_path, write_sweep):
         write_state(trial_dir(results, t.id), state)
     states = trial_states(trials, results)
     assert [states[t.id] for t in trials] == ["new", "done", "failed", "running"]
-    assert [run_action(s) for s in ("new", "done", "diverged", "failed", "interrupted")] == [
-        "start", "skip", "skip", "resume", "resume"]
+    assert [run_action(s) for s in ("new", "done", "diverged", "failed", "interrupted",
+                                     "corrupt", "damaged")] == [
+        "start", "skip", "skip", "resume", "resume", "stop", "stop"]
 
 
 def test_load_plan_fills_the_sweep(write_sweep):
