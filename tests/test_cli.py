@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,22 @@ def test_models_are_registered_with_timm_whichever_is_imported_first(first):
             ".__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "Backbone"]
+
+
+def test_other_libraries_info_lines_do_not_reach_the_user(tmp_path):
+    # A fresh matplotlib config folder makes matplotlib build its font cache and say so at INFO.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "results_factory", Path(__file__).parent / "results" / "factory.py")
+    factory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(factory)
+    results = tmp_path / "results"
+    factory.write_grid(results, 4, epochs=3, axes=("group_size",))
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    out = subprocess.run([sys.executable, "-m", "ablate", "figures", str(results)],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert list((results / "figures").glob("*.png"))
+    assert (tmp_path / "mpl").is_dir()  # matplotlib did build its cache in this run
+    assert "matplotlib" not in out.stderr and "INFO" not in out.stderr.replace("INFO ablate", "")

@@ -55,12 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Other libraries speak only of problems (matplotlib's font cache, fontTools' PDF subsetting
+    # and the like log at INFO); ablate's own progress is INFO, everything is DEBUG with -v.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    # matplotlib's PDF font subsetting logs pages at INFO; it is never the user's business.
-    logging.getLogger("fontTools").setLevel(logging.WARNING)
+    logging.getLogger("ablate").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:
+        logging.getLogger("fontTools").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
