@@ -43,9 +43,10 @@ CLAIM_COLUMNS = ("sweep", "arm", "op", "than", "margin", "metric", "n_arm", "n_t
 class Claim:
     """One claim between two arms, and what our trials say about it.
 
-    ``p`` is Holm-adjusted over the sweep's claims; ``seeds_needed`` (per arm, power 0.8) and
-    ``detectable`` (smallest true difference, for ``~`` the margin, decided with power 0.8 by
-    the current seeds) are given for undecided claims only; ``seeds_needed`` is None when even
+    ``p`` is Holm-adjusted over the sweep's k tested claims; ``seeds_needed`` (per arm, power
+    0.8 at alpha / k, never fewer than one more than either arm has) and ``detectable``
+    (smallest true difference, for ``~`` the margin, decided with power 0.8 at alpha / k by the
+    current seeds) are given for undecided claims only; ``seeds_needed`` is None when even
     stats.MAX_SEEDS would not do.
     """
 
@@ -190,10 +191,11 @@ def _decide_sweep(pending: list) -> list[Claim]:
             continue
         t, (verdict, p) = tests[i], verdicts[i]
         needed = found = None
-        if verdict == UNDECIDED:
-            sa, sb = _sd(a), _sd(b)
-            needed = stats.seeds_needed(op, t.diff, sa, sb, margin, alpha)
-            found = stats.detectable(op, sa, sb, len(a), len(b), alpha)
+        if verdict == UNDECIDED:  # planned at alpha / k: the level Holm holds the first claim to
+            sa, sb, level = _sd(a), _sd(b), alpha / len(tests)
+            needed = stats.seeds_needed(op, t.diff, sa, sb, margin, level)
+            needed = None if needed is None else max(needed, len(a) + 1, len(b) + 1)
+            found = stats.detectable(op, sa, sb, len(a), len(b), level)
         out.append(Claim(**head, diff=t.diff, ci_low=t.ci_low, ci_high=t.ci_high, p=p,
                          test=t.test, verdict=verdict, seeds_needed=needed, detectable=found))
     return out
@@ -324,13 +326,19 @@ def claim_table(claims: list[Claim]):
 
 
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; columns of numbers are right-aligned, the first and text ones left."""
     def line(cells):
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    left = ("claim", "metric", "verdict", "test", "setting", "value", "trial", "state",
-            "reason")
-    aligns = ["---"] + ["---" if h in left else "--:" for h in header[1:]]
+    def numeric(j: int) -> bool:
+        cells = [r[j] for r in rows if r[j] not in ("", "–", "baseline")]
+        return bool(cells) and all(_NUMBER.match(c) for c in cells)
+
+    aligns = ["---"] + ["--:" if numeric(j) else "---" for j in range(1, len(header))]
     return "\n".join([line(header), "| " + " | ".join(aligns) + " |", *map(line, rows)]) + "\n"
+
+
+_NUMBER = re.compile(r"^([-+<]|at least |more than )?\s*[0-9]")
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -370,7 +378,8 @@ _METHOD = (
     "Welch-Satterthwaite degrees of freedom. For an undecided claim: the seeds per arm that "
     "would decide it with 80% power (at the observed difference and spread; for `~` at a "
     "true difference of zero), and the smallest difference (for `~`: margin) the current "
-    "seeds decide with 80% power, both before the multiplicity correction.\n")
+    "seeds decide with 80% power, both at alpha / {k}, the level Holm holds the first "
+    "claim to.\n")
 
 
 def write_report(results_dir: str | Path) -> list[Path]:
@@ -425,7 +434,9 @@ def _sweep_section(sweep: str, trials: pd.DataFrame, summary: pd.DataFrame,
         tex[f"{sweep}-arms.tex"] = to_latex(*arms, comment=note)
     if claims:
         k = sum(c.p is not None for c in claims)
-        md += ["## Claims\n", _METHOD.format(alpha=claims[0].alpha, k=k),
+        method = _METHOD.format(alpha=claims[0].alpha, k=k) if k else \
+            "No claim can be tested yet: each needs two finished seeds in both of its arms.\n"
+        md += ["## Claims\n", method,
                to_markdown(*claim_table(claims))]
         tex[f"{sweep}-claims.tex"] = to_latex(*claim_table(claims), comment=note)
     failed = unfinished_rows(trials, results_dir)
