@@ -201,6 +201,30 @@ def _decide_sweep(pending: list) -> list[Claim]:
     return out
 
 
+def plan_claims(trials: list, results_dir: str | Path) -> list[Claim]:
+    """The claims of a planned sweep (its current ``expected``), decided from the records of
+    its finished trials under ``results_dir``; reads records only, writes nothing.
+
+    A trial whose record cannot be read counts as not finished (``ablate status`` names it).
+    """
+    from ablate import record
+    from ablate.errors import RecordError
+    from ablate.rows import read_trial_row
+
+    rows = []
+    for t in trials:
+        tdir = record.trial_folder(results_dir, t)
+        row = {"id": t.id, "state": record.NEW}
+        try:
+            if record.read_state(tdir) == record.DONE:
+                row = read_trial_row(tdir)
+        except RecordError:
+            pass
+        rows.append({**row, "sweep": t.sweep, "arm": t.arm, "role": t.role,
+                     "expected": json.dumps(t.expected, sort_keys=True) if t.expected else None})
+    return check_claims(pd.DataFrame(rows)) if rows else []
+
+
 def _sd(x: list[float]) -> float:
     m = sum(x) / len(x)
     return math.sqrt(sum((v - m) ** 2 for v in x) / (len(x) - 1))

@@ -212,3 +212,24 @@ def test_report_content_follows_the_data(tmp_path, monkeypatch):
     assert verdicts["attention"]["verdict"] == UNDECIDED and int(
         verdicts["attention"]["seeds_needed"]) > 3
     assert verdicts["pooled"]["margin"] == "1" and verdicts["pooled"]["n_arm"] == "2"
+
+
+def test_plan_with_results_shows_the_seeds_an_undecided_claim_needs(tmp_path, capsys,
+                                                                     monkeypatch):
+    results = make_demo(tmp_path, monkeypatch)
+    sweep = str(tmp_path / "demo.yaml")
+    assert main(["plan", sweep, "--results", str(results), "--no-stats"]) == 0
+    out = capsys.readouterr().out
+    assert not (results / "trials.parquet").exists()  # plan reads records, writes nothing
+    want = {c.arm: c for c in check_claims(_collected(results))}
+    line = next(x for x in out.splitlines() if x.startswith("  attention > static"))
+    assert f"{want['attention'].seeds_needed} seeds per arm would decide it" in line
+    assert "  linear > attention (val/top1, n 3 vs 2): agreed" in out
+    assert main(["plan", sweep, "--results", str(results), "--no-stats", "--json"]) == 0
+    claims = json.loads(capsys.readouterr().out)["claims"]
+    assert [c["verdict"] for c in claims] == [want[c["arm"]].verdict for c in claims]
+
+
+def _collected(results: Path) -> pd.DataFrame:
+    collect_results(results)
+    return load_tables(results)[0]
