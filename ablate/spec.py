@@ -28,7 +28,7 @@ The language (every key optional unless marked; unknown keys are errors at any d
       dynamic: {val/top1: 81.8}   # claim "> LABEL", "< LABEL" or "~ LABEL ± MARGIN" (about
       "group_size=8": {val/top1: "> group_size=1"}   # equal within MARGIN, metric's units;
       "group_size=4": {val/top1: "~ group_size=8 ± 0.5"}  # "+-" works too); see ablate.stats
-    alpha: 0.05                   # significance level of the claims' tests (default 0.05)
+    alpha: 0.05                   # significance level of the claims' tests, in (0, 0.5]
     max_trials: 256               # a larger plan needs confirmation (ablate plan/run --yes)
     max_concurrent: 4             # trials at once (default: as many as resources allow)
     max_retries: 2                # retries of a failing trial
@@ -158,7 +158,7 @@ class _SweepSpec(BaseModel):
     exclude: list[dict[str, Any]] = []
     seeds: Annotated[list[int], Field(min_length=1)] = [0]
     expected: dict[str, dict[str, float | str]] = {}
-    alpha: Annotated[float, Field(gt=0, lt=1)] = ALPHA
+    alpha: Annotated[float, Field(gt=0, le=0.5)] = ALPHA  # above 0.5 both directions "agree"
     max_trials: _Pos = 256
     max_concurrent: _Pos | None = None
     max_retries: Annotated[int, Field(ge=0)] = _d(Resources, "max_retries")
