@@ -3,10 +3,15 @@
 ``make_figures(trials, epochs)`` picks the figures that fit the axes that vary among the finished
 trials (not the sweep file): accuracy against channel-sharing group size, bars of dynamic-weight
 source by window scheme, spatial versus channel sharing, accuracy against parameters and FLOPs,
-learning curves. Each ``plot_*`` function takes DataFrames (as ``ablate.collect.load_tables``
-returns them) and returns a matplotlib Figure, or None when the data do not call for it; the
-notebook calls the same functions. Points are means over seeds with error bars of one standard
-deviation; the baseline is marked. ``draw_figures`` saves them under ``figures/`` as PNG and PDF
+learning curves, and a per-arm comparison when only the architecture varies. Each ``plot_*``
+function takes DataFrames (as ``ablate.collect.load_tables`` returns them) and returns a
+matplotlib Figure, or None when the data do not call for it; the notebook calls the same
+functions. Points are means over seeds with error bars of the mean's 95% confidence interval
+(Student t over the n seeds), and the legend says so and gives n; learning curves show the mean
+with a band of one standard deviation over seeds. Accuracies are drawn as points, not bars, so
+the axis need not start at zero. A value of the compared axis keeps one colour in every figure
+(shifted windows blue, sliding windows orange, ...); the baseline is black. Labels of the cost
+scatter are placed so that they overlap neither each other nor the points. ``draw_figures`` saves them under ``figures/`` as PNG and PDF
 (or SVG), byte-identical from one run to the next (fixed style, sorted categories, no dates).
 
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot), so no backend or global state
@@ -20,8 +25,11 @@ from pathlib import Path
 
 import matplotlib
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
+from matplotlib.transforms import Bbox
+from scipy.stats import t as student_t
 
 from ablate import record
 from ablate.report import METRIC, arm_summary, natural_key
@@ -54,6 +62,11 @@ METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None
                                               "CreationDate": None},
             "svg": {"Creator": None, "Date": None}}
 MAX_CURVES = 12  # learning curves beyond this many arms are unreadable: baseline + the best
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#17becf", "#bcbd22", "#7f7f7f")
+# Values that keep their colour in every figure; other values take the palette in order.
+VALUE_COLORS = {"shifted": PALETTE[0], "sliding": PALETTE[1]}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
 def label(key: str) -> str:
@@ -104,9 +117,36 @@ def seed_stats(trials: pd.DataFrame, by: list[str], metric: str = METRIC) -> pd.
     done = finished(trials)
     frame = done[by].copy()
     frame["value"] = done[f"final/{metric}"].astype(float)
-    stats = frame.groupby(by, dropna=False)["value"].agg(["mean", "std", "count"]).reset_index()
-    keys = [tuple(category_key(v) for v in row) for row in stats[by].itertuples(index=False)]
-    return stats.iloc[sorted(range(len(stats)), key=keys.__getitem__)].reset_index(drop=True)
+    out = frame.groupby(by, dropna=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    out["ci"] = ci_half_width(out["std"], out["count"])
+    keys = [tuple(category_key(v) for v in row) for row in out[by].itertuples(index=False)]
+    return out.iloc[sorted(range(len(out)), key=keys.__getitem__)].reset_index(drop=True)
+
+
+def ci_half_width(std: pd.Series, n: pd.Series) -> pd.Series:
+    """Half width of the 95% confidence interval of a mean (Student t); 0 for one seed."""
+    n = n.astype(float)
+    t = pd.Series(student_t.ppf(0.975, (n - 1).where(n > 1)), index=n.index)
+    return (t * std / n.pow(0.5)).fillna(0.0)
+
+
+def interval_note(n: pd.Series) -> str:
+    """Legend title saying what the error bars are: '95% CI of the mean, n = 3 seeds'."""
+    lo, hi = int(n.min()), int(n.max())
+    seeds = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    return f"mean ± 95% CI, n = {seeds} seeds" + (" (n = 1: no interval)" if lo == 1 else "")
+
+
+def colors_for(values) -> dict:
+    """A colour per value of one axis: VALUE_COLORS for known ones, the palette in order."""
+    free = [c for c in PALETTE if c not in VALUE_COLORS.values()]
+    out, i = {}, 0
+    for v in sorted(dict.fromkeys(values), key=category_key):
+        if v in VALUE_COLORS:
+            out[v] = VALUE_COLORS[v]
+        else:
+            out[v], i = free[i % len(free)], i + 1
+    return out
 
 
 def _mark_baseline(ax, trials: pd.DataFrame, metric: str) -> None:
@@ -123,16 +163,34 @@ def _new_axes(title: str):
     return fig, ax
 
 
-def _finish(fig: Figure, ax) -> Figure:
-    """Put the legend outside the axes, on the right, so it never hides data."""
+def _finish(fig: Figure, ax, note: str | None = None) -> Figure:
+    """Put the legend outside the axes, on the right, so it never hides data; ``note`` (what
+    the error bars are) is its title."""
     handles, names = ax.get_legend_handles_labels()
     if handles:
         ncol = 1 if len(handles) <= 20 else 2
         rows = -(-len(handles) // ncol)
         width, height = STYLE["figure.figsize"]
         fig.set_size_inches(width + 3 * (ncol - 1), max(height, 0.14 * rows + 1))
-        fig.legend(handles, names, loc="outside right upper", frameon=False, ncol=ncol)
+        fig.legend(handles, names, loc="outside right upper", frameon=False, ncol=ncol,
+                   title=note, title_fontsize=7, alignment="left")
     return fig
+
+
+def _series(stats_: pd.DataFrame, series: list[str]) -> list[tuple]:
+    """The series' keys in the paper's order, with (colour, marker) from their first axis."""
+    keys = sorted({tuple(r) for r in stats_[series].itertuples(index=False)},
+                  key=lambda t: [category_key(v) for v in t]) if series else [()]
+    colors = colors_for(k[0] for k in keys) if series else {}
+    rest = list(dict.fromkeys(k[1:] for k in keys))
+    return [(k, colors.get(k[0], PALETTE[0]) if k else PALETTE[0],
+             MARKERS[rest.index(k[1:]) % len(MARKERS)]) for k in keys]
+
+
+def _select(frame: pd.DataFrame, axes: list[str], key: tuple) -> pd.DataFrame:
+    for axis, value in zip(axes, key):
+        frame = frame[frame[axis] == value]
+    return frame
 
 
 def plot_group_size(trials: pd.DataFrame, metric: str = METRIC, x: str = "model.group_size"):
@@ -140,54 +198,51 @@ def plot_group_size(trials: pd.DataFrame, metric: str = METRIC, x: str = "model.
     if x not in varied_axes(trials):
         return None
     series = _series_axes(trials, x)
-    stats = seed_stats(trials, [*series, x], metric).dropna(subset=[x])
+    means = seed_stats(trials, [*series, x], metric).dropna(subset=[x])
     fig, ax = _new_axes(f"{label(metric)} vs {label(x)}")
-    groups = stats.groupby(series, sort=False, dropna=False) if series else [((), stats)]
-    for key, part in groups:
-        key = key if isinstance(key, tuple) else (key,)
+    for key, color, marker in _series(means, series):
+        part = _select(means, series, key)
         name = ", ".join(_series_label(a, v) for a, v in zip(series, key)) or "all"
-        ax.errorbar(part[x].astype(float), part["mean"], yerr=part["std"].fillna(0),
-                    marker="o", capsize=3, label=name)
+        ax.errorbar(part[x].astype(float), part["mean"], yerr=part["ci"], marker=marker,
+                    color=color, capsize=3, label=name)
     _mark_baseline(ax, trials, metric)
     ax.set_xscale("log", base=2)
-    ticks = sorted(stats[x].astype(int).unique())
+    ticks = sorted(means[x].astype(int).unique())
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel(label(x))
     ax.set_ylabel(label(metric))
-    return _finish(fig, ax)
+    return _finish(fig, ax, interval_note(means["count"]))
 
 
 def plot_bars(trials: pd.DataFrame, x: str, metric: str = METRIC, hue: str | None = None):
-    """Grouped bars: one group per value of ``x``, one bar per value of ``hue`` (and variants)."""
+    """Means with 95% CIs: one group per value of ``x``, one point per value of ``hue`` (and
+    variants), side by side; points, not bars, so the accuracy axis need not start at zero."""
     series = [hue] if hue and hue in varied_axes(trials) else []
     series += [a for a in _series_axes(trials, x) if a not in series]
-    stats = seed_stats(trials, [x, *series], metric)
+    means = seed_stats(trials, [x, *series], metric)
     for col in (x, *series):  # an axis left unset in some arms is its own category
-        stats[col] = stats[col].astype(object).where(stats[col].notna(), "default")
-    xs = list(dict.fromkeys(stats[x]))
-    names = sorted({tuple(r) for r in stats[series].itertuples(index=False)},
-                   key=lambda t: [category_key(v) for v in t]) if series else [()]
-    width = 0.8 / len(names)
+        means[col] = means[col].astype(object).where(means[col].notna(), "default")
+    xs = list(dict.fromkeys(means[x]))
+    keys = _series(means, series)
+    width = 0.6 / len(keys)
     fig, ax = _new_axes(f"{label(metric)} by {label(x)}"
                         + (f" and {label(hue)}" if hue in series else ""))
-    for j, name in enumerate(names):
-        sel = stats
-        for axis, value in zip(series, name):
-            sel = sel[sel[axis] == value]
-        pos = [xs.index(v) + (j - (len(names) - 1) / 2) * width for v in sel[x]]
-        ax.bar(pos, sel["mean"], width, yerr=sel["std"].fillna(0), capsize=2,
-               label=", ".join(_series_label(a, v) for a, v in zip(series, name)) or None)
+    for j, (key, color, marker) in enumerate(keys):
+        sel = _select(means, series, key)
+        pos = [xs.index(v) + (j - (len(keys) - 1) / 2) * width for v in sel[x]]
+        ax.errorbar(pos, sel["mean"], yerr=sel["ci"], fmt=marker, color=color, capsize=3,
+                    label=", ".join(_series_label(a, v) for a, v in zip(series, key)) or None)
     _mark_baseline(ax, trials, metric)
     ax.set_xticks(range(len(xs)), [textwrap.fill(value_label(v), 16) for v in xs])
+    ax.set_xlim(-0.5, len(xs) - 0.5)
     ax.set_xlabel(label(x))
     ax.set_ylabel(label(metric))
-    lo = stats["mean"].min() - 2 * stats["std"].fillna(0).max()
-    ax.set_ylim(bottom=max(0.0, lo - 1))
-    return _finish(fig, ax)
+    return _finish(fig, ax, interval_note(means["count"]))
 
 
 def plot_weight_source(trials: pd.DataFrame, metric: str = METRIC):
-    """Bars of dynamic-weight source grouped by window scheme; None unless either varies."""
+    """Weight source grouped by window scheme (one colour per scheme); None unless either
+    varies."""
     axes = varied_axes(trials)
     if "model.weight_source" not in axes and "model.window" not in axes:
         return None
@@ -197,10 +252,31 @@ def plot_weight_source(trials: pd.DataFrame, metric: str = METRIC):
 
 
 def plot_sharing(trials: pd.DataFrame, metric: str = METRIC):
-    """Bars of spatial / channel / both / no sharing; None unless sharing varies."""
+    """Spatial / channel / both / no sharing; None unless sharing varies."""
     if "model.sharing" not in varied_axes(trials):
         return None
     return plot_bars(trials, "model.sharing", metric)
+
+
+def plot_arms(trials: pd.DataFrame, metric: str = METRIC):
+    """One point (mean, 95% CI) per arm, baseline first, when nothing but the architecture
+    varies (the main comparison); None otherwise."""
+    summary = arm_summary(trials, metric).dropna(subset=["mean"])
+    if len(summary) < 2 or set(varied_axes(trials)) - {"model.arch"}:
+        return None
+    ci = ci_half_width(summary["std"], summary["n"])
+    fig, ax = _new_axes(f"{label(metric)} per arm")
+    base = summary["baseline"].to_numpy()
+    pos = list(range(len(summary)))
+    for mask, color, name in ((~base, PALETTE[0], "arms"), (base, "black", "baseline")):
+        if mask.any():
+            ax.errorbar([p for p, m in zip(pos, mask) if m], summary["mean"][mask],
+                        yerr=ci[mask], fmt="o", color=color, capsize=3, label=name)
+    ax.set_xticks(pos, summary["arm"].tolist(), fontsize=7, rotation=30, ha="right",
+                  rotation_mode="anchor")
+    ax.set_xlim(-0.5, len(pos) - 0.5)
+    ax.set_ylabel(label(metric))
+    return _finish(fig, ax, interval_note(summary["n"]))
 
 
 def plot_cost(trials: pd.DataFrame, cost: str = "params", metric: str = METRIC):
@@ -209,25 +285,72 @@ def plot_cost(trials: pd.DataFrame, cost: str = "params", metric: str = METRIC):
     if summary[cost].nunique() < 2:  # every arm costs the same: nothing to plot against
         return None
     fig, ax = _new_axes(f"{label(metric)} vs {label(cost)}")
-    ax.errorbar(summary[cost], summary["mean"], yerr=summary["std"].fillna(0), fmt="o",
-                capsize=3, color="C0", label="arms (mean ± std over seeds)")
+    ax.errorbar(summary[cost], summary["mean"], yerr=ci_half_width(summary["std"], summary["n"]),
+                fmt="o", capsize=3, color=PALETTE[0], label="arms")
     base = summary[summary["baseline"]]
     ax.plot(base[cost], base["mean"], "*", color="black", markersize=12, label="baseline",
             zorder=3)
-    if len(summary) <= 30:  # beyond that the labels cover the points
-        for r in summary.itertuples():
-            ax.annotate(r.arm, (getattr(r, cost), r.mean), xytext=(4, 3),
-                        textcoords="offset points", fontsize=6)
     if summary[cost].max() > 10 * summary[cost].min():
         ax.set_xscale("log")
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 24M, 3.8G rather than 1e7 offsets
     ax.set_xlabel(label(cost))
     ax.set_ylabel(label(metric))
-    return _finish(fig, ax)
+    _finish(fig, ax, interval_note(summary["n"]))
+    if len(summary) <= 30:  # beyond that the labels cover the points
+        place_labels(fig, ax, summary[cost].tolist(), summary["mean"].tolist(),
+                     summary["arm"].tolist())
+    return fig
+
+
+# Offsets (points) tried for a label, nearest first; then farther out, with a leader line.
+_OFFSETS = [(5, 4), (5, -10), (-5, 4), (-5, -10), (0, 10), (0, -16)]
+
+
+def place_labels(fig: Figure, ax, xs: list, ys: list, names: list[str]) -> list:
+    """Annotate each point with its name where it overlaps no other label, no point and stays
+    inside the axes; returns the annotations.
+
+    The layout is fixed first (and then frozen), so that what is checked is what is saved.
+    """
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    fig.set_layout_engine("none")
+    renderer = canvas.get_renderer()
+    to_px = ax.transData.transform
+    points = [to_px((x, y)) for x, y in zip(xs, ys)]
+    frame = ax.get_window_extent(renderer)
+    taken = [Bbox.from_bounds(px - 4, py - 4, 8, 8) for px, py in points]
+    placed = []
+    order = sorted(range(len(names)), key=lambda i: (-ys[i], xs[i]))
+    for i in order:
+        for step in range(1, 6):
+            tries = [(dx * step, dy * step) for dx, dy in _OFFSETS]
+            chosen = None
+            for dx, dy in tries:
+                text = ax.annotate(names[i], (xs[i], ys[i]), xytext=(dx, dy),
+                                   textcoords="offset points", fontsize=6,
+                                   ha="left" if dx >= 0 else "right",
+                                   arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"}
+                                   if step > 1 else None)
+                box = text.get_window_extent(renderer)
+                inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+                if inside and not any(box.overlaps(t) for t in taken):
+                    chosen = text
+                    break
+                text.remove()
+            if chosen is not None:
+                break
+        if chosen is None:  # nowhere free: the nearest spot, rather than no label
+            chosen = ax.annotate(names[i], (xs[i], ys[i]), xytext=_OFFSETS[0],
+                                 textcoords="offset points", fontsize=6)
+        taken.append(chosen.get_window_extent(renderer))
+        placed.append(chosen)
+    return placed
 
 
 def plot_learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str = METRIC):
-    """``metric`` against epoch per arm, mean over seeds; baseline in black.
+    """``metric`` against epoch per arm: mean over seeds, a band of ± one standard deviation;
+    baseline in black.
 
     Beyond MAX_CURVES arms, only the baseline and the arms with the best final means are drawn.
     """
@@ -240,21 +363,29 @@ def plot_learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str
     done = finished(trials)
     arm_of = done.loc[done["arm"].isin(chosen), ["id", "arm"]]
     rows = epochs[["id", "epoch", metric]].merge(arm_of, on="id")
-    curves = rows.groupby(["arm", "epoch"])[metric].mean().reset_index()
+    curves = rows.groupby(["arm", "epoch"])[metric].agg(["mean", "std", "count"]).reset_index()
     title = f"{label(metric)} per epoch"
     if len(summary) > len(chosen):
         title += f" (baseline and best {len(chosen) - 1} of {len(summary)} arms)"
     fig, ax = _new_axes(title)
+    bases = summary[summary["baseline"]]["arm"].tolist()
     for i, arm in enumerate(sorted(chosen, key=natural_key)):
         part = curves[curves["arm"] == arm]
-        base = arm in summary[summary["baseline"]]["arm"].tolist()
-        ax.plot(part["epoch"].astype(int), part[metric],
-                color="black" if base else f"C{i % 10}", linewidth=2 if base else 1,
+        base = arm in bases
+        color = "black" if base else PALETTE[i % len(PALETTE)]
+        x = part["epoch"].astype(int)
+        ax.plot(x, part["mean"], color=color, linewidth=2 if base else 1,
                 label=arm if not base or arm == "baseline" else f"{arm} (baseline)")
+        spread = part["std"].fillna(0)
+        ax.fill_between(x, part["mean"] - spread, part["mean"] + spread, color=color,
+                        alpha=0.15, linewidth=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(label("epoch"))
     ax.set_ylabel(label(metric))
-    return _finish(fig, ax)
+    n = summary[summary["arm"].isin(chosen)]["n"]
+    lo, hi = int(n.min()), int(n.max())
+    return _finish(fig, ax, f"line: mean; band: ± 1 std over {lo if lo == hi else f'{lo}-{hi}'}"
+                   " seeds")
 
 
 def make_figures(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str = METRIC) -> dict:
@@ -264,6 +395,7 @@ def make_figures(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str = METRI
         "num_groups": lambda: plot_group_size(trials, metric, x="model.num_groups"),
         "weight_source_by_window": lambda: plot_weight_source(trials, metric),
         "sharing": lambda: plot_sharing(trials, metric),
+        "arms": lambda: plot_arms(trials, metric),
         "accuracy_vs_params": lambda: plot_cost(trials, "params", metric),
         "accuracy_vs_flops": lambda: plot_cost(trials, "flops", metric),
         "learning_curves": lambda: plot_learning_curves(trials, epochs, metric),

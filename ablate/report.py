@@ -1,20 +1,20 @@
-"""Paper-style tables from trials.parquet: per arm mean ± std over seeds, the paper beside ours.
+"""Paper-style tables from trials.parquet: the setting, the arms, the claims and their tests.
 
-``write_report(results/<sweep>)`` writes ``tables/results.md`` (every table, per sweep) and
-``tables/<sweep>-arms.tex`` / ``tables/<sweep>-claims.tex`` (booktabs tabulars to ``\\input``).
+``write_report(results/<sweep>)`` writes ``tables/results.md`` (everything, per sweep),
+``tables/claims.csv`` (one row per claim, columns CLAIM_COLUMNS) and booktabs tabulars to
+``\\input``: ``tables/<sweep>-setting.tex``, ``-arms.tex`` and ``-claims.tex``.
 
 Only trials in state ``done`` count; a metric ``split/name`` is read from the trial's final epoch
 (column ``final/split/name``). A sweep declares the paper's results per trial label in
 ``Trial.expected`` (see ablate/spec.py): ``{"val/top1": 81.8}`` puts 81.8 beside our mean with
 the difference (ours - paper), and ``{"val/top1": {"op": ">", "than": "LABEL"}}`` claims a
-direction between two arms.
+direction between two arms (``"~"`` with ``"margin"``: about equal). The claims are decided in
+ablate.claims, by the tests ablate.stats describes; the setting, failed trials and figure links
+come from ablate.setting.
 
-The rule for a claimed direction, with d = mean(arm) - mean(LABEL) and
-spread = sem(arm) + sem(LABEL) (sem: standard deviation over seeds / sqrt(n)):
-- ``>``: agreed when d > spread, contradicted when d < -spread, otherwise not decided;
-- ``<``: the mirror image;
-- ``~`` (about equal): contradicted when |d| > spread, otherwise agreed;
-- not decided whenever either arm has fewer than two finished seeds (no spread to judge by).
+The sweep's description comes from the sweep file that ``sweep.json`` names, when it can still
+be read; the arms are listed in the order of ``sweep.json``'s plan (without one: the baseline,
+then natural order of the labels).
 """
 
 from __future__ import annotations
@@ -22,42 +22,40 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from ablate import record
+from ablate import record, stats
 
-METRIC = "val/top1"
-AGREED, CONTRADICTED, UNDECIDED = "agreed", "contradicted", "not decided"
+# The claims' names are re-exported: callers (figures, the notebook) import them from here.
+from ablate.claims import (  # noqa: F401
+    AGREED,
+    CLAIM_COLUMNS,
+    CONTRADICTED,
+    METRIC,
+    NEEDS_MARGIN,
+    NEEDS_SEEDS,
+    UNDECIDED,
+    Claim,
+    _expected,
+    check_claims,
+    claims_csv,
+    natural_key,
+    plan_claims,
+    seed_values,
+)
+
 _OPS = {">": "higher than", "<": "lower than", "~": "about equal to"}
 
 
-@dataclass(frozen=True)
-class Claim:
-    """One claimed direction between two arms, and what our trials say about it."""
-
-    sweep: str
-    arm: str
-    metric: str
-    op: str  # ">", "<" or "~"
-    than: str
-    diff: float | None  # mean(arm) - mean(than); None when an arm has no finished trial
-    spread: float | None  # sem(arm) + sem(than)
-    verdict: str  # AGREED | CONTRADICTED | UNDECIDED
-
-
-def natural_key(text: str) -> list:
-    """Sort key putting 'group_size=2' before 'group_size=16'."""
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", str(text))]
-
-
-def arm_summary(trials: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
+def arm_summary(trials: pd.DataFrame, metric: str = METRIC,
+                order: list[str] | None = None) -> pd.DataFrame:
     """One row per (sweep, arm) of finished trials: n, mean, std, sem of ``final/<metric>``.
 
     Also the mean best value, params and FLOPs, the role, and the arm's first ``expected``.
-    Rows are sorted: baseline first, then arms in natural order of their labels.
+    Rows are sorted by sweep, then in ``order`` (arm labels; the others after it), then baseline
+    first and natural order of the labels.
     """
     done = trials[trials["state"] == "done"]
     col = f"final/{metric}"
@@ -74,13 +72,10 @@ def arm_summary(trials: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
                 best=("best", "mean"), params=("params", "median"), flops=("flops", "median"),
                 baseline=("baseline", "any"), expected=("expected", "first")).reset_index()
     out["sem"] = out["std"] / out["n"].pow(0.5)
-    order = sorted(range(len(out)), key=lambda i: (out["sweep"][i], not out["baseline"][i],
-                                                   natural_key(out["arm"][i])))
-    return out.iloc[order].reset_index(drop=True)
-
-
-def _expected(raw) -> dict:
-    return json.loads(raw) if isinstance(raw, str) and raw else {}
+    rank = {arm: i for i, arm in enumerate(order or [])}
+    keys = [(out["sweep"][i], rank.get(out["arm"][i], len(rank)), not out["baseline"][i],
+             natural_key(out["arm"][i])) for i in range(len(out))]
+    return out.iloc[sorted(range(len(out)), key=keys.__getitem__)].reset_index(drop=True)
 
 
 def paper_numbers(summary: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
@@ -104,56 +99,17 @@ def _mean_of(trials: pd.DataFrame, sweep: str, arm: str, metric: str) -> float |
     return float(trials.loc[sel, col].astype(float).mean())
 
 
-def judge(op: str, diff: float, spread: float) -> str:
-    """The verdict on a claim ``arm OP than`` given the difference of means and the spread."""
-    if op == "~":
-        return CONTRADICTED if abs(diff) > spread else AGREED
-    sign = 1 if op == ">" else -1
-    if sign * diff > spread:
-        return AGREED
-    return CONTRADICTED if sign * diff < -spread else UNDECIDED
-
-
-def check_claims(trials: pd.DataFrame) -> list[Claim]:
-    """Every claimed direction the sweep declared, judged by the rule in the module docstring.
-
-    Claims of arms without finished trials are listed too, as not decided.
-    """
-    summaries: dict[str, dict] = {}
-
-    def stats(metric: str, sweep: str, arm: str):
-        if metric not in summaries:
-            summaries[metric] = {(r.sweep, r.arm): r
-                                 for r in arm_summary(trials, metric).itertuples()}
-        return summaries[metric].get((sweep, arm))
-
-    declared = trials.dropna(subset=["expected"]).drop_duplicates(["sweep", "arm"])
-    declared = declared.iloc[sorted(range(len(declared)), key=lambda i: (
-        declared["sweep"].iloc[i], natural_key(declared["arm"].iloc[i])))]
-    claims = []
-    for r in declared.itertuples():
-        for metric, value in _expected(r.expected).items():
-            if isinstance(value, dict):
-                a, b = stats(metric, r.sweep, r.arm), stats(metric, r.sweep, value["than"])
-                claims.append(_claim(r.sweep, r.arm, metric, value, a, b))
-    return claims
-
-
-def _claim(sweep: str, arm: str, metric: str, value: dict, a, b) -> Claim:
-    diff = spread = None
-    verdict = UNDECIDED
-    if a is not None and b is not None and a.n and b.n:
-        diff = float(a.mean - b.mean)
-        if a.n >= 2 and b.n >= 2:
-            spread = float(a.sem + b.sem)
-            verdict = judge(value["op"], diff, spread)
-    return Claim(sweep, arm, metric, value["op"], value["than"], diff, spread, verdict)
+# --- display -------------------------------------------------------------------------------
 
 
 def _num(x, fmt: str = "{:.2f}", signed: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return (("+" if x >= 0 else "") if signed else "") + fmt.format(x)
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _count(x) -> str:
@@ -166,17 +122,53 @@ def _count(x) -> str:
     return f"{x:.0f}"
 
 
-def arm_table(summary: pd.DataFrame, papers: pd.DataFrame):
-    """(header, rows) of display strings for one sweep's arms."""
+def varied_columns(trials: pd.DataFrame) -> tuple[list[str], dict[str, dict]]:
+    """(axes in first-seen order, arm -> {axis: value}) from the ``varied`` column."""
+    axes: dict[str, None] = {}
+    by_arm: dict[str, dict] = {}
+    for arm, raw in zip(trials["arm"], trials["varied"]):
+        varied = json.loads(raw) if isinstance(raw, str) and raw else {}
+        by_arm.setdefault(arm, varied)
+        axes.update(dict.fromkeys(varied))
+    return list(axes), by_arm
+
+
+def _against_baseline(summary: pd.DataFrame, values: dict) -> dict[str, str]:
+    """arm -> 'diff [low, high]' of mean(arm) - mean(baseline), Welch 95% CI."""
+    base = summary[summary["baseline"]]
+    if base.empty:
+        return {}
+    b = values.get((base["sweep"].iloc[0], base["arm"].iloc[0]), [])
+    out = {}
+    for r in summary[~summary["baseline"]].itertuples():
+        a = values.get((r.sweep, r.arm), [])
+        if not a or not b:
+            continue
+        diff = sum(a) / len(a) - sum(b) / len(b)
+        if min(len(a), len(b)) < stats.MIN_SEEDS:
+            out[r.arm] = _num(diff, signed=True)
+            continue
+        low, high = stats.welch_ci(pd.Series(a).to_numpy(), pd.Series(b).to_numpy())
+        out[r.arm] = f"{_num(diff, signed=True)} [{_num(low, signed=True)}, " \
+                     f"{_num(high, signed=True)}]"
+    return out
+
+
+def arm_table(summary: pd.DataFrame, papers: pd.DataFrame, trials: pd.DataFrame | None = None):
+    """(header, rows) of display strings for one sweep's arms, in ``summary``'s order."""
     paper = {r.arm: r for r in papers[papers["metric"] == METRIC].itertuples()}
-    header = ["arm", "n", "top-1 (%)", "best top-1 (%)", "params", "FLOPs", "paper top-1 (%)",
-              "ours - paper"]
+    axes, by_arm = varied_columns(trials) if trials is not None else ([], {})
+    versus = _against_baseline(summary, seed_values(trials)) if trials is not None else {}
+    header = ["arm", *[a.split(".", 1)[-1] for a in axes], "n", "top-1 (%)",
+              "vs baseline (95% CI)", "best top-1 (%)", "params", "FLOPs (mult-adds)",
+              "paper top-1 (%)", "ours - paper"]
     rows = []
     for r in summary.itertuples():
         p = paper.get(r.arm)
         tag = " (baseline)" if r.baseline and r.arm != "baseline" else ""
-        rows.append([r.arm + tag, str(r.n),
-                     f"{_num(r.mean)} ± {_num(r.std)}" if r.n > 1 else _num(r.mean),
+        rows.append([r.arm + tag, *[_cell(by_arm.get(r.arm, {}).get(a)) for a in axes],
+                     str(r.n), f"{_num(r.mean)} ± {_num(r.std)}" if r.n > 1 else _num(r.mean),
+                     "baseline" if r.baseline else versus.get(r.arm, "–"),
                      _num(r.best), _count(r.params), _count(r.flops),
                      _num(p.paper) if p else "", _num(p.diff, signed=True) if p else ""])
     if not paper:  # the sweep declared no numbers: no empty columns
@@ -184,72 +176,152 @@ def arm_table(summary: pd.DataFrame, papers: pd.DataFrame):
     return header, rows
 
 
+def _cell(v) -> str:
+    return "–" if v is None else {True: "true", False: "false"}.get(v, str(v)) \
+        if isinstance(v, bool) else str(v)
+
+
 def claim_table(claims: list[Claim]):
-    """(header, rows) of display strings for claimed directions."""
-    header = ["claim", "metric", "ours: difference of means", "spread (sum of s.e.)", "verdict"]
-    rows = [[f"{c.arm} {_OPS[c.op]} {c.than}", c.metric, _num(c.diff, signed=True),
-             _num(c.spread), c.verdict] for c in claims]
+    """(header, rows) of display strings for the claims."""
+    header = ["claim", "metric", "n", "difference (95% CI)", "test", "p (Holm)", "verdict",
+              "seeds needed per arm", "smallest detectable"]
+    rows = []
+    for c in claims:
+        claim = f"{c.arm} {_OPS[c.op]} {c.than}" + (f" ± {c.margin:g}" if c.margin else "")
+        ci = f" [{_num(c.ci_low, signed=True)}, {_num(c.ci_high, signed=True)}]" \
+            if c.ci_low is not None else ""
+        needed = "" if c.verdict in (AGREED, CONTRADICTED, NEEDS_MARGIN) else \
+            str(c.seeds_needed) if c.seeds_needed else f"more than {stats.MAX_SEEDS}"
+        if c.verdict == NEEDS_SEEDS:
+            needed = f"at least {stats.MIN_SEEDS}"
+        rows.append([claim, c.metric, f"{c.n_arm} vs {c.n_than}",
+                     _num(c.diff, signed=True) + ci, c.test or "–", _p(c.p), c.verdict,
+                     needed, _num(c.detectable) if c.detectable is not None else ""])
     return header, rows
 
 
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table; columns of numbers are right-aligned, the first and text ones left."""
     def line(cells):
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    aligns = ["---"] + ["--:" if h not in ("claim", "metric", "verdict") else "---"
-                        for h in header[1:]]
+    def numeric(j: int) -> bool:
+        cells = [r[j] for r in rows if r[j] not in ("", "–", "baseline")]
+        return bool(cells) and all(_NUMBER.match(c) for c in cells)
+
+    aligns = ["---"] + ["--:" if numeric(j) else "---" for j in range(1, len(header))]
     return "\n".join([line(header), "| " + " | ".join(aligns) + " |", *map(line, rows)]) + "\n"
 
 
+_NUMBER = re.compile(r"^([-+<]|at least |more than )?\s*[0-9]")
+
+
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", ">": r"$>$",
+        "<": r"$<$"}
 
 
 def tex_escape(text: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in text)
 
 
-def to_latex(header: list[str], rows: list[list[str]]) -> str:
-    """A booktabs tabular; cells are escaped except the ± sign, which becomes $\\pm$."""
+def to_latex(header: list[str], rows: list[list[str]], comment: str = "") -> str:
+    """A booktabs tabular; cells are escaped except the ± sign, which becomes $\\pm$.
+
+    ``comment`` lines come first, as LaTeX comments (where the table came from).
+    """
     def line(cells):
         return " & ".join(tex_escape(c).replace("±", r"$\pm$") for c in cells) + r" \\"
 
     spec = "l" + "r" * (len(header) - 1)
-    return "\n".join([rf"\begin{{tabular}}{{{spec}}}", r"\toprule", line(header), r"\midrule",
-                      *map(line, rows), r"\bottomrule", r"\end{tabular}"]) + "\n"
+    head = [f"% {c}" for c in comment.splitlines()]
+    return "\n".join([*head, rf"\begin{{tabular}}{{{spec}}}", r"\toprule", line(header),
+                      r"\midrule", *map(line, rows), r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+# --- the report ----------------------------------------------------------------------------
+
+_METHOD = (
+    "Each claim is tested on the final-epoch metric of every finished seed. `>` and `<`: "
+    "Welch's t-test, one-sided in the claimed direction (agreed when it is significant, "
+    "contradicted when the opposite one-sided test is). `~ ± M`: two one-sided Welch tests "
+    "(TOST; agreed when the difference is shown to lie within ±M, contradicted when it is "
+    "shown to lie outside). The tests are unpaired although arms share seeds: a seed fixes "
+    "the data order, but different models draw different weights from it, and an unpaired "
+    "test stays valid when seed sets differ. alpha = {alpha:g}; p is Holm-adjusted across "
+    "the {k} tested claims of this sweep. The confidence interval of a difference uses "
+    "Welch-Satterthwaite degrees of freedom. For an undecided claim: the seeds per arm that "
+    "would decide it with 80% power (at the observed difference and spread; for `~` at a "
+    "true difference of zero), and the smallest difference (for `~`: margin) the current "
+    "seeds decide with 80% power, both at alpha / {k}, the level Holm holds the first "
+    "claim to.\n")
 
 
 def write_report(results_dir: str | Path) -> list[Path]:
-    """Write the Markdown and LaTeX tables of a collected results folder; return their paths.
+    """Write the Markdown, CSV and LaTeX tables of a collected results folder; return paths.
 
     Needs trials.parquet (run collect_results first); raises RecordError when it is missing.
     """
     from ablate.collect import load_tables
+    from ablate.setting import sweep_info
 
     results_dir = Path(results_dir)
     trials, _ = load_tables(results_dir)
     out = results_dir / "tables"
     out.mkdir(parents=True, exist_ok=True)
-    summary, claims = arm_summary(trials), check_claims(trials)
+    info = sweep_info(results_dir)
+    summary, claims = arm_summary(trials, order=list(info.order)), check_claims(trials)
     papers = paper_numbers(summary, trials)
-    md = [f"# Results: {results_dir.name}\n",
-          "Mean ± standard deviation over seeds of the final-epoch metric; n finished seeds. "
-          "A claimed direction is decided only when the difference of means exceeds the sum of "
-          "the two arms' standard errors.\n"]
-    written = []
+    md, written = [], []
     for sweep in sorted(trials["sweep"].unique()):
-        md.append(f"## {sweep}\n")
-        mine = [c for c in claims if c.sweep == sweep]
-        if (summary["sweep"] == sweep).any():
-            arms = arm_table(summary[summary["sweep"] == sweep], papers[papers["sweep"] == sweep])
-            md.append(to_markdown(*arms))
-            written.append(_write(out / f"{sweep}-arms.tex", to_latex(*arms)))
-        else:
-            md.append("No finished trial yet.\n")
-        if mine:
-            md += ["### Claimed directions\n", to_markdown(*claim_table(mine))]
-            written.append(_write(out / f"{sweep}-claims.tex", to_latex(*claim_table(mine))))
+        mine = trials[trials["sweep"] == sweep]
+        parts, tex = _sweep_section(sweep, mine, summary[summary["sweep"] == sweep],
+                                    papers[papers["sweep"] == sweep],
+                                    [c for c in claims if c.sweep == sweep], info, results_dir)
+        md += parts
+        written += [_write(out / name, text) for name, text in tex.items()]
+    written.insert(0, _write(out / "claims.csv", claims_csv(claims)))
     return [_write(out / "results.md", "\n".join(md))] + written
+
+
+def _sweep_section(sweep: str, trials: pd.DataFrame, summary: pd.DataFrame,
+                   papers: pd.DataFrame, claims: list[Claim], info, results_dir: Path):
+    """(Markdown parts, {tex file name: text}) of one sweep."""
+    from ablate.setting import figure_links, setting_rows, unfinished_rows
+
+    description = info.description if info.name == sweep else None
+    md = [f"# {sweep}\n", f"{description}\n" if description else "",
+          "## Setting\n"]
+    setting = (["setting", "value"], setting_rows(trials, results_dir))
+    md.append(to_markdown(*setting))
+    note = f"{sweep}: {description}" if description else sweep
+    tex = {f"{sweep}-setting.tex": to_latex(*setting, comment=note)}
+    md.append("## Arms\n")
+    if summary.empty:
+        md.append("No finished trial yet.\n")
+    else:
+        md.append("Final-epoch top-1 accuracy (%) on the validation split, mean ± standard "
+                  "deviation over the n finished seeds; the difference from the baseline's mean "
+                  "with its 95% confidence interval (Welch); FLOPs count multiply-adds of one "
+                  "forward pass.\n")
+        arms = arm_table(summary, papers, trials)
+        md.append(to_markdown(*arms))
+        tex[f"{sweep}-arms.tex"] = to_latex(*arms, comment=note)
+    if claims:
+        k = sum(c.p is not None for c in claims)
+        method = _METHOD.format(alpha=claims[0].alpha, k=k) if k else \
+            "No claim can be tested yet: each needs two finished seeds in both of its arms.\n"
+        md += ["## Claims\n", method,
+               to_markdown(*claim_table(claims))]
+        tex[f"{sweep}-claims.tex"] = to_latex(*claim_table(claims), comment=note)
+    failed = unfinished_rows(trials, results_dir)
+    if failed:
+        md += ["## Trials that did not finish\n",
+               to_markdown(["trial", "arm", "seed", "state", "reason"], failed)]
+    links = figure_links(results_dir)
+    md += ["## Figures\n", "\n".join(links) + "\n" if links else
+           "None drawn yet: `ablate figures RESULTS_DIR` draws them into figures/.\n"]
+    return [m for m in md if m], tex
 
 
 def _write(path: Path, text: str) -> Path:

@@ -25,8 +25,10 @@ The language (every key optional unless marked; unknown keys are errors at any d
                                   # keys: any axis or "seed")
     seeds: [0, 1, 2]              # each trial repeated over them (default [0])
     expected:                     # per trial label: metric -> the paper's number, or a
-      dynamic: {val/top1: 81.8}   # direction "> LABEL", "< LABEL" or "~ LABEL" (about equal)
-      "group_size=8": {val/top1: "> group_size=1"}
+      dynamic: {val/top1: 81.8}   # claim "> LABEL", "< LABEL" or "~ LABEL ± MARGIN" (about
+      "group_size=8": {val/top1: "> group_size=1"}   # equal within MARGIN, metric's units;
+      "group_size=4": {val/top1: "~ group_size=8 ± 0.5"}  # "+-" works too); see ablate.stats
+    alpha: 0.05                   # significance level of the claims' tests, in (0, 0.5]
     max_trials: 256               # a larger plan needs confirmation (ablate plan/run --yes)
     max_concurrent: 4             # trials at once (default: as many as resources allow)
     max_retries: 2                # retries of a failing trial
@@ -36,7 +38,8 @@ values are checked as in ``base`` (YAML reads ``1e-3`` as a number here). ``data
 used as written (relative paths: to the working directory); its content, not its path, enters
 each trial's id.
 Each planned Trial's ``expected`` is ``{metric: number}`` or ``{metric: {"op": ">", "than":
-LABEL}}`` (op ``>``, ``<`` or ``~``), or None.
+LABEL}}`` (op ``>``, ``<`` or ``~``; ``~`` also has ``"margin"``; a claim has ``"alpha"`` when
+the sweep's is not 0.05), or None.
 Trial labels: the arm label (the ``baseline`` label for base itself), then ``axis=value`` for
 each grid/paired axis, joined by ", " (``dynamic, window=sliding``; ``group_size=8``).
 :func:`load_sweep` parses and validates the file alone; :func:`ablate.plan.load_plan` also
@@ -60,6 +63,8 @@ from ablate.sweepfile import KeyPath, _dotted, _load_tree, _show, _where
 
 DATA_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
 DIRECTION = re.compile(r"^\s*(>|<|~)\s*(\S.*?)\s*$")
+MARGIN = re.compile(r"^(.*?)\s*(?:±|\+-|\+/-)\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
+ALPHA = 0.05
 METRIC = re.compile(r"^[A-Za-z0-9_]+/[A-Za-z0-9_.]+$")
 
 
@@ -162,6 +167,7 @@ class _SweepSpec(BaseModel):
     exclude: list[dict[str, Any]] = []
     seeds: Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]], Field(min_length=1)] = [0]
     expected: dict[str, dict[str, float | str]] = {}
+    alpha: Annotated[float, Field(gt=0, le=0.5)] = ALPHA  # above 0.5 both directions "agree"
     max_trials: _Pos = 256
     max_concurrent: _Pos | None = None
     max_retries: Annotated[int, Field(ge=0)] = _d(Resources, "max_retries")
@@ -196,6 +202,7 @@ class Sweep:
     exclude: tuple[tuple[tuple[str, tuple[Any, ...]], ...], ...] = ()
     seeds: tuple[int, ...] = (0,)
     expected: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alpha: float = ALPHA
     max_trials: int = 256
     max_concurrent: int | None = None
     extends: tuple[Path, ...] = ()  # the files it builds on, resolved
@@ -229,6 +236,7 @@ class Sweep:
                 "baseline": self.baseline,
                 "exclude": [{k: list(v) for k, v in cond} for cond in self.exclude],
                 "seeds": list(self.seeds), "expected": _expected_to_yaml(self.expected),
+                "alpha": self.alpha,
                 "max_trials": self.max_trials, "max_concurrent": self.max_concurrent,
                 "max_retries": self.max_retries, "plugins": list(self.plugins)}
         return out
@@ -367,13 +375,14 @@ def _to_sweep(spec: _SweepSpec, path: Path, locs: dict) -> Sweep:
     if len(set(spec.seeds)) != len(spec.seeds):
         dup = next(s for s in spec.seeds if spec.seeds.count(s) > 1)
         raise err(f"seed {dup} listed twice", "seeds")
-    expected = {label: _parse_expected(label, m, err) for label, m in spec.expected.items()}
+    expected = {label: _parse_expected(label, m, err, spec.alpha)
+                for label, m in spec.expected.items()}
     ext = spec.extends if isinstance(spec.extends, list) else [spec.extends or ""]
     ext = tuple((path.parent / e).resolve() for e in ext if e)
     return Sweep(name=spec.name, description=spec.description, path=path, base=base,
                  resources=resources, grid=grid, paired=paired, arms=arms,
                  baseline=spec.baseline, exclude=exclude, seeds=tuple(spec.seeds),
-                 expected=expected, max_trials=spec.max_trials,
+                 expected=expected, alpha=spec.alpha, max_trials=spec.max_trials,
                  max_concurrent=spec.max_concurrent, extends=ext, plugins=tuple(spec.plugins),
                  results_dir=Path("results") / spec.name, locs=locs)
 
@@ -430,27 +439,52 @@ def _exclude(conditions: list[dict[str, Any]], err: Any) -> tuple:
     return tuple(out)
 
 
-def _parse_expected(label: str, metrics: dict[str, Any], err: Any) -> dict[str, Any]:
-    """number -> number; "> LABEL" -> {"op": ">", "than": LABEL}."""
+def _parse_expected(label: str, metrics: dict[str, Any], err: Any,
+                    alpha: float = ALPHA) -> dict[str, Any]:
+    """number -> number; "> LABEL" -> {"op": ">", "than": LABEL}; "~ LABEL ± 0.5" also gets
+    "margin": 0.5. A claim gets "alpha" when the sweep's differs from the default."""
     out: dict[str, Any] = {}
     for metric, value in metrics.items():
         if not METRIC.match(metric):
             raise err(f"metric '{metric}' is not of the form split/name", "expected", label,
                       metric, hint="e.g. val/top1")
-        if isinstance(value, str):
-            m = DIRECTION.match(value)
-            if not m:
-                raise err(f"expected a number or a direction '> LABEL', '< LABEL', '~ LABEL', "
-                          f"got {_show(value)}", "expected", label, metric)
-            out[metric] = {"op": m.group(1), "than": m.group(2)}
-        else:
-            out[metric] = value
+        out[metric] = _parse_claim(value, err, ("expected", label, metric)) \
+            if isinstance(value, str) else value
+        if isinstance(out[metric], dict) and alpha != ALPHA:
+            out[metric]["alpha"] = alpha
+    return out
+
+
+def _parse_claim(value: str, err: Any, at: KeyPath) -> dict[str, Any]:
+    m = DIRECTION.match(value)
+    if not m:
+        raise err(f"expected a number or a claim '> LABEL', '< LABEL' or '~ LABEL ± MARGIN', "
+                  f"got {_show(value)}", *at)
+    op, than = m.group(1), m.group(2)
+    margin = MARGIN.match(than)
+    if margin:
+        than = margin.group(1)
+    if op == "~" and not margin:
+        raise err(f"'~' (about equal) needs a margin in the metric's units, got {_show(value)}",
+                  *at, hint=f"e.g. \"~ {than} ± 0.5\": agreed when the difference is shown to "
+                  "lie within ±0.5")
+    if op != "~" and margin:
+        raise err(f"a margin applies to '~' only, got {_show(value)}", *at,
+                  hint=f"write \"{op} {than}\"")
+    out: dict[str, Any] = {"op": op, "than": than}
+    if margin:
+        out["margin"] = float(margin.group(2))
+        if out["margin"] <= 0:
+            raise err(f"the margin must be > 0, got {_show(value)}", *at)
     return out
 
 
 def _expected_to_yaml(expected: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {label: {m: (f"{v['op']} {v['than']}" if isinstance(v, dict) else v)
-                    for m, v in metrics.items()} for label, metrics in expected.items()}
+    def claim(v: dict[str, Any]) -> str:
+        return f"{v['op']} {v['than']}" + (f" ± {v['margin']!r}" if "margin" in v else "")
+
+    return {label: {m: (claim(v) if isinstance(v, dict) else v) for m, v in metrics.items()}
+            for label, metrics in expected.items()}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -5,7 +5,8 @@
     sweep    sweepfile, spec: reading a sweep file
     plan     plan: a sweep file becomes trials (checks models and data, so it builds on build)
     run      train, bookkeeping, runner: trials run and are recorded (never re-planned here)
-    results  rows, columns, collect, report, figures: records become tables (no torch, no run)
+    results  rows, columns, collect, stats, claims, setting, report, figures: records become
+             tables, verdicts and figures (no torch, no run)
     cli      the command line, which may use everything
 
 Every import counts, also those inside functions (they are how heavy libraries load late, and a
@@ -29,8 +30,8 @@ LAYERS = {
     "sweep": ["ablate.sweepfile", "ablate.spec"],
     "plan": ["ablate.plan"],
     "run": ["ablate.train", "ablate.bookkeeping", "ablate.runner"],
-    "results": ["ablate.rows", "ablate.columns", "ablate.collect", "ablate.report",
-                "ablate.figures"],
+    "results": ["ablate.rows", "ablate.columns", "ablate.collect", "ablate.stats",
+                "ablate.claims", "ablate.setting", "ablate.report", "ablate.figures"],
     "cli": ["ablate.cli", "ablate.__main__"],
 }
 MAY_IMPORT = {

@@ -2,7 +2,8 @@
 
 Prints every trial (id, label, the varied axes, seed), the totals, each distinct model's
 parameters and FLOPs, and, when the results folder has records, each trial's state and what
-``ablate run`` would do with it. ``--json`` prints the same as one JSON object.
+``ablate run`` would do with it, and the sweep's claims as the finished trials decide them
+(with the seeds per arm an undecided claim needs: add them to ``seeds:`` and run again). ``--json`` prints the same as one JSON object.
 """
 
 from __future__ import annotations
@@ -116,6 +117,13 @@ def build_report(sweep: Any, trials: list, results_dir: str, *, stats: bool) -> 
                      "config": t.config.to_dict(), "data_fingerprint": t.data_fingerprint,
                      "legacy_id": legacy.name if legacy else None,
                      "changed": {k: list(v) for k, v in changed.items()}})
+    claims = []
+    if any(s == "done" for s in states.values()):
+        from dataclasses import asdict
+
+        from ablate.report import plan_claims
+
+        claims = [asdict(c) for c in plan_claims(trials, results_dir)]
     return {
         "sweep": {"name": sweep.name, "description": sweep.description,
                   "path": str(sweep.path), "results_dir": results_dir,
@@ -125,6 +133,7 @@ def build_report(sweep: Any, trials: list, results_dir: str, *, stats: bool) -> 
         "trials": rows,
         "totals": _totals(rows),
         "models": _model_stats(trials) if stats else [],
+        "claims": claims,
     }
 
 
@@ -195,6 +204,7 @@ def render(report: dict[str, Any]) -> str:
               "states: " + ", ".join(f"{k} {v}" for k, v in sorted(t["states"].items())),
               "a run would: " + ", ".join(f"{k} {v}" for k, v in sorted(t["actions"].items()))]
     lines += _id_notes(rows)
+    lines += _claim_lines(report["claims"])
     if report["models"]:
         lines += ["", "models:"]
         lines += _table(["arch", "axes", "img", "classes", "params", "FLOPs (mult-adds)"], [
@@ -227,9 +237,28 @@ def _id_notes(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _claim_lines(claims: list[dict[str, Any]]) -> list[str]:
+    """The claims as the finished trials decide them, and the seeds an undecided one needs."""
+    if not claims:
+        return []
+    out = ["", "claims, from the finished trials (ablate report explains the tests):"]
+    for c in claims:
+        margin = f" ± {c['margin']:g}" if c["margin"] else ""
+        line = f"  {c['arm']} {c['op']} {c['than']}{margin} ({c['metric']}, n {c['n_arm']} vs " \
+               f"{c['n_than']}): {c['verdict']}"
+        if c["verdict"] == "not decided":
+            line += f"; {c['seeds_needed'] or 'more than 1000'} seeds per arm would decide it, " \
+                    f"the current ones detect {c['detectable']:.2f}"
+        out.append(line)
+    return out
+
+
 def _expected(expected: dict[str, Any] | None) -> str:
     """{"val/top1": 81.2} -> "val/top1 81.2"; a direction -> "val/top1 > LABEL"."""
-    return "; ".join(f"{m} {v['op']} {v['than']}" if isinstance(v, dict) else f"{m} {v:g}"
+    def claim(v: dict[str, Any]) -> str:
+        return f"{v['op']} {v['than']}" + (f" ± {v['margin']:g}" if "margin" in v else "")
+
+    return "; ".join(f"{m} {claim(v)}" if isinstance(v, dict) else f"{m} {v:g}"
                      for m, v in (expected or {}).items())
 
 

@@ -33,8 +33,10 @@ def add_parser(sub) -> None:
     p.set_defaults(func=figures_command)
     p = folder(sub.add_parser(
         "report", help="write paper-style tables into RESULTS_DIR/tables",
-        description="Collect, then write Markdown and LaTeX tables: mean ± std over seeds per "
-                    "arm, params, FLOPs, the paper's numbers and claimed directions."))
+        description="Collect, then write Markdown and LaTeX tables and tables/claims.csv: the "
+                    "setting, mean ± std over seeds per arm with a 95% CI against the "
+                    "baseline, params, FLOPs, the paper's numbers, and each claim decided by a "
+                    "named test (Welch / TOST, Holm-corrected) with the seeds it still needs."))
     p.set_defaults(func=report_command)
 
 

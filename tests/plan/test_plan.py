@@ -112,11 +112,13 @@ def test_expected_reaches_the_trials(write_sweep):
         grid: {model.kernel_size: [3, 5]}
         expected:
           kernel_size=3: {val/top1: 81.2}
-          kernel_size=5: {val/top1: "> kernel_size=3", val/loss: "~kernel_size=3"}
+          kernel_size=5: {val/top1: "> kernel_size=3", val/loss: "~kernel_size=3 +- 0.1"}
+        alpha: 0.01
     """))
     assert trials[0].expected == {"val/top1": 81.2}
-    assert trials[1].expected == {"val/top1": {"op": ">", "than": "kernel_size=3"},
-                                  "val/loss": {"op": "~", "than": "kernel_size=3"}}
+    assert trials[1].expected == {
+        "val/top1": {"op": ">", "than": "kernel_size=3", "alpha": 0.01},
+        "val/loss": {"op": "~", "than": "kernel_size=3", "margin": 0.1, "alpha": 0.01}}
 
 
 def test_max_trials_needs_confirmation(write_sweep):

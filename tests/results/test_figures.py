@@ -60,9 +60,21 @@ def test_bars_follow_the_papers_order_and_use_human_labels(source_sweep):
     ticks = [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
     assert ticks == ["static", "dot product (attention)", "linear, centre feature"]
     assert ax.get_xlabel() == "dynamic-weight source"
-    heights = [round(b.get_height(), 2) for b in ax.patches]
-    # series by series (shifted, then sliding), each over the sources; means over 2 seeds
-    assert heights == [75.15, 76.15, 77.15] * 2
+    points = {c.get_label(): c.lines[0] for c in ax.containers}
+    # one series per window scheme, each over the sources; means over 2 seeds
+    for name in ("shifted windows", "sliding windows"):
+        assert [round(y, 2) for y in points[name].get_ydata()] == [75.15, 76.15, 77.15]
+    # the compared axis keeps its colour: shifted blue, sliding orange, in every figure
+    assert points["shifted windows"].get_color() == figures.VALUE_COLORS["shifted"]
+    assert points["sliding windows"].get_color() == figures.VALUE_COLORS["sliding"]
+    # error bars are 95% CIs of 2 seeds (t(1) quantile 12.71 x std 0.212 / sqrt 2), and say so
+    segments = [c.lines[2][0].get_segments() for c in ax.containers][0]
+    assert segments[0][1][1] - segments[0][0][1] == pytest.approx(2 * 12.706 * 0.3 / 2, rel=1e-3)
+    assert fig_legend_title(ax) == "mean ± 95% CI, n = 2 seeds"
+
+
+def fig_legend_title(ax) -> str:
+    return ax.figure.legends[0].get_title().get_text()
 
 
 def test_learning_curves_average_the_seeds_per_arm(group_sweep, factory_module):
@@ -98,7 +110,9 @@ def test_sharing_bars_in_the_papers_order_with_an_unset_axis_as_default():
     ax = figures.plot_sharing(frame(rows)).axes[0]
     ticks = [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
     assert ticks == ["spatial", "channel", "spatial + channel", "none", "default"]
-    assert [b.get_height() for b in ax.patches] == [73.0, 72.0, 71.0, 70.0, 74.0]
+    (points,) = ax.containers
+    assert list(points.lines[0].get_ydata()) == [73.0, 72.0, 71.0, 70.0, 74.0]
+    assert fig_legend_title(ax).endswith("(n = 1: no interval)")
     assert ax.get_xlabel() == "weight sharing"
 
 
@@ -112,7 +126,7 @@ def test_cost_scatter_labels_each_arm_and_stars_the_baseline():
     star = [line for line in ax.get_lines() if line.get_marker() == "*"]
     assert list(star[0].get_xdata()) == [100] and list(star[0].get_ydata()) == [70.0]
     means = {c.get_label(): list(c.lines[0].get_ydata()) for c in ax.containers}
-    assert means["arms (mean ± std over seeds)"] == [70.0, 75.0]
+    assert means["arms"] == [70.0, 75.0]
     assert figures.plot_cost(frame(rows[:1]), "params") is None  # one cost: nothing to plot
 
 
@@ -124,3 +138,58 @@ def test_a_window_only_sweep_gets_bars_by_window():
     ticks = [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
     assert ticks == ["shifted windows", "sliding windows"]
     assert figures.plot_group_size(frame(rows)) is None
+
+
+MAIN = [("swin_t", 28.3e6, 81.3), ("dwnet_t", 24.1e6, 81.2), ("dynamic_dwnet_t", 51.5e6, 81.8),
+        ("idynamic_dwnet_t", 24.2e6, 81.8), ("swin_b", 87.8e6, 83.5), ("dwnet_b", 74.3e6, 83.2),
+        ("dynamic_dwnet_b", 162.2e6, 83.2), ("idynamic_dwnet_b", 74.5e6, 83.4)]
+
+
+def main_comparison_rows(seeds: int = 3) -> list[dict]:
+    """main_comparison's arms with made-up accuracies: several points nearly on top of
+    each other (idynamic_dwnet_t beside dwnet_t, the two B DWNets)."""
+    return [{"arm": a, "role": "baseline" if a == "swin_t" else "arm", "params": p,
+             "flops": 160 * p, "model.arch": a, "final/val/top1": acc + 0.2 * (s - 1)}
+            for a, p, acc in MAIN for s in range(seeds)]
+
+
+@pytest.mark.parametrize("cost", ["params", "flops"])
+def test_cost_scatter_labels_never_overlap(cost):
+    fig = figures.plot_cost(frame(main_comparison_rows()), cost)
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(boxes) == len(MAIN)
+    for i, a in enumerate(boxes):
+        assert ax.get_window_extent(renderer).contains(a.x0, a.y0)
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), "two labels overlap"
+    # and no label covers a point
+    for x, y in [(p if cost == "params" else 160 * p, acc) for _, p, acc in MAIN]:
+        px, py = ax.transData.transform((x, y))
+        assert not any(b.contains(px, py) for b in boxes)
+
+
+def test_an_architecture_only_sweep_gets_a_per_arm_figure(tmp_path):
+    rows = main_comparison_rows()
+    ax = figures.plot_arms(frame(rows)).axes[0]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[0] == "swin_t" and sorted(ticks) == sorted(a for a, _, _ in MAIN)
+    colors = {c.get_label(): c.lines[0].get_color() for c in ax.containers}
+    assert colors["baseline"] == "black"
+    assert fig_legend_title(ax) == "mean ± 95% CI, n = 3 seeds"
+    assert "arms" in figures.make_figures(frame(rows), frame(rows).iloc[:0].assign(epoch=1))
+    grouped = [dict(r, **{"model.group_size": i % 2 + 1}) for i, r in enumerate(rows)]
+    assert figures.plot_arms(frame(grouped)) is None  # another axis varies: not this figure
+
+
+def test_learning_curves_show_the_seed_spread_as_a_band(group_sweep):
+    collect_results(group_sweep)
+    trials, epochs = load_tables(group_sweep)
+    ax = figures.plot_learning_curves(trials, epochs).axes[0]
+    bands = ax.collections
+    assert len(bands) == 6  # one per arm
+    # seeds differ by 0.2 points at the end: the band at the last epoch spans 2 std
+    ys = bands[0].get_paths()[0].vertices[:, 1]
+    assert ys.max() - ys.min() > 0
+    assert "band: ± 1 std over 3 seeds" in fig_legend_title(ax)

@@ -1,29 +1,40 @@
+"""The report: claims decided from the seeds, the tables, claims.csv, and a golden report.
+
+The golden report is made from a fixed synthetic results folder (written through ablate.record,
+no Ray). Regenerate after an intended change with
+``ABLATE_UPDATE_GOLDEN=1 python -m pytest tests/results/test_report.py`` and review the diff.
+"""
+
+import csv
+import io
+import json
+import os
+import types
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
+from ablate import bookkeeping, record
+from ablate.cli import main
 from ablate.collect import collect_results, load_tables
 from ablate.report import (
     AGREED,
+    CLAIM_COLUMNS,
     CONTRADICTED,
+    NEEDS_MARGIN,
+    NEEDS_SEEDS,
     UNDECIDED,
     arm_summary,
     check_claims,
-    judge,
     tex_escape,
     write_report,
 )
 
-
-@pytest.mark.parametrize("op, diff, spread, verdict", [
-    (">", 1.0, 0.5, AGREED), (">", -1.0, 0.5, CONTRADICTED), (">", 0.3, 0.5, UNDECIDED),
-    ("<", -1.0, 0.5, AGREED), ("<", 1.0, 0.5, CONTRADICTED), ("<", -0.5, 0.5, UNDECIDED),
-    ("~", 0.4, 0.5, AGREED), ("~", -0.6, 0.5, CONTRADICTED),
-])
-def test_judge_applies_the_documented_rule(op, diff, spread, verdict):
-    assert judge(op, diff, spread) == verdict
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "reports" / "demo"
 
 
-def trials_frame(values: dict[str, list[float]], expected: dict[str, str]) -> pd.DataFrame:
+def trials_frame(values: dict[str, list[float]], expected: dict[str, dict]) -> pd.DataFrame:
     """A trials table as collect writes it, for the columns the report reads."""
     rows = []
     for arm, tops in values.items():
@@ -31,77 +42,62 @@ def trials_frame(values: dict[str, list[float]], expected: dict[str, str]) -> pd
             rows.append({"id": f"{arm}-{seed}", "sweep": "s", "arm": arm, "state": "done",
                          "role": "baseline" if arm == "a" else "arm", "final/val/top1": top1,
                          "best/val/top1": top1, "params": 100, "flops": 1000,
-                         "expected": expected.get(arm)})
+                         "expected": json.dumps({"val/top1": expected[arm]})
+                         if arm in expected else None})
     return pd.DataFrame(rows)
 
 
-def test_claims_are_agreed_contradicted_or_undecided_from_the_seeds():
-    values = {"a": [70.0, 70.2, 69.8], "b": [72.0, 72.2, 71.8], "c": [70.1, 70.3, 69.9],
-              "d": [75.0]}
-    expected = {"b": '{"val/top1": {"op": ">", "than": "a"}}',
-                "a": '{"val/top1": {"op": ">", "than": "b"}}',
-                "c": '{"val/top1": {"op": "<", "than": "a"}}',
-                "d": '{"val/top1": {"op": ">", "than": "a"}}'}
+def test_claims_are_decided_together_from_the_seeds():
+    # variance 2 per arm, 2 seeds: Welch with 2 df (see test_stats.py for the numbers)
+    values = {"a": [0.0, 2.0], "b": [5.0, 7.0], "c": [1.0, 3.0], "d": [9.0], "e": [0.5, 1.5]}
+    expected = {"b": {"op": ">", "than": "a"}, "c": {"op": "<", "than": "a"},
+                "d": {"op": ">", "than": "a"}, "e": {"op": "~", "than": "a"}}
     claims = {c.arm: c for c in check_claims(trials_frame(values, expected))}
-    assert claims["b"].verdict == AGREED and claims["b"].diff == pytest.approx(2.0)
-    assert claims["a"].verdict == CONTRADICTED
-    # c is 0.1 above a, inside the sum of standard errors (2 x 0.2/sqrt(3)): not decided
-    assert claims["c"].verdict == UNDECIDED
-    assert claims["c"].spread == pytest.approx(2 * 0.2 / 3 ** 0.5)
-    assert claims["d"].verdict == UNDECIDED and claims["d"].spread is None  # one seed
+    # b > a alone has p 0.036; with c < a beside it Holm doubles it past 0.05
+    assert claims["b"].verdict == UNDECIDED and claims["b"].p == pytest.approx(0.0715, abs=1e-3)
+    assert claims["b"].diff == pytest.approx(5.0) and claims["b"].n_arm == 2
+    assert claims["c"].verdict == UNDECIDED and claims["c"].seeds_needed > 2
+    assert 2 < claims["b"].seeds_needed < claims["c"].seeds_needed  # 5 points vs 1 point
+    assert claims["b"].detectable > 5.0  # 2 seeds do not have the power for 5 points
+    assert claims["d"].verdict == NEEDS_SEEDS and claims["d"].p is None  # one seed
+    assert claims["e"].verdict == NEEDS_MARGIN  # a record written before margins existed
 
 
-def test_a_claim_of_an_arm_without_finished_trials_is_not_decided():
+def test_a_single_clear_claim_is_agreed_and_its_mirror_contradicted():
+    values = {"a": [0.0, 2.0], "b": [5.0, 7.0]}
+    (claim,) = check_claims(trials_frame(values, {"b": {"op": ">", "than": "a"}}))
+    assert claim.verdict == AGREED and claim.seeds_needed is None
+    (claim,) = check_claims(trials_frame(values, {"b": {"op": "<", "than": "a"}}))
+    assert claim.verdict == CONTRADICTED
+
+
+def test_the_sweeps_alpha_is_used():
+    values = {"a": [0.0, 2.0], "b": [5.0, 7.0], "c": [1.0, 3.0]}
+    expected = {"b": {"op": ">", "than": "a", "alpha": 0.1},
+                "c": {"op": "<", "than": "a", "alpha": 0.1}}
+    claims = {c.arm: c for c in check_claims(trials_frame(values, expected))}
+    assert claims["b"].verdict == AGREED and claims["b"].alpha == 0.1  # 0.072 < 0.1
+
+
+def test_a_claim_of_an_arm_without_finished_trials_needs_seeds():
     frame = trials_frame({"a": [70.0, 70.2], "b": [72.0, 72.4]},
-                         {"b": '{"val/top1": {"op": ">", "than": "a"}}'})
+                         {"b": {"op": ">", "than": "a"}})
     frame.loc[frame["arm"] == "b", "state"] = "failed"
     (claim,) = check_claims(frame)
-    assert (claim.arm, claim.verdict, claim.diff) == ("b", UNDECIDED, None)
+    assert (claim.arm, claim.verdict, claim.diff, claim.n_arm) == ("b", NEEDS_SEEDS, None, 0)
 
 
-def test_arm_summary_counts_only_finished_trials():
-    frame = trials_frame({"a": [70.0, 72.0], "b": [60.0]}, {})
+def test_arm_summary_counts_only_finished_trials_and_follows_the_plan_order():
+    frame = trials_frame({"a": [70.0, 72.0], "b": [60.0], "c": [61.0]}, {})
     frame.loc[1, "state"] = "failed"
     summary = arm_summary(frame).set_index("arm")
     assert summary.loc["a", "n"] == 1 and summary.loc["a", "mean"] == 70.0
-    assert list(summary.index) == ["a", "b"]  # baseline first
-
-
-def test_report_puts_the_paper_beside_ours(group_sweep):
-    collect_results(group_sweep)
-    paths = write_report(group_sweep)
-    names = sorted(p.name for p in paths)
-    assert names == ["group_size-arms.tex", "results.md"]
-    md = (group_sweep / "tables" / "results.md").read_text()
-    assert "| baseline | 3 | 70.00 ± 0.20 |" in md
-    assert "arch=ablate_swin_nano, group_size=4 | 3 | 74.00 ± 0.20" in md
-    tex = (group_sweep / "tables" / "group_size-arms.tex").read_text()
-    assert r"70.00 $\pm$ 0.20" in tex and r"group\_size=16" in tex
-
-
-def test_report_with_declared_numbers_and_directions(tmp_path, factory_module):
-    results = tmp_path / "r"
-    plan = {"baseline": ([80.0, 80.2, 79.8], {"val/top1": 81.2}),
-            "dynamic": ([82.0, 82.2, 81.8], {"val/top1": {"op": ">", "than": "baseline"}})}
-    with factory_module.fast_writes():
-        for arm, (tops, expected) in plan.items():
-            for seed, top1 in enumerate(tops):
-                trial = factory_module.make_trial(
-                    arm, seed=seed, sweep="dyn", expected=expected, epochs=2,
-                    role="baseline" if arm == "baseline" else "arm",
-                    arch="dwnet_nano" if arm == "baseline" else "dynamic_dwnet_nano")
-                factory_module.write_record(results, trial, top1=top1)
-    collect_results(results)
-    write_report(results)
-    md = (results / "tables" / "results.md").read_text()
-    assert "| baseline | 3 | 80.00 ± 0.20 | 80.00 | 1.00M | 50.00M | 81.20 | -1.20 |" in md
-    assert "| dynamic higher than baseline | val/top1 | +2.00 | 0.23 | agreed |" in md
-    claims_tex = (results / "tables" / "dyn-claims.tex").read_text()
-    assert "agreed" in claims_tex and r"\toprule" in claims_tex
+    assert list(summary.index) == ["a", "b", "c"]  # baseline first
+    assert list(arm_summary(frame, order=["c", "a", "b"])["arm"]) == ["c", "a", "b"]
 
 
 def test_tex_escape_handles_the_special_characters():
-    assert tex_escape("a_b 50% & #1 {x}") == r"a\_b 50\% \& \#1 \{x\}"
+    assert tex_escape("a_b 50% & #1 {x} > y") == r"a\_b 50\% \& \#1 \{x\} $>$ y"
 
 
 def test_report_needs_collected_tables(group_sweep):
@@ -112,3 +108,128 @@ def test_report_needs_collected_tables(group_sweep):
     collect_results(group_sweep)
     trials, _ = load_tables(group_sweep)
     assert len(arm_summary(trials)) == 6
+
+
+def test_about_equal_without_margin_is_one_line_and_status_2(tmp_path, capsys):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("description: d\nbase: {model: {arch: dwnet_nano}}\n"
+                     "arms: {se: {model.se: true}}\nexpected: {se: {val/top1: '~ baseline'}}\n")
+    assert main(["plan", str(sweep), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "expected.se.val/top1" in err[0] and "± 0.5" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+# --- the golden report ---------------------------------------------------------------------
+
+SWEEP_YAML = """\
+description: a made-up ablation of the weight source (for the golden report)
+base:
+  model: {arch: dwnet_nano, weight_source: static}
+  data: {name: digits, img_size: 32}
+  train: {epochs: 3, batch_size: 64, warmup_epochs: 1}
+baseline: static
+arms:
+  attention: {model.arch: sliding_attn_nano, model.weight_source: dot_product}
+  linear: {model.arch: idynamic_dwnet_nano, model.weight_source: center_linear}
+  pooled: {model.arch: dynamic_dwnet_nano, model.weight_source: pooled_linear}
+seeds: [0, 1, 2]
+expected:
+  static: {val/top1: 80.0}
+  linear: {val/top1: "> attention"}
+  pooled: {val/top1: "~ static ± 1.0"}
+  attention: {val/top1: "> static"}
+"""
+TOP1 = {"static": [80.0, 80.6, 79.4], "attention": [80.4, 80.8, 79.4],
+        "linear": [84.0, 84.3, 83.7], "pooled": [80.1, 80.3, 79.9]}
+
+
+def make_demo(root: Path, monkeypatch) -> Path:
+    """The fixed folder: 4 arms x 3 seeds, one attention seed failed, one pooled diverged."""
+    from ablate.plan import load_plan
+
+    sweep_file = root / "demo.yaml"
+    sweep_file.write_text(SWEEP_YAML)
+    sweep, trials = load_plan(sweep_file)
+    results = root / "demo"
+    clock = iter(range(1_780_000_000, 1_780_100_000, 60))
+    monkeypatch.setattr(record, "time", types.SimpleNamespace(time=lambda: next(clock)))
+    for t in trials:
+        top1 = TOP1[t.arm][t.config.seed]
+        state = "failed" if (t.arm, t.config.seed) == ("attention", 2) else \
+            "diverged" if (t.arm, t.config.seed) == ("pooled", 2) else "done"
+        factory_write(results, t, top1, state)
+    bookkeeping.write_manifest(results, name=sweep.name, source=str(sweep_file), trials=trials,
+                               max_concurrent=None)
+    return results
+
+
+def factory_write(results: Path, trial, top1: float, state: str) -> None:
+    import results_factory as factory
+
+    with factory.fast_writes():
+        tdir = factory.write_record(results, trial, top1=top1, state=state,
+                                    params=10_000 + 100 * len(trial.arm),
+                                    flops=2_000_000 + 10_000 * len(trial.arm))
+    if state == "diverged":
+        result = record.read_result(tdir)
+        record.write_result(tdir, {**result, "diverged": "loss is nan at epoch 2"})
+
+
+def test_report_matches_golden(tmp_path, monkeypatch):
+    results = make_demo(tmp_path, monkeypatch)
+    collect_results(results)
+    (results / "figures").mkdir()
+    (results / "figures" / "weight_source.png").write_bytes(b"")  # linked, not drawn here
+    paths = write_report(results)
+    names = sorted(p.name for p in paths)
+    assert names == ["claims.csv", "demo-arms.tex", "demo-claims.tex", "demo-setting.tex",
+                     "results.md"]
+    if os.environ.get("ABLATE_UPDATE_GOLDEN"):
+        GOLDEN.mkdir(parents=True, exist_ok=True)
+        for p in paths:
+            (GOLDEN / p.name).write_text(p.read_text())
+    for p in paths:
+        assert p.read_text() == (GOLDEN / p.name).read_text(), f"{p.name} differs from golden"
+
+
+def test_report_content_follows_the_data(tmp_path, monkeypatch):
+    """What the golden files must say, stated apart so that a regeneration cannot hide it."""
+    results = make_demo(tmp_path, monkeypatch)
+    collect_results(results)
+    write_report(results)
+    md = (results / "tables" / "results.md").read_text()
+    assert md.startswith("# demo\n\na made-up ablation of the weight source")
+    assert md.index("| static |") < md.index("| attention |") < md.index("| linear |")
+    assert "| data set | digits |" in md and "| seeds | 0, 1, 2 (3 per arm) |" in md
+    assert "2026-05-28" in md  # the fixed clock's dates
+    assert "loss is nan at epoch 2" in md and "RuntimeError: boom" in md
+    assert "[weight source](../figures/weight_source.png)" not in md  # none drawn here
+    rows = list(csv.DictReader(io.StringIO((results / "tables" / "claims.csv").read_text())))
+    assert tuple(rows[0]) == CLAIM_COLUMNS
+    verdicts = {r["arm"]: r for r in rows}
+    assert verdicts["linear"]["verdict"] == AGREED  # +3.6 over attention (2 seeds)
+    assert verdicts["attention"]["verdict"] == UNDECIDED and int(
+        verdicts["attention"]["seeds_needed"]) > 3
+    assert verdicts["pooled"]["margin"] == "1" and verdicts["pooled"]["n_arm"] == "2"
+
+
+def test_plan_with_results_shows_the_seeds_an_undecided_claim_needs(tmp_path, capsys,
+                                                                     monkeypatch):
+    results = make_demo(tmp_path, monkeypatch)
+    sweep = str(tmp_path / "demo.yaml")
+    assert main(["plan", sweep, "--results", str(results), "--no-stats"]) == 0
+    out = capsys.readouterr().out
+    assert not (results / "trials.parquet").exists()  # plan reads records, writes nothing
+    want = {c.arm: c for c in check_claims(_collected(results))}
+    line = next(x for x in out.splitlines() if x.startswith("  attention > static"))
+    assert f"{want['attention'].seeds_needed} seeds per arm would decide it" in line
+    assert "  linear > attention (val/top1, n 3 vs 2): agreed" in out
+    assert main(["plan", sweep, "--results", str(results), "--no-stats", "--json"]) == 0
+    claims = json.loads(capsys.readouterr().out)["claims"]
+    assert [c["verdict"] for c in claims] == [want[c["arm"]].verdict for c in claims]
+
+
+def _collected(results: Path) -> pd.DataFrame:
+    collect_results(results)
+    return load_tables(results)[0]

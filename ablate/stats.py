@@ -1,0 +1,214 @@
+"""Deciding a claim between two arms from their per-seed results, and how many seeds it needs.
+
+A claim compares the final metric of two arms, one value per finished seed:
+
+- ``arm > than`` (``<``: the mirror image) is a one-sided Welch t-test in the claimed
+  direction. Agreed when its p is below alpha; contradicted when the opposite one-sided test's
+  p is below alpha; otherwise not decided.
+- ``arm ~ than ± M`` (about equal, margin M in the metric's units) is decided by two one-sided
+  Welch tests (TOST). Agreed when both "difference > -M" and "difference < M" are shown (the
+  difference lies inside the margin); contradicted when "difference > M" or "difference < -M"
+  is shown (it lies outside); otherwise not decided.
+
+The tests are unpaired even when both arms ran the same seeds. A shared seed fixes the data
+order and augmentation, but two architectures draw different initial weights from it, so the
+pairing carries little of the run-to-run noise; the seed sets of two arms also differ as soon
+as a trial fails or seeds are added to one arm. The unpaired test is valid either way, and when
+shared seeds do correlate the arms it only errs on the side of "not decided".
+
+Welch's test does not assume equal spreads. Its degrees of freedom are Welch-Satterthwaite's,
+and the 95% confidence interval of the difference of means uses the same. When both arms have
+no spread at all (identical values per arm), a nonzero difference is treated as shown and a
+zero difference as not shown.
+
+The claims of one sweep are corrected together for multiplicity (Holm): every claim's deciding
+p (the smaller of its "agreed" and "contradicted" p) is Holm-adjusted, and a claim is decided
+when its adjusted p is below alpha.
+
+Seeds needed (power 0.8 at a given alpha; the report passes alpha / k for k claims, the level
+Holm holds the first claim to; equal seeds per arm and each arm's observed spread): for ``>``/``<`` at the observed difference, for ``~`` at a
+true difference of zero (the margin is the distance to prove). The smallest detectable
+difference is the true difference (for ``~``: the margin) that the current seeds would decide
+with power 0.8. Power comes from the noncentral t distribution (scipy.stats.nct).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, stats
+
+ALPHA = 0.05
+POWER = 0.8
+MAX_SEEDS = 1000  # seeds-needed searches stop here: beyond it the answer is "more than"
+AGREED, CONTRADICTED, UNDECIDED = "agreed", "contradicted", "not decided"
+MIN_SEEDS = 2  # a spread needs two values
+
+
+@dataclass(frozen=True)
+class Test:
+    """One claim's test, before the multiplicity correction."""
+
+    diff: float  # mean(arm) - mean(than)
+    ci_low: float  # 95% confidence interval of diff (Welch-Satterthwaite df)
+    ci_high: float
+    p_agree: float  # p of the test that shows the claim
+    p_contra: float  # p of the test that shows its opposite
+    test: str  # the test's name, for the report
+
+
+def welch_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of mean(a) - mean(b) with Welch-Satterthwaite degrees of freedom."""
+    diff = float(a.mean() - b.mean())
+    se, df = _se_df(a.var(ddof=1), b.var(ddof=1), len(a), len(b))
+    if se == 0:
+        return diff, diff
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    return diff - half, diff + half
+
+
+def _se_df(va: float, vb: float, na: float, nb: float) -> tuple[float, float]:
+    """Standard error of a difference of means and its Welch-Satterthwaite df."""
+    ua, ub = va / na, vb / nb
+    se = math.sqrt(ua + ub)
+    if se == 0:
+        return 0.0, float(na + nb - 2)
+    return se, (ua + ub) ** 2 / (ua ** 2 / (na - 1) + ub ** 2 / (nb - 1))
+
+
+def one_sided_p(a: np.ndarray, b: np.ndarray, shift: float, alternative: str) -> float:
+    """p of Welch's one-sided test of mean(a) - mean(b) against ``shift``.
+
+    ``alternative`` "greater": H1 is mean(a) - mean(b) > shift; "less": < shift.
+    """
+    diff = float(a.mean() - b.mean()) - shift
+    if a.var(ddof=1) == 0 and b.var(ddof=1) == 0:  # scipy answers nan: decide by the sign
+        shown = diff > 0 if alternative == "greater" else diff < 0
+        return 0.0 if shown else 1.0
+    return float(stats.ttest_ind(a - shift, b, equal_var=False, alternative=alternative).pvalue)
+
+
+def claim_test(op: str, arm: Sequence[float], than: Sequence[float],
+               margin: float | None = None) -> Test:
+    """The test of ``arm OP than`` (op ``>``, ``<`` or ``~``; ``~`` needs ``margin``).
+
+    Both samples need at least MIN_SEEDS values.
+    """
+    a, b = np.asarray(arm, dtype=float), np.asarray(than, dtype=float)
+    if min(len(a), len(b)) < MIN_SEEDS:
+        raise ValueError(f"needs at least {MIN_SEEDS} values per arm")
+    low, high = welch_ci(a, b)
+    diff = float(a.mean() - b.mean())
+    if op in (">", "<"):
+        toward, away = ("greater", "less") if op == ">" else ("less", "greater")
+        return Test(diff, low, high, one_sided_p(a, b, 0.0, toward),
+                    one_sided_p(a, b, 0.0, away), f"Welch t, one-sided ({op})")
+    if op != "~" or margin is None or margin <= 0:
+        raise ValueError(f"unknown claim {op!r} (margin {margin!r})")
+    inside = max(one_sided_p(a, b, -margin, "greater"), one_sided_p(a, b, margin, "less"))
+    outside = min(one_sided_p(a, b, margin, "greater"), one_sided_p(a, b, -margin, "less"))
+    return Test(diff, low, high, inside, outside, f"TOST, Welch t, margin ±{margin:g}")
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-adjusted p values, in the input's order (step-down, monotone, capped at 1)."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def decide(tests: Sequence[Test], alpha: float = ALPHA) -> list[tuple[str, float]]:
+    """(verdict, Holm-adjusted deciding p) of each test, corrected together."""
+    deciding = [min(t.p_agree, t.p_contra) for t in tests]
+    out = []
+    for t, p in zip(tests, holm(deciding)):
+        if p >= alpha:
+            out.append((UNDECIDED, p))
+        else:
+            out.append((AGREED if t.p_agree <= t.p_contra else CONTRADICTED, p))
+    return out
+
+
+# --- power -----------------------------------------------------------------------------------
+
+
+def _nct_sf(x: float, df: float, nc: float) -> float:
+    """P(T > x) for noncentral t; scipy gives nan far in the tail, where the normal is exact
+    enough."""
+    p = float(stats.nct.sf(x, df, nc))
+    return p if math.isfinite(p) else float(stats.norm.sf(x - nc))
+
+
+def power_one_sided(delta: float, sd_a: float, sd_b: float, n: int, alpha: float = ALPHA,
+                    sides: int = 1) -> float:
+    """Power of Welch's test with ``n`` seeds per arm at a true difference ``delta``.
+
+    ``sides`` 1: one-sided in the direction of ``delta``; 2: two-sided.
+    """
+    se, df = _se_df(sd_a ** 2, sd_b ** 2, n, n)
+    if se == 0:
+        return 1.0 if delta else 0.0
+    crit = float(stats.t.ppf(1 - alpha / sides, df))
+    nc = abs(delta) / se
+    power = _nct_sf(crit, df, nc)
+    if sides == 2:
+        power += 1 - _nct_sf(-crit, df, nc)
+    return power
+
+
+def power_equivalence(margin: float, sd_a: float, sd_b: float, n: int, delta: float = 0.0,
+                      alpha: float = ALPHA) -> float:
+    """Power of TOST with margin ``margin``, ``n`` seeds per arm, true difference ``delta``.
+
+    The usual bound: one minus the chance that either one-sided test fails.
+    """
+    se, df = _se_df(sd_a ** 2, sd_b ** 2, n, n)
+    if se == 0:
+        return 1.0 if abs(delta) < margin else 0.0
+    crit = float(stats.t.ppf(1 - alpha, df))
+    miss = 2 - _nct_sf(crit, df, (margin - delta) / se) - _nct_sf(crit, df, (margin + delta) / se)
+    return max(0.0, 1.0 - miss)
+
+
+def seeds_needed(op: str, diff: float, sd_a: float, sd_b: float, margin: float | None = None,
+                 alpha: float = ALPHA, power: float = POWER, sides: int = 1) -> int | None:
+    """Seeds per arm that decide the claim with ``power``; None beyond MAX_SEEDS.
+
+    ``>``/``<``: at true difference ``diff`` (``sides`` 2 gives the two-sided test, for
+    comparison with published tables); ``~``: at true difference zero, margin ``margin``.
+    """
+    def enough(n: int) -> bool:
+        if op == "~":
+            return power_equivalence(margin, sd_a, sd_b, n, alpha=alpha) >= power
+        return power_one_sided(diff, sd_a, sd_b, n, alpha, sides) >= power
+
+    if not enough(MAX_SEEDS):
+        return None
+    lo, hi = MIN_SEEDS, MAX_SEEDS  # power grows with n: bisect for the first n that is enough
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid + 1, hi)
+    return lo
+
+
+def detectable(op: str, sd_a: float, sd_b: float, n_a: int, n_b: int, alpha: float = ALPHA,
+               power: float = POWER) -> float:
+    """Smallest true difference (``~``: margin) the current seeds decide with ``power``."""
+    se, df = _se_df(sd_a ** 2, sd_b ** 2, n_a, n_b)
+    if se == 0:
+        return 0.0
+    crit = float(stats.t.ppf(1 - alpha, df))
+    if op == "~":
+        def gap(m):
+            return 1 - 2 * (1 - _nct_sf(crit, df, m / se)) - power
+    else:
+        def gap(d):
+            return _nct_sf(crit, df, d / se) - power
+    return float(optimize.brentq(gap, 0.0, 100 * se * (crit + 10)))

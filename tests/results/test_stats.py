@@ -1,0 +1,115 @@
+"""ablate.stats against numbers worked out by hand.
+
+Two seeds per arm with the same spread (variance 2) make Welch's test have exactly 2 degrees of
+freedom and a standard error of sqrt(2); Student's t with 2 df has a closed form, so every p
+and interval below is computed without scipy.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import t
+
+from ablate import stats
+from ablate.stats import AGREED, CONTRADICTED, UNDECIDED
+
+SE = math.sqrt(2.0)
+T975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # 97.5% quantile of t(2): 4.3027
+
+
+def t2_sf(t: float) -> float:
+    """P(T > t) for Student's t with 2 degrees of freedom."""
+    return 0.5 - t / (2 * math.sqrt(2 + t * t))
+
+
+LOW, HIGH, MID = [0.0, 2.0], [5.0, 7.0], [1.0, 3.0]  # means 1, 6, 2; variance 2 each
+
+
+@pytest.mark.parametrize("op, arm, than, verdict, p", [
+    (">", HIGH, LOW, AGREED, t2_sf(5 / SE)),         # 0.036: shown higher
+    (">", LOW, HIGH, CONTRADICTED, t2_sf(5 / SE)),   # shown lower
+    (">", MID, LOW, UNDECIDED, t2_sf(1 / SE)),       # 0.276: 1 point is within the noise
+    ("<", LOW, HIGH, AGREED, t2_sf(5 / SE)),
+    ("<", HIGH, LOW, CONTRADICTED, t2_sf(5 / SE)),
+    ("<", LOW, MID, UNDECIDED, t2_sf(1 / SE)),
+])
+def test_directional_claims_by_one_sided_welch(op, arm, than, verdict, p):
+    test = stats.claim_test(op, arm, than)
+    assert min(test.p_agree, test.p_contra) == pytest.approx(p, rel=1e-6)
+    assert test.p_agree + test.p_contra == pytest.approx(1.0)
+    ((got, p_holm),) = stats.decide([test])
+    assert got == verdict and p_holm == pytest.approx(p, rel=1e-6)
+
+
+def test_confidence_interval_uses_welch_satterthwaite_df():
+    test = stats.claim_test(">", HIGH, LOW)
+    assert test.diff == pytest.approx(5.0)
+    assert (test.ci_low, test.ci_high) == pytest.approx((5 - T975_DF2 * SE, 5 + T975_DF2 * SE))
+    # unequal spreads and sizes: variance 1 (n 3) and 4 (n 2); df by Welch-Satterthwaite
+    df = (1 / 3 + 2) ** 2 / ((1 / 3) ** 2 / 2 + 2 ** 2 / 1)
+    low, high = stats.welch_ci(np.array([1.0, 2, 3]), np.array([0.0, 2 * math.sqrt(2)]))
+    half = t.ppf(0.975, df) * math.sqrt(1 / 3 + 2)
+    assert (low, high) == pytest.approx((2 - math.sqrt(2) - half, 2 - math.sqrt(2) + half))
+
+
+@pytest.mark.parametrize("arm, margin, verdict, p_agree, p_contra", [
+    (LOW, 5.0, AGREED, t2_sf(5 / SE), t2_sf(-5 / SE)),  # diff 0: shown inside ±5
+    ([10.0, 12.0], 5.0, CONTRADICTED, 1 - t2_sf(5 / SE), t2_sf(5 / SE)),  # diff 10: outside
+    (HIGH, 5.0, UNDECIDED, 0.5, 0.5),                            # diff 5, on the margin
+])
+def test_about_equal_by_two_one_sided_tests(arm, margin, verdict, p_agree, p_contra):
+    test = stats.claim_test("~", arm, LOW, margin)
+    assert test.p_agree == pytest.approx(p_agree, rel=1e-6)
+    assert test.p_contra == pytest.approx(p_contra, rel=1e-6, abs=1e-12)
+    assert stats.decide([test])[0][0] == verdict
+
+
+def test_holm_adjusts_step_down_and_can_undo_a_verdict():
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    shown, noise = stats.claim_test(">", HIGH, LOW), stats.claim_test(">", MID, LOW)
+    assert stats.decide([shown])[0][0] == AGREED  # p 0.036 alone
+    together = stats.decide([shown, noise])
+    assert [v for v, _ in together] == [UNDECIDED, UNDECIDED]
+    assert together[0][1] == pytest.approx(2 * t2_sf(5 / SE))  # 0.072 > 0.05
+    assert stats.decide([shown, noise], alpha=0.1)[0][0] == AGREED
+
+
+def test_arms_without_spread_are_decided_by_the_sign():
+    assert stats.decide([stats.claim_test(">", [1.0, 1.0], [0.0, 0.0])])[0][0] == AGREED
+    assert stats.decide([stats.claim_test(">", [1.0, 1.0], [1.0, 1.0])])[0][0] == UNDECIDED
+
+
+def test_a_claim_needs_two_values_per_arm_and_about_equal_a_margin():
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.claim_test(">", [1.0], [0.0, 1.0])
+    with pytest.raises(ValueError, match="margin"):
+        stats.claim_test("~", LOW, LOW)
+
+
+# Cohen (1988), Table 2.4.1 / G*Power: n per group for power 0.8 at alpha 0.05, sd 1.
+@pytest.mark.parametrize("d, sides, n", [(0.5, 2, 64), (0.5, 1, 51), (0.8, 2, 26)])
+def test_seeds_needed_matches_the_published_power_table(d, sides, n):
+    assert stats.seeds_needed(">", d, 1.0, 1.0, sides=sides) == n
+    assert stats.power_one_sided(d, 1.0, 1.0, n, sides=sides) >= 0.8
+    assert stats.power_one_sided(d, 1.0, 1.0, n - 1, sides=sides) < 0.8
+
+
+def test_seeds_needed_for_equivalence_is_the_first_n_with_power():
+    n = stats.seeds_needed("~", 0.0, 1.0, 1.0, margin=0.5)
+    assert stats.power_equivalence(0.5, 1.0, 1.0, n) >= 0.8
+    assert stats.power_equivalence(0.5, 1.0, 1.0, n - 1) < 0.8
+    # a margin twice as wide needs about a quarter of the seeds
+    assert stats.seeds_needed("~", 0.0, 1.0, 1.0, margin=1.0) == pytest.approx(n / 4, rel=0.15)
+
+
+def test_no_seed_count_decides_a_zero_difference():
+    assert stats.seeds_needed(">", 0.0, 1.0, 1.0) is None
+
+
+def test_smallest_detectable_difference_has_the_target_power():
+    d = stats.detectable(">", 1.0, 1.0, 64, 64)
+    assert stats.power_one_sided(d, 1.0, 1.0, 64) == pytest.approx(0.8, abs=1e-6)
+    assert stats.seeds_needed(">", d * 1.001, 1.0, 1.0) == 64
+    m = stats.detectable("~", 1.0, 1.0, 30, 30)
+    assert stats.power_equivalence(m, 1.0, 1.0, 30) == pytest.approx(0.8, abs=1e-6)
