@@ -9,7 +9,7 @@ identity`): the model, data and recipe fields that can change a metric, and the 
 
 - bookkeeping (sweep name, arm label, resources): renaming, reordering or extending a sweep
   keeps the ids of the trials that did not change;
-- operational fields (marked ``OPERATIONAL`` below: loader workers, checkpoints kept, the data
+- operational fields (declared ``operational`` below: loader workers, checkpoints kept, the data
   folder's path), which cannot change a metric; the data enters through a fingerprint of its
   content instead (``ablate.datafiles``), so a moved folder keeps its ids;
 - every field whose value is its declared default. A field added later with a default that
@@ -31,7 +31,27 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 ID_SCHEME = 2  # hashed into every id: a later change of the rule itself cannot collide
-OPERATIONAL = {"operational": True}  # field metadata: cannot change a metric, not in the id
+
+# Every field is declared once, here, with its bounds; the sweep-file schema (``ablate.spec``)
+# is generated from these declarations. Beyond the obvious (counts >= 1, rates in [0, 1)),
+# each value has an upper bound no real run reaches, so that a typo or an overflow is refused
+# when the sweep is read instead of failing minutes into a trial or starting a run that never
+# ends: epochs <= 10,000 (the paper trains 300); batch_size <= 65,536 (the paper's global
+# batch is 1,024); img_size <= 4,096 pixels (ImageNet trains at 224); kernel_size <= 63 (the
+# paper uses 7; the planner also refuses a kernel wider than the first stage's map allows);
+# seeds in [0, 2**32 - 1], what numpy's and torch's generators take. Every number is finite.
+MAX_EPOCHS, MAX_BATCH, MAX_IMG, MAX_KERNEL, MAX_SEED = 10_000, 65_536, 4_096, 63, 2**32 - 1
+DATA_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
+
+
+def _f(default: Any = MISSING, *, operational: bool = False, **bounds: Any) -> Any:
+    """A config field with its schema: ``bounds`` are pydantic ``Field`` constraints (ge, gt,
+    le, lt, pattern) or ``choices`` (a tuple of allowed values); ``operational`` marks a field
+    that cannot change a metric (left out of the trial id)."""
+    meta = {"bounds": bounds, "operational": operational}
+    return field(default=default, metadata=meta)
+
+
 
 
 @dataclass(frozen=True)
@@ -46,11 +66,11 @@ class ModelConfig:
     weight_source: str | None = None  # "static" | "dot_product" | "center_linear" | "pooled_linear"
     window: str | None = None  # "shifted" | "sliding"
     sharing: str | None = None  # "spatial" | "channel" | "both" | "none"
-    group_size: int | None = None  # channels sharing one set of spatial weights
-    num_groups: int | None = None  # alternative to group_size: groups per stage, fixed
-    kernel_size: int | None = None  # K: window / kernel side
+    group_size: int | None = _f(None, ge=1)  # channels sharing one set of spatial weights
+    num_groups: int | None = _f(None, ge=1)  # alternative to group_size: groups per stage
+    kernel_size: int | None = _f(None, ge=1, le=MAX_KERNEL)  # K: window / kernel side
     se: bool | None = None  # add squeeze-excitation after the mixer
-    drop_path_rate: float | None = None
+    drop_path_rate: float | None = _f(None, ge=0, lt=1)
     mixer: str | None = None  # a registered mixer by name (plugins' too); None: from the axes
     block: str | None = None  # a registered block style ("swin", "dwnet", plugins')
 
@@ -65,40 +85,40 @@ class ModelConfig:
 class DataConfig:
     """Which data, at which image size."""
 
-    name: str = "digits"  # "digits" | "cifar10" | "cifar100" | "imagefolder" | "synthetic"
+    name: str = _f("digits", choices=DATA_NAMES)
     # folder for cifar*/imagefolder; None for digits/synthetic. Its content, not its path,
     # is part of the trial id.
-    root: str | None = field(default=None, metadata=OPERATIONAL)
-    img_size: int = 32
-    val_fraction: float = 0.2  # digits only: held-out share, stratified, fixed split
-    num_train: int | None = None  # synthetic size / cap on training images (None: all)
-    num_val: int | None = None
-    num_classes: int | None = None  # synthetic only; others know their own
+    root: str | None = _f(None, operational=True)
+    img_size: int = _f(32, ge=8, le=MAX_IMG)
+    val_fraction: float = _f(0.2, gt=0, lt=1)  # digits only: held-out share, stratified
+    num_train: int | None = _f(None, ge=1)  # synthetic size / cap on training images
+    num_val: int | None = _f(None, ge=1)
+    num_classes: int | None = _f(None, ge=2)  # synthetic only; others know their own
 
 
 @dataclass(frozen=True)
 class RecipeConfig:
     """The training recipe; defaults are the paper's (Swin's ImageNet recipe) where it has one."""
 
-    epochs: int = 300
-    batch_size: int = 128  # per trial (global batch of this trial)
-    lr: float = 5e-4  # per 512 images; scaled linearly with batch_size
-    warmup_lr: float = 5e-7  # per 512 images
-    min_lr: float = 5e-6  # per 512 images
-    warmup_epochs: float = 20
-    weight_decay: float = 0.05
-    clip_grad: float | None = 5.0
-    label_smoothing: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_switch_prob: float = 0.5
-    randaugment: str | None = "rand-m9-mstd0.5-inc1"
-    color_jitter: float = 0.4
-    reprob: float = 0.25
-    workers: int = field(default=2, metadata=OPERATIONAL)  # loader processes
+    epochs: int = _f(300, ge=1, le=MAX_EPOCHS)
+    batch_size: int = _f(128, ge=1, le=MAX_BATCH)  # per trial (global batch of this trial)
+    lr: float = _f(5e-4, gt=0)  # per 512 images; scaled linearly with batch_size
+    warmup_lr: float = _f(5e-7, ge=0)  # per 512 images
+    min_lr: float = _f(5e-6, ge=0)  # per 512 images
+    warmup_epochs: float = _f(20, ge=0)
+    weight_decay: float = _f(0.05, ge=0)
+    clip_grad: float | None = _f(5.0, gt=0)
+    label_smoothing: float = _f(0.1, ge=0, lt=1)
+    mixup: float = _f(0.8, ge=0)
+    cutmix: float = _f(1.0, ge=0)
+    mixup_switch_prob: float = _f(0.5, ge=0, le=1)
+    randaugment: str | None = _f("rand-m9-mstd0.5-inc1", pattern=r"^rand(-[a-z]+[0-9.]*)*$")
+    color_jitter: float = _f(0.4, ge=0)
+    reprob: float = _f(0.25, ge=0, le=1)
+    workers: int = _f(2, ge=0, operational=True)  # loader processes
     amp: bool = True  # used only on GPU
     # last N epoch checkpoints kept, besides the best
-    keep_checkpoints: int = field(default=2, metadata=OPERATIONAL)
+    keep_checkpoints: int = _f(2, ge=1, operational=True)
 
 
 @dataclass(frozen=True)
@@ -217,9 +237,9 @@ def _same_value(a: Any, b: Any) -> bool:
 class Resources:
     """What one trial asks of the scheduler; not part of the trial's identity."""
 
-    cpus: float = 1.0
-    gpus: float = 0.0
-    max_retries: int = 2  # retries of non-deterministic failures (OOM, killed worker)
+    cpus: float = _f(1.0, gt=0)
+    gpus: float = _f(0.0, ge=0)
+    max_retries: int = _f(2, ge=0)  # retries of non-deterministic failures (OOM, killed worker)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ablate.config import DataConfig
+from ablate.config import DATA_NAMES, DataConfig
 from ablate.errors import DataError, UnreadableImage, unknown_name_hint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -315,7 +315,6 @@ def to_rgb(img: Any) -> Any:
 
 # -- layout: what each data set needs on disk, checked without reading an image --------------
 
-DATA_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
 _LAYOUT = {
     "cifar10": "ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch} (the extracted python "
                "pickle archive; ROOT may also be that folder itself)",

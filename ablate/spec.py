@@ -51,17 +51,25 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+import typing
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
-from ablate.config import DataConfig, ModelConfig, RecipeConfig, Resources, TrialConfig
+from ablate.config import (
+    DATA_NAMES,
+    MAX_SEED,
+    DataConfig,
+    ModelConfig,
+    RecipeConfig,
+    Resources,
+    TrialConfig,
+)
 from ablate.errors import SpecError, unknown_name_hint
 from ablate.sweepfile import KeyPath, _dotted, _load_tree, _show, _where
 
-DATA_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
 DIRECTION = re.compile(r"^\s*(>|<|~)\s*(\S.*?)\s*$")
 MARGIN = re.compile(r"^(.*?)\s*(?:±|\+-|\+/-)\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
 ALPHA = 0.05
@@ -72,77 +80,42 @@ def _d(cls: type, name: str) -> Any:
     return cls.__dataclass_fields__[name].default
 
 
-# --- the strict pydantic edge: one model per section, defaults taken from ablate.config ---
-# Ranges. Beyond the obvious (counts >= 1, rates in [0, 1)), each value has an upper bound
-# that no real run reaches, so that a typo or an overflow is refused here instead of failing
-# minutes into a trial or starting a run that never ends:
-#   epochs <= 10,000 (the paper trains 300); batch_size <= 65,536 (the paper's global batch is
-#   1,024); img_size <= 4,096 pixels (ImageNet trains at 224); kernel_size <= 63 (the paper
-#   uses 7), and the planner also refuses a kernel wider than the first stage's map allows;
-#   seeds in [0, 2**32 - 1], what numpy's and torch's generators take. Every number must be
-#   finite: .inf and .nan are refused everywhere.
-MAX_EPOCHS, MAX_BATCH, MAX_IMG, MAX_KERNEL, MAX_SEED = 10_000, 65_536, 4_096, 63, 2**32 - 1
+# --- the strict pydantic edge: one model per section, generated from ablate.config ---------
+# Each config field is declared once, in ablate.config, with its default and bounds (and why
+# the bounds are what they are); the section models below are made from those declarations.
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
-_Frac = Annotated[float, Field(ge=0, le=1)]
-_Rate = Annotated[float, Field(ge=0, lt=1)]
 _Pos = Annotated[int, Field(ge=1)]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"  # a safe folder name: no "..", no "/"
 _MODULE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # a dotted module name
 
 
-class _ModelSpec(BaseModel):
-    model_config = _STRICT
-    arch: str
-    weight_source: str | None = None
-    window: str | None = None
-    sharing: str | None = None
-    group_size: _Pos | None = None
-    num_groups: _Pos | None = None
-    kernel_size: Annotated[int, Field(ge=1, le=MAX_KERNEL)] | None = None
-    se: bool | None = None
-    drop_path_rate: _Rate | None = None
-    mixer: str | None = None
-    block: str | None = None
+def _field_type(cls: type, name: str) -> Any:
+    """The pydantic type of one dataclass field: its type with the declared bounds."""
+    f = cls.__dataclass_fields__[name]
+    kind = typing.get_type_hints(cls)[name]
+    bounds = dict(f.metadata.get("bounds", {}))
+    choices = bounds.pop("choices", None)
+    optional = type(None) in typing.get_args(kind)
+    base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
+    if choices is not None:
+        base = Literal[choices]  # type: ignore[valid-type]
+    elif bounds:
+        base = Annotated[base, Field(**bounds)]
+    return base | None if optional else base
 
 
-class _DataSpec(BaseModel):
-    model_config = _STRICT
-    name: Literal[DATA_NAMES] = _d(DataConfig, "name")  # type: ignore[valid-type]
-    root: str | None = _d(DataConfig, "root")
-    img_size: Annotated[int, Field(ge=8, le=MAX_IMG)] = _d(DataConfig, "img_size")
-    val_fraction: Annotated[float, Field(gt=0, lt=1)] = _d(DataConfig, "val_fraction")
-    num_train: _Pos | None = _d(DataConfig, "num_train")
-    num_val: _Pos | None = _d(DataConfig, "num_val")
-    num_classes: Annotated[int, Field(ge=2)] | None = _d(DataConfig, "num_classes")
+def _section_model(cls: type, skip: tuple[str, ...] = ()) -> type[BaseModel]:
+    """A strict pydantic model of the dataclass ``cls``: same fields, defaults and bounds."""
+    fields = {f.name: (_field_type(cls, f.name), ... if f.default is MISSING else f.default)
+              for f in dataclasses.fields(cls) if f.name not in skip}
+    return create_model(f"_{cls.__name__}Spec", __config__=_STRICT, **fields)
 
 
-class _TrainSpec(BaseModel):
-    model_config = _STRICT
-    epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)] = _d(RecipeConfig, "epochs")
-    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH)] = _d(RecipeConfig, "batch_size")
-    lr: Annotated[float, Field(gt=0)] = _d(RecipeConfig, "lr")
-    warmup_lr: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "warmup_lr")
-    min_lr: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "min_lr")
-    warmup_epochs: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "warmup_epochs")
-    weight_decay: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "weight_decay")
-    clip_grad: Annotated[float, Field(gt=0)] | None = _d(RecipeConfig, "clip_grad")
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = _d(RecipeConfig, "label_smoothing")
-    mixup: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "mixup")
-    cutmix: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "cutmix")
-    mixup_switch_prob: _Frac = _d(RecipeConfig, "mixup_switch_prob")
-    randaugment: Annotated[str, Field(pattern=r"^rand(-[a-z]+[0-9.]*)*$")] | None = _d(
-        RecipeConfig, "randaugment")
-    color_jitter: Annotated[float, Field(ge=0)] = _d(RecipeConfig, "color_jitter")
-    reprob: _Frac = _d(RecipeConfig, "reprob")
-    workers: Annotated[int, Field(ge=0)] = _d(RecipeConfig, "workers")
-    amp: bool = _d(RecipeConfig, "amp")
-    keep_checkpoints: _Pos = _d(RecipeConfig, "keep_checkpoints")
-
-
-class _ResourcesSpec(BaseModel):
-    model_config = _STRICT
-    cpus: Annotated[float, Field(gt=0)] = _d(Resources, "cpus")
-    gpus: Annotated[float, Field(ge=0)] = _d(Resources, "gpus")
+_ModelSpec = _section_model(ModelConfig)
+_DataSpec = _section_model(DataConfig)
+_TrainSpec = _section_model(RecipeConfig)
+_ResourcesSpec = _section_model(Resources, skip=("max_retries",))  # a top-level sweep key
+_MaxRetries = _field_type(Resources, "max_retries")
 
 
 class _BaseSpec(BaseModel):
@@ -170,7 +143,7 @@ class _SweepSpec(BaseModel):
     alpha: Annotated[float, Field(gt=0, le=0.5)] = ALPHA  # above 0.5 both directions "agree"
     max_trials: _Pos = 256
     max_concurrent: _Pos | None = None
-    max_retries: Annotated[int, Field(ge=0)] = _d(Resources, "max_retries")
+    max_retries: _MaxRetries = _d(Resources, "max_retries")
 
 
 _SPECS = {"model": _ModelSpec, "data": _DataSpec, "train": _TrainSpec}

@@ -123,6 +123,60 @@ def test_axes_are_the_config_fields():
         f"train.{f}" for f in RecipeConfig.__dataclass_fields__}
 
 
+def _past(bounds: dict):
+    """One value just outside each declared bound (what the schema must refuse)."""
+    for op, limit in bounds.items():
+        step = 1 if isinstance(limit, int) else 1e-9
+        if op in ("ge", "gt"):
+            yield op, limit - step if op == "ge" else limit
+        elif op in ("le", "lt"):
+            yield op, limit + step if op == "le" else limit
+
+
+_SECTIONS = {"model": "ModelConfig", "data": "DataConfig", "train": "RecipeConfig"}
+
+
+@pytest.mark.parametrize("axis", AXES)
+def test_the_schema_enforces_the_bounds_the_config_declares(axis):
+    # Declared once in ablate.config: a value past any declared bound is refused for that axis,
+    # and the declared default is accepted.
+    import dataclasses
+
+    import ablate.config as config
+    from ablate.spec import check_value
+
+    section, name = axis.split(".")
+    f = {x.name: x for x in dataclasses.fields(getattr(config, _SECTIONS[section]))}[name]
+    bounds = dict(f.metadata.get("bounds", {}))
+
+    def err(what, *at, hint=None):
+        return SpecError(what, key=".".join(map(str, at)))
+
+    if f.default is not dataclasses.MISSING:
+        assert check_value(axis, f.default, ("grid", axis), err) == f.default
+    for value in bounds.pop("choices", ()):
+        assert check_value(axis, value, ("grid", axis), err) == value
+    bounds.pop("pattern", None)
+    for op, value in _past(bounds):
+        with pytest.raises(SpecError) as info:
+            check_value(axis, value, ("grid", axis), err)
+        assert info.value.key == f"grid.{axis}", (axis, op, value)
+
+
+def test_a_bound_declared_on_a_config_field_reaches_the_schema(monkeypatch):
+    # The schema is generated: declaring a new bound in the dataclass is all it takes.
+    from pydantic import ValidationError
+
+    from ablate.spec import _section_model
+
+    field = RecipeConfig.__dataclass_fields__["epochs"]
+    monkeypatch.setattr(field, "metadata", {**field.metadata, "bounds": {"ge": 1, "le": 5}})
+    model = _section_model(RecipeConfig)
+    assert model(epochs=5).epochs == 5
+    with pytest.raises(ValidationError, match="less than or equal to 5"):
+        model(epochs=6)
+
+
 def test_unsafe_yaml_is_never_executed(tmp_path):
     marker = tmp_path / "pwned"
     path = write(tmp_path, "x.yaml", BASE.replace("    seeds: [0, 1]", "    seeds: !!python/"
