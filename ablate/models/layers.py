@@ -89,3 +89,10 @@ def kernel_generator(dim: int, out: int, *, bias: bool, norm: bool = True) -> nn
         nn.ReLU(),
         Conv1x1(hidden, out),
     )
+
+
+def masked_softmax(logits: torch.Tensor, allowed: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """Softmax with disallowed entries at the dtype's minimum (exactly 0 after the softmax)."""
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
+    return logits.softmax(dim)

@@ -13,9 +13,9 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from ablate.models.layers import masked_softmax
 from ablate.models.mixers import Mixer, register_mixer
 from ablate.models.mixers.local_ops import local_aggregate, local_correlate
-from ablate.models.mixers.window_attention import masked_softmax
 
 
 @lru_cache(maxsize=64)

@@ -13,6 +13,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from ablate.models.layers import masked_softmax
 from ablate.models.mixers import Mixer, register_mixer
 from ablate.models.mixers.windows import allowed_keys, merge, partition, window_layout
 
@@ -24,13 +25,6 @@ def relative_index(window: int, kernel_size: int, device: torch.device) -> torch
     pos = pos.flatten(1)  # (2, N)
     rel = pos[:, :, None] - pos[:, None, :] + (kernel_size - 1)  # (2, N, N), in [0, 2K-2]
     return (rel[0] * (2 * kernel_size - 1) + rel[1]).to(device)
-
-
-def masked_softmax(logits: torch.Tensor, allowed: torch.Tensor | None, dim: int) -> torch.Tensor:
-    """Softmax with disallowed entries at the dtype's minimum (exactly 0 after the softmax)."""
-    if allowed is not None:
-        logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
-    return logits.softmax(dim)
 
 
 @register_mixer
