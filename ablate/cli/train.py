@@ -39,14 +39,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
     from ablate import record
+    from ablate.bookkeeping import driver_lock
+    from ablate.cli.run import check_results_folder
     from ablate.train import train_trial
 
     trial, tdir = _resolve(args)
     epochs = trial.config.train.epochs
+    from_sweep, results = args.sweep is not None, tdir.parent.parent  # RESULTS/trials/ID
+    if from_sweep:  # a sweep's results folder: the same lock as 'ablate run' holds
+        check_results_folder(results, "--results" if args.results else "results_dir")
     print(f"trial {trial.id} ({trial.config.model.arch}, {trial.config.data.name}) -> {tdir}")
-    result = train_trial(trial, tdir, device=args.device,
-                         report=lambda row: print(_progress(row, epochs), flush=True))
+    with driver_lock(results) if from_sweep else nullcontext():
+        result = train_trial(trial, tdir, device=args.device,
+                             report=lambda row: print(_progress(row, epochs), flush=True))
     best = result.get("best") or {}
     print(f"{result['state']}: {result['epochs']} epochs, best val/top1 "
           f"{_num(best.get('val/top1'))} at epoch {best.get('epoch')}, "
