@@ -53,8 +53,11 @@ def run_train(args: argparse.Namespace) -> int:
         check_results_folder(results, "--results" if args.results else "results_dir")
     print(f"trial {trial.id} ({trial.config.model.arch}, {trial.config.data.name}) -> {tdir}")
     with driver_lock(results) if from_sweep else nullcontext():
-        result = train_trial(trial, tdir, device=args.device,
-                             report=lambda row: print(_progress(row, epochs), flush=True))
+        try:
+            result = train_trial(trial, tdir, device=args.device,
+                                 report=lambda row: print(_progress(row, epochs), flush=True))
+        except Exception as e:
+            return _failed(e, tdir)
     best = result.get("best") or {}
     print(f"{result['state']}: {result['epochs']} epochs, best val/top1 "
           f"{_num(best.get('val/top1'))} at epoch {best.get('epoch')}, "
@@ -63,6 +66,21 @@ def run_train(args: argparse.Namespace) -> int:
         d = result["diverged"]
         print(f"the loss became {d.get('loss')} at epoch {d.get('epoch')}, step {d.get('step')}")
     return 0 if result["state"] == record.DONE else 1
+
+
+def _failed(e: Exception, tdir: Path) -> int:
+    """A full disk is the machine's state, not a bug: one line and exit 1; anything else
+    keeps its traceback (this command is for debugging a trial). The record says failed."""
+    import sys
+
+    from ablate.failures import DISK, classify_exception
+
+    failure = classify_exception(e)
+    if failure.kind != DISK:
+        raise e
+    print(f"ablate: error: {tdir}: trial failed ({failure.kind}): {failure.first_line}; "
+          f"{failure.hint}", file=sys.stderr)
+    return 1
 
 
 def _resolve(args: argparse.Namespace):

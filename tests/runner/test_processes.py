@@ -77,7 +77,8 @@ def test_a_stopped_run_prints_its_summary_exits_128_plus_signal_and_leaves_nothi
     tdir = record.trial_dir(results, trial.id)
     _wait_for_epoch(proc, tdir)
     # while the run is mid-trial: every Ray process of it listens on the loopback only
-    assert listening_addresses(session_pids(proc.pid)) <= LOOPBACK
+    listening = listening_addresses(session_pids(proc.pid))
+    assert listening and listening <= LOOPBACK, listening
     if sig == signal.SIGINT:
         os.killpg(proc.pid, sig)  # Ctrl-C at a terminal: the whole foreground group
     else:
