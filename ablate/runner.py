@@ -25,7 +25,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 import dataclasses
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -388,21 +388,37 @@ def _join_cluster(ray: Any, address: str, key: str, options: dict[str, Any]) -> 
                                 "or leave out --address to start a local Ray") from None
 
 
-def _start_local(ray: Any, num_cpus: int | None, options: dict[str, Any]) -> None:
-    """A new Ray of this process's own, reachable from this machine only.
+@contextmanager
+def _local_ray(ray: Any, num_cpus: int | None, options: dict[str, Any]) -> Iterator[None]:
+    """A new Ray of this process's own, reachable from this machine only, for the block.
 
     ``address="local"``: never join another Ray of the machine (one that ``ray start`` left,
     or RAY_ADDRESS). Ray binds its servers to every interface unless the node's address is
     the loopback one, and it turns 127.0.0.1 into the machine's address unless multi-node
-    clusters are off: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 turns them off on Linux too (read
-    at import by this process, and inherited by the processes Ray starts).
+    clusters are off: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 turns them off on Linux too, for the
+    processes ray.init starts (they keep it; ours gets its old value back at once) and, by
+    its constant, for this process until the block ends.
     """
     from ray._private import ray_constants
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray before the line above
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-             _node_ip_address="127.0.0.1", **options)
+    flag, saved_flag = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", os.environ.get(
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[flag] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+                 include_dashboard=False, _node_ip_address="127.0.0.1", **options)
+    finally:
+        if saved_flag is None:
+            os.environ.pop(flag, None)
+        else:
+            os.environ[flag] = saved_flag
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
 
 
 def _silence_raylet_messages() -> None:
@@ -445,15 +461,14 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, *,
         return
     t0 = time.time()
     common = {"logging_level": logging.ERROR, "log_to_driver": False}
-    if address:
-        _join_cluster(ray, address, address_from, common)
-    else:
-        _start_local(ray, num_cpus, common)
-    _silence_raylet_messages()
-    try:
+    with ExitStack() as stack:
+        if address:
+            _join_cluster(ray, address, address_from, common)
+            stack.callback(ray.shutdown)
+        else:
+            stack.enter_context(_local_ray(ray, num_cpus, common))
+        _silence_raylet_messages()
         yield time.time() - t0
-    finally:
-        ray.shutdown()
 
 
 def _run_on_ray(todo: list[Trial], results_dir: Path, *, max_concurrent: int | None,
