@@ -18,13 +18,13 @@ functions that run trials, so importing this module stays light.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
-import dataclasses
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,12 +153,12 @@ def _record_failure(tdir: Path, exc: BaseException, failure: Failure) -> None:
 def _injected_fault(spec: str | None) -> Callable[[int], None] | None:
     """The fault ``ABLATE_TEST_FAULT=WHAT@epoch=N`` asks for, run after epoch N is reported.
 
-    The driver reads the variable and hands it to its trials (a Ray worker's environment is
-    the one Ray started with, not the driver's now).
     For the tests only, to make a failure happen at a known point instead of racing a trial:
     ``kill`` (the trial's process dies by SIGKILL), ``kill-loader`` (its DataLoader worker
-    processes die by SIGKILL, as the out-of-memory killer does) and ``stall`` (the trial stops
-    making progress, so a run can be interrupted surely mid-trial). Unset: None, no effect.
+    processes die by SIGKILL, as the out-of-memory killer does; the trial notices at its next
+    batch) and ``stall`` (the trial stops making progress, so a run can be interrupted surely
+    mid-trial). Unset: None, no effect. The driver reads the variable and hands it to its
+    trials in their config (a Ray worker's environment is the one Ray started with).
     """
     if not spec:
         return None

@@ -2,7 +2,9 @@
 
 The runner (``ablate.runner``) does the work and reports through events; this module turns them
 into a live progress line on a terminal (a start and an end line otherwise), the end-of-run
-summary, and the status table.
+summary, and the status table. ``run`` and ``resume`` exit 0 when every trial finished, 1 when
+some failed or are unfinished, 2 on a user's mistake (nothing written), and 130 or 143 after
+the summary when stopped by SIGINT (Ctrl-C) or SIGTERM.
 """
 
 from __future__ import annotations

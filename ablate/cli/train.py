@@ -3,6 +3,8 @@
 Either a trial configuration file (YAML or JSON: a TrialConfig dict ``{model, data, train,
 seed}`` or a Trial dict ``{config, sweep, arm, ...}`` as in a trial's ``trial.json``), or a
 sweep file and one trial id from its plan. A trial folder that already has checkpoints resumes.
+A trial of a sweep is trained holding its results folder's driver lock, the one ``ablate run``
+holds, so the same trial is never trained by both at once.
 """
 
 from __future__ import annotations
