@@ -9,24 +9,30 @@ Deterministic failures (code, configuration, data) are recorded and end the Tune
 so Tune does not retry them.
 
 A run keeps the results folder's bookkeeping (``ablate.bookkeeping``: ``sweep.json``, the driver
-lock) up to date. Ray is imported only inside the functions that run trials, so importing this
-module stays light.
+lock) up to date, and writes nothing but the lock before its plan is checked against the
+cluster. A local Ray is always a new one, private to the run, listening on the loopback
+interface only; a SIGINT or SIGTERM stops the run's trials (the first one through Tune's own
+graceful stop, a second one at once) and the summary says so. Ray is imported only inside the
+functions that run trials, so importing this module stays light.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ablate import record
 from ablate.bookkeeping import (
+    LOCK,
     config_changes,
     driver_lock,
     migrate_legacy,
@@ -35,10 +41,12 @@ from ablate.bookkeeping import (
     write_manifest,
 )
 from ablate.config import Trial
-from ablate.errors import ClusterError, TrialError
+from ablate.errors import AblateError, ClusterError, TrialError
 from ablate.failures import Failure, classify_exception, classify_record
 
 RAY_DIR = ".ray"  # Tune's own files; never read back, wiped at each run
+# Faults a test injects into the trainable (see _injected_fault); inert unless set.
+FAULT_ENV = "ABLATE_TEST_FAULT"
 
 
 # ---------------------------------------------------------------------------- progress
@@ -83,6 +91,8 @@ class RunSummary:
     unfinished: list[str]  # neither: the run was interrupted
     wall_s: float
     ray_start_s: float
+    retried: int = 0  # attempts restarted after a lost worker or out of memory
+    interrupted: int | None = None  # the signal (SIGINT, SIGTERM) that stopped the run
 
 
 class _Tracker:
@@ -93,7 +103,7 @@ class _Tracker:
         self.t0 = time.time()
         self.started: dict[str, float] = {}
         self.durations: list[float] = []
-        self.done, self.failed, self.slots = 0, 0, 1
+        self.done, self.failed, self.slots, self.retried = 0, 0, 1, 0
 
     def progress(self) -> Progress:
         running = len(self.started)
@@ -108,6 +118,8 @@ class _Tracker:
     def emit(self, kind: str, trial_id: str, **kw: Any) -> None:
         if kind == "start":
             self.started.setdefault(trial_id, time.time())
+        elif kind == "retry":
+            self.retried += 1
         elif kind in ("done", "failed"):
             began = self.started.pop(trial_id, None)
             if kind == "done":
@@ -132,7 +144,49 @@ def _record_failure(tdir: Path, exc: BaseException, failure: Failure) -> None:
     if not error:
         error = {"type": type(exc).__name__, "message": str(exc),
                  "traceback": "".join(traceback.format_exception(exc))}
-    record.write_state(tdir, record.FAILED, error={**error, "kind": failure.kind})
+    try:
+        record.write_state(tdir, record.FAILED, error={**error, "kind": failure.kind})
+    except OSError:  # a full disk: the record cannot say it, and raising would mean a retry
+        logging.getLogger(__name__).error("trial record %s not written", tdir, exc_info=True)
+
+
+def _injected_fault(spec: str | None) -> Callable[[int], None] | None:
+    """The fault ``ABLATE_TEST_FAULT=WHAT@epoch=N`` asks for, run after epoch N is reported.
+
+    For the tests only, to make a failure happen at a known point instead of racing a trial:
+    ``kill`` (the trial's process dies by SIGKILL), ``kill-loader`` (its DataLoader worker
+    processes die by SIGKILL, as the out-of-memory killer does; the trial notices at its next
+    batch) and ``stall`` (the trial stops making progress, so a run can be interrupted surely
+    mid-trial). Unset: None, no effect. The driver reads the variable and hands it to its
+    trials in their config (a Ray worker's environment is the one Ray started with).
+    """
+    if not spec:
+        return None
+    what, _, when = spec.partition("@epoch=")
+    if what not in ("kill", "kill-loader", "stall") or not when.isdigit():
+        raise ValueError(f"{FAULT_ENV}={spec!r}: expected kill|kill-loader|stall@epoch=N")
+
+    def fault(epoch: int) -> None:
+        if epoch != int(when):
+            return
+        if what == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif what == "kill-loader":
+            for pid in _child_pids(os.getpid()):
+                os.kill(pid, signal.SIGKILL)
+        else:
+            while True:
+                time.sleep(1.0)
+
+    return fault
+
+
+def _child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (its DataLoader workers, in a trial's process)."""
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
 
 
 def run_one(config: dict[str, Any]) -> None:
@@ -151,8 +205,15 @@ def run_one(config: dict[str, Any]) -> None:
     # driver's working directory as the driver did
     load_plugins(trial.plugins, search=config.get("cwd"))
     tdir = record.trial_dir(config["results_dir"], trial.id)
+    fault = _injected_fault(config.get("fault"))
+
+    def report(metrics: dict[str, Any]) -> None:
+        tune.report(dict(metrics))
+        if fault is not None:
+            fault(int(metrics["epoch"]))
+
     try:
-        train_trial(trial, tdir, report=lambda metrics: tune.report(dict(metrics)))
+        train_trial(trial, tdir, report=report)
     except Exception as exc:
         failure = classify_exception(exc)
         _record_failure(tdir, exc, failure)
@@ -165,36 +226,98 @@ def run_one(config: dict[str, Any]) -> None:
 
 def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str | None = None,
              max_concurrent: int | None = None, address: str | None = None,
-             num_cpus: int | None = None, rerun_changed: bool = False,
+             address_from: str = "--address", num_cpus: int | None = None,
+             rerun_changed: bool = False,
              on_event: Callable[[Event], None] | None = None) -> RunSummary:
     """Record the plan in ``sweep.json`` and run every trial of it not finished yet.
 
-    Holds the results folder's driver lock throughout. Starts no Ray at all when nothing is
-    left. ``address`` joins an existing cluster (whose nodes must see ``results_dir``); else a
-    local Ray with ``num_cpus`` (default: all) is started and stopped. An already initialised
-    Ray in this process is used as it is.
+    Holds the results folder's driver lock throughout; before the plan is checked against the
+    cluster nothing else is written, and a refused plan leaves no new folder behind. Starts no
+    Ray at all when nothing is left. ``address`` joins an existing cluster (whose nodes must
+    see ``results_dir``; ``address_from`` names where it came from in errors); else a new local
+    Ray with ``num_cpus`` (default: all) is started and stopped. An already initialised Ray in
+    this process is used as it is. A SIGINT or SIGTERM stops the run: the summary is returned
+    with ``interrupted`` set.
 
     Folders of ablate 0.1 are renamed to their trials' current ids first. A finished trial
     whose stored configuration differs from the planned one is kept, unless ``rerun_changed``:
     then its record is set aside under ``replaced/`` and it runs again.
     """
     results_dir = Path(results_dir).resolve()
-    with driver_lock(results_dir):
-        migrate_legacy(results_dir, trials)
-        if rerun_changed:
-            for t in trials:
-                if record.read_state(record.trial_dir(results_dir, t.id)) in record.FINISHED \
-                        and config_changes(results_dir, t):
-                    set_aside(results_dir, t)
-        write_manifest(results_dir, name=name, source=source, trials=trials,
-                       max_concurrent=max_concurrent)
-        t0 = time.time()
-        finished, todo = split_finished(trials, results_dir)
-        ray_start_s = 0.0
-        if todo:
-            ray_start_s = _run_on_ray(todo, results_dir, max_concurrent=max_concurrent,
-                                      address=address, num_cpus=num_cpus, on_event=on_event)
-        return _summarise(results_dir, finished, todo, time.time() - t0, ray_start_s)
+    created = not results_dir.exists()
+    try:
+        with driver_lock(results_dir):
+            t0 = time.time()
+            finished, todo = split_finished(trials, results_dir)
+            changed = [t for t in finished if rerun_changed and config_changes(results_dir, t)]
+            if not todo and not changed:
+                _write_plan(results_dir, trials, [], name=name, source=source,
+                            max_concurrent=max_concurrent)
+                return _summarise(results_dir, finished, [], time.time() - t0, 0.0)
+            todo += changed
+            stop, retried = _Stop(), 0
+            with ray_session(address, num_cpus, address_from=address_from) as ray_start_s:
+                _check_fits(todo)
+                _write_plan(results_dir, trials, changed, name=name, source=source,
+                            max_concurrent=max_concurrent)
+                with stop.catching():
+                    retried = _run_on_ray(todo, results_dir, max_concurrent=max_concurrent,
+                                          on_event=on_event)
+            finished = [t for t in finished if t not in changed]
+            summary = _summarise(results_dir, finished, todo, time.time() - t0, ray_start_s)
+            return dataclasses.replace(summary, retried=retried, interrupted=stop.signum)
+    except AblateError:
+        if created:  # refused before anything ran: leave no folder holding only the lock
+            (results_dir / LOCK).unlink(missing_ok=True)
+            with suppress(OSError):
+                results_dir.rmdir()
+        raise
+
+
+def _write_plan(results_dir: Path, trials: list[Trial], changed: list[Trial], *, name: str,
+                source: str | None, max_concurrent: int | None) -> None:
+    """The run's first writes, once its plan is accepted: renames, set-asides, sweep.json."""
+    migrate_legacy(results_dir, trials)
+    for t in changed:
+        set_aside(results_dir, t)
+    write_manifest(results_dir, name=name, source=source, trials=trials,
+                   max_concurrent=max_concurrent)
+
+
+class _Stop:
+    """SIGINT and SIGTERM during a run: the first stops Tune gracefully, a second at once.
+
+    Tune stops gracefully on its SIGUSR1 handler (it stops the trials and saves its state);
+    before Tune has installed it, or on a second signal, KeyboardInterrupt ends the run where
+    it is. ``signum`` remembers the first signal, for the summary and the exit status.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first, self.signum = self.signum is None, self.signum or signum
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if first and callable(tune_stop):
+            tune_stop(signal.SIGUSR1, frame)
+        else:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def catching(self) -> Iterator[None]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        saved = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.signum = self.signum or signal.SIGINT
+        finally:
+            for s, handler in saved.items():
+                signal.signal(s, handler)
 
 
 def _summarise(results_dir: Path, finished: list[Trial], todo: list[Trial], wall_s: float,
@@ -218,7 +341,8 @@ def _summarise(results_dir: Path, finished: list[Trial], todo: list[Trial], wall
 @contextmanager
 def _quiet_tune() -> Iterator[None]:
     """Silence Tune's console reporter and per-trial error logs: the CLI reports instead."""
-    env = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+    env = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+           "TUNE_DISABLE_SIGINT_HANDLER": "1"}
     saved_env = {k: os.environ.get(k) for k in env}
     tune_log = logging.getLogger("ray.tune")
     saved_level = tune_log.level
@@ -235,43 +359,100 @@ def _quiet_tune() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+def _check_reachable(address: str, key: str, timeout_s: float = 5.0) -> None:
     """Fail fast when nothing listens at ``address``: ray.init would retry for minutes."""
     if address == "auto":  # Ray finds the local cluster itself, and says so quickly if none
         return
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     if not port.isdigit():
-        raise ClusterError(f"malformed cluster address {address!r}", key="--address",
+        raise ClusterError(f"malformed cluster address {address!r}", key=key,
                            hint="write HOST:PORT, ray://HOST:PORT or auto")
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
     except OSError as e:
         raise ClusterError(f"nothing answers at {address!r} ({e.strerror or e})",
-                           key="--address", hint="start the cluster ('ray start --head') or "
+                           key=key, hint="start the cluster ('ray start --head') or "
                            "check the address with 'ray status --address ADDRESS'") from None
 
 
-def _join_cluster(ray: Any, address: str, options: dict[str, Any]) -> None:
+def _join_cluster(ray: Any, address: str, key: str, options: dict[str, Any]) -> None:
     """ray.init on an existing cluster; any failure to join is the user's setup, not a bug."""
-    _check_reachable(address)
+    _check_reachable(address, key)
     try:
         ray.init(address=address, **options)
     except Exception as e:  # ConnectionError, auth and address-format errors alike
         ray.shutdown()
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ClusterError(f"cannot join the Ray cluster at {address!r} ({first})",
-                           key="--address",
+        raise ClusterError(f"cannot join the Ray cluster at {address!r} ({first})", key=key,
                            hint="check it with 'ray status --address ADDRESS', "
                                 "or leave out --address to start a local Ray") from None
 
 
 @contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[float]:
+def _local_ray(ray: Any, num_cpus: int | None, options: dict[str, Any]) -> Iterator[None]:
+    """A new Ray of this process's own, reachable from this machine only, for the block.
+
+    ``address="local"``: never join another Ray of the machine (one that ``ray start`` left,
+    or RAY_ADDRESS). Ray binds its servers to every interface unless the node's address is
+    the loopback one, and it turns 127.0.0.1 into the machine's address unless multi-node
+    clusters are off: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 turns them off on Linux too, for the
+    processes ray.init starts (they keep it; ours gets its old value back at once) and, by
+    its constant, for this process until the block ends.
+    """
+    from ray._private import ray_constants
+
+    flag, saved_flag = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", os.environ.get(
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[flag] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
+                 include_dashboard=False, _node_ip_address="127.0.0.1", **options)
+    finally:
+        if saved_flag is None:
+            os.environ.pop(flag, None)
+        else:
+            os.environ[flag] = saved_flag
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
+
+
+def _silence_raylet_messages() -> None:
+    """Keep Ray's raylet error messages (a worker died, in colour) off the user's terminal.
+
+    Ray prints them on the driver's stdout from a thread of its own, whatever
+    ``log_to_driver`` says; the run's summary says what they meant. They stay in Ray's logs
+    and in this module's debug log.
+    """
+    from ray._private import worker
+
+    printer = worker.print_to_stdstream
+    if getattr(printer, "_ablate_quiet", False):
+        return
+
+    def quiet(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            logging.getLogger(__name__).debug("ray: %s", " ".join(data.get("lines", [])))
+        else:
+            printer(data, ignore_prefix)
+
+    quiet._ablate_quiet = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = quiet
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None, *,
+                address_from: str = "--address") -> Iterator[float]:
     """Be connected to Ray inside the block; yields the seconds it took to connect.
 
-    An existing connection is used and kept; otherwise this joins ``address`` or starts a local
-    Ray (``num_cpus``, default all; no dashboard) and disconnects at the end, which stops a local
-    Ray but leaves a joined cluster running.
+    An existing connection is used and kept; otherwise this joins ``address`` (errors name
+    ``address_from``) or starts a new local Ray (``num_cpus``, default all; loopback only; no
+    dashboard) and disconnects at the end, which stops a local Ray but leaves a joined cluster
+    running.
     """
     import ray
 
@@ -280,31 +461,32 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         return
     t0 = time.time()
     common = {"logging_level": logging.ERROR, "log_to_driver": False}
-    if address:
-        _join_cluster(ray, address, common)
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **common)
-    try:
+    with ExitStack() as stack:
+        if address:
+            _join_cluster(ray, address, address_from, common)
+            stack.callback(ray.shutdown)
+        else:
+            stack.enter_context(_local_ray(ray, num_cpus, common))
+        _silence_raylet_messages()
         yield time.time() - t0
-    finally:
-        ray.shutdown()
 
 
 def _run_on_ray(todo: list[Trial], results_dir: Path, *, max_concurrent: int | None,
-                address: str | None, num_cpus: int | None,
-                on_event: Callable[[Event], None] | None) -> float:
-    """Run ``todo`` as one Tune experiment, in the planner's order; return Ray's start-up s."""
+                on_event: Callable[[Event], None] | None) -> int:
+    """Run ``todo`` as one Tune experiment, in the planner's order; return how many attempts
+    were retried."""
     import shutil
 
     from ray import tune
 
     storage = results_dir / RAY_DIR
     shutil.rmtree(storage, ignore_errors=True)
-    with ray_session(address, num_cpus) as ray_start_s, _quiet_tune():
-        _check_fits(todo)
+    tracker = _Tracker(len(todo), on_event)
+    with _quiet_tune():
         tune.Tuner(
             tune.with_resources(run_one, _placement),
             param_space={"results_dir": str(results_dir), "cwd": str(Path.cwd()),
+                         "fault": os.environ.get(FAULT_ENV),
                          "trial": tune.grid_search([t.to_dict() for t in todo])},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=max_concurrent, reuse_actors=True,
@@ -313,9 +495,9 @@ def _run_on_ray(todo: list[Trial], results_dir: Path, *, max_concurrent: int | N
                 name="tune", storage_path=str(storage), verbose=0,
                 failure_config=tune.FailureConfig(
                     max_failures=max(t.resources.max_retries for t in todo)),
-                callbacks=[_progress_callback(_Tracker(len(todo), on_event), results_dir)]),
+                callbacks=[_progress_callback(tracker, results_dir)]),
         ).fit()
-    return ray_start_s
+    return tracker.retried
 
 
 def _check_fits(todo: list[Trial]) -> None:

@@ -2,14 +2,18 @@
 
 The runner (``ablate.runner``) does the work and reports through events; this module turns them
 into a live progress line on a terminal (a start and an end line otherwise), the end-of-run
-summary, and the status table.
+summary, and the status table. ``run`` and ``resume`` exit 0 when every trial finished, 1 when
+some failed or are unfinished, 2 on a user's mistake (nothing written), and 130 or 143 after
+the summary when stopped by SIGINT (Ctrl-C) or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -53,7 +57,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _ray_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", metavar="ADDR",
                    help="join this Ray cluster (e.g. ray://head:10001 or auto) instead of "
-                   "starting a local Ray; its nodes must see the results folder")
+                   "starting a local Ray; its nodes must see the results folder (default: "
+                   "the RAY_ADDRESS environment variable when it is set)")
     p.add_argument("--max-concurrent", type=_positive_int, metavar="N",
                    help="at most N trials at once (default: the sweep's max_concurrent)")
 
@@ -80,6 +85,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         deep_check_data(trials)
     results = Path(args.results) if args.results else Path(sweep.results_dir)
+    check_results_folder(results, "--results" if args.results else "results_dir")
     _check_folder_owner(results, sweep.name, args.yes)
     return _execute(trials, results, name=sweep.name, source=str(sweep.path),
                     max_concurrent=args.max_concurrent or sweep.max_concurrent,
@@ -90,11 +96,58 @@ def resume_command(args: argparse.Namespace) -> int:
     from ablate import bookkeeping
 
     results = Path(args.results)
+    check_results_folder(results, "RESULTS_DIR")
     manifest = bookkeeping.read_manifest(results)
     return _execute(manifest["trials"], results, name=manifest["name"],
                     source=manifest.get("source"),
                     max_concurrent=args.max_concurrent or manifest.get("max_concurrent"),
                     address=args.address)
+
+
+def check_results_folder(results: Path, key: str) -> None:
+    """TrialError unless ``results`` is, or can be made, a folder this user may write into.
+
+    Checked before anything is written, so a typo costs nothing: a file in the way, a name
+    longer than the file system takes, an ancestor that is not a folder or not writable.
+    """
+    from ablate.errors import TrialError
+
+    path = Path(os.path.abspath(results))
+    existing = next(p for p in (*path.parents[::-1], path)[::-1] if _exists(p))
+    limit = os.pathconf(existing, "PC_NAME_MAX")
+    too_long = [part for part in path.relative_to(existing).parts
+                if len(os.fsencode(part)) > limit]
+    if too_long or len(os.fsencode(str(path))) > os.pathconf(existing, "PC_PATH_MAX") - 100:
+        raise TrialError(f"name too long for the file system (at most {limit} bytes a name)",
+                         file=results, key=key, hint="pass a shorter results folder")
+    if existing == path and not path.is_dir():
+        raise TrialError("is a file, not a results folder", file=results, key=key,
+                         hint="pass a folder (it is created if missing)")
+    if not existing.is_dir():
+        raise TrialError(f"{existing} is a file, so no folder can be made under it",
+                         file=results, key=key, hint="pass another results folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TrialError(f"{existing} is not writable by this user", file=results, key=key,
+                         hint="pass a results folder you can write to")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to look up: it does not exist
+        return False
+
+
+def _join_from_env(address: str | None) -> tuple[str | None, str]:
+    """The cluster to join: --address, else RAY_ADDRESS (joined, and said so), else none."""
+    if address:
+        return address, "--address"
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if not env:
+        return None, "--address"
+    print(f"ablate: joining the Ray cluster at {env} from RAY_ADDRESS (unset RAY_ADDRESS to "
+          "start a local Ray instead)", flush=True)
+    return env, "RAY_ADDRESS"
 
 
 def _check_folder_owner(results: Path, name: str, yes: bool) -> None:
@@ -127,11 +180,17 @@ def _execute(trials: list, results: Path, **kw: Any) -> int:
               + ("rerunning them; their old records go to replaced/" if kw.get("rerun_changed")
                  else "kept; rerun them with --rerun-changed"), flush=True)
     display = _Progress(tty=sys.stdout.isatty())
-    if todo and display.tty:
-        display.show("starting Ray and the first trials ...")
+    if todo:
+        kw["address"], kw["address_from"] = _join_from_env(kw.get("address"))
+        if display.tty:
+            display.show("starting Ray and the first trials ...")
     summary = runner.run_plan(trials, results, on_event=display.on_event, **kw)
     display.close()
     _print_summary(summary, trials, results)
+    if summary.interrupted:
+        print(f"ablate: stopped by {signal.Signals(summary.interrupted).name}; tables and "
+              "figures not updated", flush=True)
+        return 128 + summary.interrupted  # the shell's convention: 130 for SIGINT, 143 SIGTERM
     if summary.done or (summary.skipped and not _results_up_to_date(results)):
         _make_results(results)
     elif summary.skipped:
@@ -181,6 +240,9 @@ def _print_summary(summary: Any, trials: list, results: Path) -> None:
           f"{len(summary.failed)} failed, {len(summary.unfinished)} unfinished, in "
           f"{_duration(summary.wall_s)}")
     arms = {t.id: t.arm for t in trials}
+    if summary.retried:
+        print(f"  {summary.retried} attempts lost their worker (killed, or out of memory) and "
+              "were retried from their last checkpoint")
     if summary.diverged:
         print(f"  {len(summary.diverged)} diverged (a finished result, recorded as such): "
               + ", ".join(f"{i} [{arms.get(i, '?')}]" for i in summary.diverged[:5]))
@@ -192,6 +254,8 @@ def _print_summary(summary: Any, trials: list, results: Path) -> None:
         else:
             shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
             print(f"  {len(ids)} trials failed ({kind}) with: {line}\n    {shown}")
+        if summary.failed[ids[0]].hint:
+            print(f"    {summary.failed[ids[0]].hint}")
     if summary.failed or summary.unfinished:
         print(f"  details: ablate status {shlex.quote(str(results))}")
         print(f"  resume with: ablate resume {shlex.quote(str(results))}")

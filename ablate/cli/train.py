@@ -3,6 +3,8 @@
 Either a trial configuration file (YAML or JSON: a TrialConfig dict ``{model, data, train,
 seed}`` or a Trial dict ``{config, sweep, arm, ...}`` as in a trial's ``trial.json``), or a
 sweep file and one trial id from its plan. A trial folder that already has checkpoints resumes.
+A trial of a sweep is trained holding its results folder's driver lock, the one ``ablate run``
+holds, so the same trial is never trained by both at once.
 """
 
 from __future__ import annotations
@@ -39,14 +41,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
     from ablate import record
+    from ablate.bookkeeping import driver_lock
+    from ablate.cli.run import check_results_folder
     from ablate.train import train_trial
 
     trial, tdir = _resolve(args)
     epochs = trial.config.train.epochs
+    from_sweep, results = args.sweep is not None, tdir.parent.parent  # RESULTS/trials/ID
+    if from_sweep:  # a sweep's results folder: the same lock as 'ablate run' holds
+        check_results_folder(results, "--results" if args.results else "results_dir")
     print(f"trial {trial.id} ({trial.config.model.arch}, {trial.config.data.name}) -> {tdir}")
-    result = train_trial(trial, tdir, device=args.device,
-                         report=lambda row: print(_progress(row, epochs), flush=True))
+    with driver_lock(results) if from_sweep else nullcontext():
+        try:
+            result = train_trial(trial, tdir, device=args.device,
+                                 report=lambda row: print(_progress(row, epochs), flush=True))
+        except Exception as e:
+            return _failed(e, tdir)
     best = result.get("best") or {}
     print(f"{result['state']}: {result['epochs']} epochs, best val/top1 "
           f"{_num(best.get('val/top1'))} at epoch {best.get('epoch')}, "
@@ -55,6 +68,21 @@ def run_train(args: argparse.Namespace) -> int:
         d = result["diverged"]
         print(f"the loss became {d.get('loss')} at epoch {d.get('epoch')}, step {d.get('step')}")
     return 0 if result["state"] == record.DONE else 1
+
+
+def _failed(e: Exception, tdir: Path) -> int:
+    """A full disk is the machine's state, not a bug: one line and exit 1; anything else
+    keeps its traceback (this command is for debugging a trial). The record says failed."""
+    import sys
+
+    from ablate.failures import DISK, classify_exception
+
+    failure = classify_exception(e)
+    if failure.kind != DISK:
+        raise e
+    print(f"ablate: error: {tdir}: trial failed ({failure.kind}): {failure.first_line}; "
+          f"{failure.hint}", file=sys.stderr)
+    return 1
 
 
 def _resolve(args: argparse.Namespace):

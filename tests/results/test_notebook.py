@@ -1,10 +1,13 @@
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from ablate import figures
 from ablate.collect import collect_results, load_tables
+
+pytestmark = pytest.mark.slow  # starts a Jupyter kernel
 
 NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "results.ipynb"
 

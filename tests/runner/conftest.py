@@ -33,15 +33,17 @@ def tiny_trial(seed: int = 0, *, arch: str = "dwnet_nano", retries: int = 2,
                  resources=Resources(cpus=1, max_retries=retries))
 
 
-def write_sweep(path: Path, *, seeds: list[int], arms: str = "", name: str = "tiny") -> Path:
-    """A sweep file of ``seeds`` repeats of the tiny baseline (plus ``arms``, YAML text)."""
+def write_sweep(path: Path, *, seeds: list[int], arms: str = "", name: str = "tiny",
+                train: dict | None = None) -> Path:
+    """A sweep file of ``seeds`` repeats of the tiny baseline (plus ``arms``, YAML text);
+    ``train`` replaces the tiny recipe."""
     path.write_text(textwrap.dedent(f"""\
         name: {name}
         description: tiny runner test sweep
         base:
           model: {{arch: dwnet_nano}}
           data: {json.dumps(TINY_DATA)}
-          train: {json.dumps(TINY_TRAIN)}
+          train: {json.dumps(train or TINY_TRAIN)}
           resources: {{cpus: 1}}
         seeds: {seeds}
         max_concurrent: 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
@@ -14,17 +13,12 @@ from ablate.errors import RecordError, TrialError
 from tests.runner.conftest import tiny_trial
 
 
-def _write(results, trial, state, epochs=0, age=0.0, **extra):
+def _write(results, trial, state, epochs=0, **extra):
     tdir = record.trial_dir(results, trial.id)
     record.write_trial(tdir, trial)
     record.write_state(tdir, state, **extra)
     for e in range(1, epochs + 1):
         record.append_metrics(tdir, {"epoch": e, "val/top1": 10.0 * e})
-    if age:
-        raw = json.loads((tdir / "state.json").read_text())
-        record.write_json_atomic(tdir / "state.json", {**raw, "updated": time.time() - age})
-        for p in tdir.iterdir():
-            os.utime(p, (time.time() - age, time.time() - age))
     return tdir
 
 
@@ -64,13 +58,21 @@ def test_driver_lock_is_exclusive_and_released(tmp_path):
 
 
 def test_running_trial_is_interrupted_only_when_stale_and_no_driver(tmp_path):
+    # A clock of the test's own: the record's last write is at T, "now" is chosen around it.
+    T = 1_000_000_000.0
     t = tiny_trial()
-    _write(tmp_path, t, record.RUNNING, epochs=1, age=bookkeeping.STALE_S + 5)
-    assert bookkeeping.trial_status(t, tmp_path, driver_alive=True).state == record.RUNNING
-    assert bookkeeping.trial_status(t, tmp_path, driver_alive=False).state == record.INTERRUPTED
-    fresh = tiny_trial(seed=1)
-    _write(tmp_path, fresh, record.RUNNING)
-    assert bookkeeping.trial_status(fresh, tmp_path, driver_alive=False).state == record.RUNNING
+    tdir = _write(tmp_path, t, record.RUNNING, epochs=1)
+    raw = json.loads((tdir / "state.json").read_text())
+    record.write_json_atomic(tdir / "state.json", {**raw, "updated": T})
+    for p in tdir.iterdir():
+        os.utime(p, (T, T))
+    stale, fresh = T + bookkeeping.STALE_S + 5, T + bookkeeping.STALE_S - 5
+    assert bookkeeping.trial_status(t, tmp_path, driver_alive=True, now=stale).state \
+        == record.RUNNING
+    assert bookkeeping.trial_status(t, tmp_path, driver_alive=False, now=stale).state \
+        == record.INTERRUPTED
+    assert bookkeeping.trial_status(t, tmp_path, driver_alive=False, now=fresh).state \
+        == record.RUNNING
 
 
 def test_split_finished_skips_done_and_diverged_only(tmp_path):

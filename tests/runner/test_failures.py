@@ -9,6 +9,7 @@ from ablate.failures import (
     CODE,
     CONFIG,
     DATA,
+    DISK,
     DIVERGED,
     KILLED,
     OOM,
@@ -68,6 +69,53 @@ def test_exception_chain_is_unwrapped_through_cause():
             raise RuntimeError("training failed") from inner
     except RuntimeError as outer:
         assert classify_exception(outer).kind == OOM
+
+
+def _raised_from(outer: BaseException, inner: BaseException) -> BaseException:
+    try:
+        try:
+            raise inner
+        except BaseException as e:
+            raise outer from e
+    except BaseException as e:
+        return e
+
+
+def test_a_vanished_dataloader_worker_is_killed_not_code():
+    import queue
+
+    # torch's own chain when a loader process is killed while the trial runs in a thread:
+    # the RuntimeError that names the worker, raised from an empty queue.Empty
+    exc = _raised_from(RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly"),
+                       queue.Empty())
+    failure = classify_exception(RayTaskError(exc))
+    assert (failure.kind, failure.deterministic) == (KILLED, False)
+    assert failure.first_line == "RuntimeError: DataLoader worker (pid(s) 4242) exited unexpectedly"
+    # and the record the trainable stores of it classifies the same
+    assert classify_record({"type": "RuntimeError", "message": str(exc)}).kind == KILLED
+
+
+@pytest.mark.parametrize("exc", [
+    OSError(28, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc:859] . PytorchStreamWriter failed "
+                 "writing file data/3: file write failed"),
+    RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 1024 vs 998"),
+    _raised_from(RuntimeError("checkpoint failed"), OSError(28, "No space left on device")),
+])
+def test_a_full_disk_is_its_own_kind_not_retried_with_a_hint(exc):
+    failure = classify_exception(exc)
+    assert failure.kind == DISK and failure.deterministic
+    assert "free space" in failure.hint and "resume" in failure.hint
+    if exc.__cause__ is None:  # a record keeps only the outer message: it must say it
+        assert classify_record({"type": type(exc).__name__, "message": str(exc)}).kind == DISK
+    assert classify_exception(ValueError("x")).hint is None
+
+
+def test_a_wrappers_message_does_not_decide_the_kind():
+    # Ray's wrapper repeats the inner traceback, where a source line may read "out of memory"
+    wrapper = RayTaskError(ValueError("bad value"))
+    wrapper.args = ("Traceback: ... raise ValueError  # not out of memory ...",)
+    assert classify_exception(wrapper).kind == CODE
 
 
 def test_classify_record_prefers_a_stored_kind_and_falls_back_to_names():

@@ -13,8 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ablate import bookkeeping, record
 from tests.runner.conftest import write_sweep
+
+pytestmark = pytest.mark.slow  # real `ablate run` drivers on Ray
 
 
 def _states(results: Path) -> dict[str, str]:
