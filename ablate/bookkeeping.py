@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def write_manifest(results_dir: Path, *, name: str, source: str | None, trials: list[Trial],
-                   max_concurrent: int | None) -> None:
+                   max_concurrent: int | None, description: str | None = None) -> None:
     """Write ``sweep.json`` for this plan (what ``ablate resume`` runs).
 
     Trials of an earlier plan that this one no longer has stay listed under ``"retired"``: their
@@ -52,7 +52,7 @@ def write_manifest(results_dir: Path, *, name: str, source: str | None, trials: 
                 retired[t.id] = t
     record.write_json_atomic(results_dir / MANIFEST, {
         "schema": record.RECORD_SCHEMA, "name": name, "source": source,
-        "max_concurrent": max_concurrent,
+        "description": description, "max_concurrent": max_concurrent,
         "trials": [t.to_dict() for t in trials],
         "retired": [t.to_dict() for t in retired.values()],
     })

@@ -225,7 +225,7 @@ def run_one(config: dict[str, Any]) -> None:
 
 
 def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str | None = None,
-             max_concurrent: int | None = None, address: str | None = None,
+             description: str | None = None, max_concurrent: int | None = None, address: str | None = None,
              address_from: str = "--address", num_cpus: int | None = None,
              rerun_changed: bool = False,
              on_event: Callable[[Event], None] | None = None) -> RunSummary:
@@ -252,14 +252,14 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
             changed = [t for t in finished if rerun_changed and config_changes(results_dir, t)]
             if not todo and not changed:
                 _write_plan(results_dir, trials, [], name=name, source=source,
-                            max_concurrent=max_concurrent)
+                            description=description, max_concurrent=max_concurrent)
                 return _summarise(results_dir, finished, [], time.time() - t0, 0.0)
             todo += changed
             stop, retried = _Stop(), 0
             with ray_session(address, num_cpus, address_from=address_from) as ray_start_s:
                 _check_fits(todo)
                 _write_plan(results_dir, trials, changed, name=name, source=source,
-                            max_concurrent=max_concurrent)
+                            description=description, max_concurrent=max_concurrent)
                 with stop.catching():
                     retried = _run_on_ray(todo, results_dir, max_concurrent=max_concurrent,
                                           on_event=on_event)
@@ -275,13 +275,14 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
 
 
 def _write_plan(results_dir: Path, trials: list[Trial], changed: list[Trial], *, name: str,
-                source: str | None, max_concurrent: int | None) -> None:
+                source: str | None, description: str | None,
+                max_concurrent: int | None) -> None:
     """The run's first writes, once its plan is accepted: renames, set-asides, sweep.json."""
     migrate_legacy(results_dir, trials)
     for t in changed:
         set_aside(results_dir, t)
-    write_manifest(results_dir, name=name, source=source, trials=trials,
-                   max_concurrent=max_concurrent)
+    write_manifest(results_dir, name=name, source=source, description=description,
+                   trials=trials, max_concurrent=max_concurrent)
 
 
 class _Stop:

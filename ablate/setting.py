@@ -34,27 +34,18 @@ class SweepInfo:
 
 
 def sweep_info(results_dir: Path) -> SweepInfo:
-    """Name and arm order from sweep.json; the description from the sweep file it names.
+    """Name, description and arm order from sweep.json, as the last run recorded them.
 
-    Every part is optional: a folder without sweep.json, or whose sweep file is gone, gives
-    what is left (a report is still written).
+    Every part is optional: a folder without sweep.json (or of an older ablate, which did not
+    record the description) gives what is left, and a report is still written.
     """
-    from ablate.errors import AblateError
-    from ablate.spec import load_sweep
-
     raw = record.read_json(results_dir / "sweep.json") if (results_dir / "sweep.json").exists() \
         else None
     if not isinstance(raw, dict):
         return SweepInfo(None, None, ())
     order = tuple(dict.fromkeys(t.get("arm") for t in raw.get("trials", [])
                                 if isinstance(t, dict) and t.get("arm")))
-    description = None
-    source = raw.get("source")
-    if isinstance(source, str) and Path(source).is_file():
-        try:
-            description = load_sweep(source).description
-        except (AblateError, OSError):
-            description = None
+    description = raw.get("description") if isinstance(raw.get("description"), str) else None
     return SweepInfo(raw.get("name"), description, order)
 
 

@@ -88,7 +88,7 @@ def run_command(args: argparse.Namespace) -> int:
     check_results_folder(results, "--results" if args.results else "results_dir")
     _check_folder_owner(results, sweep.name, args.yes)
     return _execute(trials, results, name=sweep.name, source=str(sweep.path),
-                    max_concurrent=args.max_concurrent or sweep.max_concurrent,
+                    description=sweep.description, max_concurrent=args.max_concurrent or sweep.max_concurrent,
                     address=args.address, rerun_changed=args.rerun_changed)
 
 
@@ -99,7 +99,7 @@ def resume_command(args: argparse.Namespace) -> int:
     check_results_folder(results, "RESULTS_DIR")
     manifest = bookkeeping.read_manifest(results)
     return _execute(manifest["trials"], results, name=manifest["name"],
-                    source=manifest.get("source"),
+                    source=manifest.get("source"), description=manifest.get("description"),
                     max_concurrent=args.max_concurrent or manifest.get("max_concurrent"),
                     address=args.address)
 

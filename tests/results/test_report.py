@@ -160,7 +160,7 @@ def make_demo(root: Path, monkeypatch) -> Path:
             "diverged" if (t.arm, t.config.seed) == ("pooled", 2) else "done"
         factory_write(results, t, top1, state)
     bookkeeping.write_manifest(results, name=sweep.name, source=str(sweep_file), trials=trials,
-                               max_concurrent=None)
+                               max_concurrent=None, description=sweep.description)
     return results
 
 
