@@ -52,10 +52,13 @@ def write_sweep(path: Path, *, seeds: list[int], arms: str = "", name: str = "ti
 
 
 @pytest.fixture
-def empty_image_folder(tmp_path: Path) -> Path:
-    """An image folder that passes the planner's layout check but holds no images: the trial
-    using it fails at run time with a DataError."""
+def undecodable_image_folder(tmp_path: Path) -> Path:
+    """An image folder that passes every check the planner makes (layout, names, headers) but
+    whose images cannot be decoded: the trial using it fails at run time with a data error."""
     for split in ("train", "val"):
         for cls in ("a", "b"):
-            (tmp_path / "imgs" / split / cls).mkdir(parents=True)
+            folder = tmp_path / "imgs" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(16):  # a full batch of the tiny recipe per class
+                (folder / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(24))
     return tmp_path / "imgs"

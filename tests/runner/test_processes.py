@@ -57,8 +57,8 @@ def _wait_for_epoch(proc: subprocess.Popen, tdir) -> None:
         time.sleep(0.2)
 
 
-def test_finished_and_failed_runs_leave_no_process(tmp_path, empty_image_folder):
-    arms = (f"arms:\n  broken: {{data.name: imagefolder, data.root: '{empty_image_folder}',"
+def test_finished_and_failed_runs_leave_no_process(tmp_path, undecodable_image_folder):
+    arms = (f"arms:\n  broken: {{data.name: imagefolder, data.root: '{undecodable_image_folder}',"
             " data.num_train: null, data.num_val: null}\n")
     sweep = write_sweep(tmp_path / "s.yaml", seeds=[0], arms=arms)
     proc = _start("run", str(sweep), "--results", str(tmp_path / "results"))

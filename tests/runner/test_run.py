@@ -77,8 +77,9 @@ def test_a_lost_worker_is_retried_from_its_checkpoint_and_said_in_one_line(
 
 
 def test_failing_trial_is_recorded_not_retried_and_the_others_finish(tmp_path,
-                                                                    empty_image_folder, capsys):
-    arms = (f"arms:\n  broken: {{data.name: imagefolder, data.root: '{empty_image_folder}',"
+                                                                    undecodable_image_folder,
+                                                                    capsys):
+    arms = (f"arms:\n  broken: {{data.name: imagefolder, data.root: '{undecodable_image_folder}',"
             " data.num_train: null, data.num_val: null}\n")
     sweep = write_sweep(tmp_path / "s.yaml", seeds=[0, 1], arms=arms)
     results = tmp_path / "results"
@@ -90,9 +91,11 @@ def test_failing_trial_is_recorded_not_retried_and_the_others_finish(tmp_path,
         raw = record.read_state_raw(record.trial_dir(results, tid))
         assert raw["attempt"] == 1  # a data error is deterministic: never retried
         if state == "failed":
-            assert raw["error"]["kind"] == "data" and raw["error"]["type"] == "DataError"
+            assert raw["error"]["kind"] == "data" and raw["error"]["type"] == "UnreadableImage"
             assert "Traceback (most recent call last)" in raw["error"]["traceback"]
-    assert "2 trials failed (data) with: DataError:" in out  # grouped: both seeds, one line
+    failed = [line for line in out.splitlines() if "failed (data)" in line]
+    assert len(failed) == 2 and all("UnreadableImage" in f and "--deep-data-check" in f
+                                    for f in failed)
     assert f"resume with: ablate resume {results}" in out
 
     # A rerun skips the two done trials and tries the failed ones again.
