@@ -179,7 +179,7 @@ def _execute(trials: list, results: Path, **kw: Any) -> int:
               f"than the plan's now ({_describe_changes(changed)}): "
               + ("rerunning them; their old records go to replaced/" if kw.get("rerun_changed")
                  else "kept; rerun them with --rerun-changed"), flush=True)
-    display = _Progress(tty=sys.stdout.isatty())
+    display = _Progress(tty=sys.stdout.isatty(), trials=trials, results=results)
     if todo:
         kw["address"], kw["address_from"] = _join_from_env(kw.get("address"))
         if display.tty:
@@ -199,13 +199,18 @@ def _execute(trials: list, results: Path, **kw: Any) -> int:
 
 
 class _Progress:
-    """A live progress line on a terminal; silent otherwise (the summary follows anyway)."""
+    """On a terminal, one live status line. Elsewhere (a log file under nohup, sbatch or CI),
+    one line per event: a trial's start, each epoch, its end and any failure or retry, so
+    the log shows progress as it happens."""
 
-    def __init__(self, tty: bool) -> None:
+    def __init__(self, tty: bool, trials: list | None = None, results: Path | None = None):
         self.tty, self.width = tty, 0
+        self.trials = {t.id: t for t in trials or []}
+        self.results = results
 
     def on_event(self, event: Any) -> None:
         if not self.tty:
+            self._log(event)
             return
         p = event.progress
         if event.kind == "failed":
@@ -217,7 +222,40 @@ class _Progress:
                   flush=True)
         eta = f", about {_duration(p.eta_s)} left" if p.eta_s is not None else ""
         self.show(f"[{_duration(p.elapsed_s)}] {p.done} done, {p.running} running, "
-                    f"{p.failed} failed, {p.left} waiting{eta}")
+                  f"{p.failed} failed, {p.left} waiting{eta}")
+
+    def _log(self, event: Any) -> None:
+        t = self.trials.get(event.trial_id)
+        who = f"{event.trial_id} [{t.arm}] seed {t.config.seed}" if t else event.trial_id
+        p, m = event.progress, event.metrics
+        counts = f"({p.done} done, {p.running} running, {p.failed} failed, {p.left} waiting)"
+        if event.kind == "start":
+            line = f"start {who} {counts}"
+        elif event.kind == "result" and "epoch" in m:
+            of = f"/{t.config.train.epochs}" if t else ""
+            top1 = m.get("val/top1")
+            speed = m.get("train/img_per_s")
+            line = (f"epoch {who}: {m['epoch']}{of}"
+                    + (f", val/top1 {top1:.2f}" if isinstance(top1, (int, float)) else "")
+                    + (f", {speed:.0f} img/s" if isinstance(speed, (int, float)) else ""))
+        elif event.kind == "done":
+            line = f"end   {who} {counts}"
+        elif event.kind == "failed":
+            line = f"fail  {who}: {self._error_line(event.trial_id)} {counts}"
+        elif event.kind == "retry":
+            line = f"retry {who}: worker lost, resuming from its last checkpoint"
+        else:
+            return
+        print(f"ablate: {line}", flush=True)
+
+    def _error_line(self, trial_id: str) -> str:
+        from ablate import record
+
+        raw = record.read_state_raw(record.trial_dir(self.results, trial_id)) \
+            if self.results else None
+        error = (raw or {}).get("error") or {}
+        message = str(error.get("message") or "").strip().splitlines()
+        return f"{error.get('type', 'error')}: {message[0] if message else ''}".strip()
 
     def show(self, line: str) -> None:
         sys.stdout.write("\r" + line.ljust(self.width))

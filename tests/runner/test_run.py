@@ -96,6 +96,19 @@ def test_failing_trial_is_recorded_not_retried_and_the_others_finish(tmp_path,
     failed = [line for line in out.splitlines() if "failed (data)" in line]
     assert len(failed) == 2 and all("UnreadableImage" in f and "--deep-data-check" in f
                                     for f in failed)
+    # Not a terminal (captured): a line per start, per epoch of every trial, per end and failure.
+    lines = out.splitlines()
+    for tid, state in states.items():
+        mine = [line for line in lines if f" {tid} [" in line]
+        assert any(line.startswith(f"ablate: start {tid} [") for line in mine)
+        epochs = [line for line in mine if line.startswith("ablate: epoch ")]
+        if state == "done":
+            assert [e.split(": ")[2].split(",")[0] for e in epochs] == ["1/3", "2/3", "3/3"]
+            assert all("val/top1 " in e and "img/s" in e for e in epochs)
+            assert any(line.startswith(f"ablate: end   {tid} [") for line in mine)
+        else:
+            assert epochs == [] and any(line.startswith(f"ablate: fail  {tid} [broken]")
+                                        and "UnreadableImage: " in line for line in mine)
     assert f"resume with: ablate resume {results}" in out
 
     # A rerun skips the two done trials and tries the failed ones again.
