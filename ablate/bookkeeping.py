@@ -222,6 +222,21 @@ def split_finished(trials: list[Trial], results_dir: Path) -> tuple[list[Trial],
     return finished, todo
 
 
+def held_failures(todo: list[Trial], results_dir: Path) -> list[Trial]:
+    """The trials of ``todo`` whose last attempt failed in a way that will recur (bad code,
+    configuration or data: ``failures.RECURRING``): a run does not start them again until
+    they are reset (``ablate reset``) or the run is told ``--retry-failed``."""
+    from ablate.failures import RECURRING, classify_record
+
+    held = []
+    for t in todo:
+        raw = record.read_state_raw(record.trial_dir(results_dir, t.id)) or {}
+        if raw.get("state") == record.FAILED and isinstance(raw.get("error"), dict) \
+                and classify_record(raw["error"]).kind in RECURRING:
+            held.append(t)
+    return held
+
+
 # ---------------------------------------------------------------------------- changes
 
 

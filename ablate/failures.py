@@ -22,6 +22,7 @@ OOM, KILLED, DIVERGED, DATA, CONFIG, CODE = "oom", "killed", "diverged", "data",
 DISK = "disk"
 KINDS = (OOM, KILLED, DISK, DIVERGED, DATA, CONFIG, CODE)
 RETRIED = (OOM, KILLED)  # the only kinds where another attempt may succeed
+RECURRING = (DATA, CONFIG, CODE)  # fail the same way again until someone changes something
 # What to do about a kind, where the first line of the error does not say it already.
 HINTS = {DISK: "the disk is full: free space where the results folder is, then resume"}
 ENOSPC = 28  # errno "No space left on device" (Linux, macOS)

@@ -35,6 +35,7 @@ from ablate.bookkeeping import (
     LOCK,
     config_changes,
     driver_lock,
+    held_failures,
     migrate_legacy,
     set_aside,
     split_finished,
@@ -93,6 +94,7 @@ class RunSummary:
     ray_start_s: float
     retried: int = 0  # attempts restarted after a lost worker or out of memory
     interrupted: int | None = None  # the signal (SIGINT, SIGTERM) that stopped the run
+    held: list[str] = field(default_factory=list)  # failed before, recurring: not started
 
 
 class _Tracker:
@@ -227,7 +229,7 @@ def run_one(config: dict[str, Any]) -> None:
 def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str | None = None,
              description: str | None = None, max_concurrent: int | None = None, address: str | None = None,
              address_from: str = "--address", num_cpus: int | None = None,
-             rerun_changed: bool = False,
+             rerun_changed: bool = False, retry_failed: bool = False,
              on_event: Callable[[Event], None] | None = None) -> RunSummary:
     """Record the plan in ``sweep.json`` and run every trial of it not finished yet.
 
@@ -241,7 +243,9 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
 
     Folders of ablate 0.1 are renamed to their trials' current ids first. A finished trial
     whose stored configuration differs from the planned one is kept, unless ``rerun_changed``:
-    then its record is set aside under ``replaced/`` and it runs again.
+    then its record is set aside under ``replaced/`` and it runs again. A trial whose last
+    attempt failed in a way that will recur (code, configuration, data) is not started again
+    unless ``retry_failed``; the summary lists it under ``held`` (and ``failed``).
     """
     results_dir = Path(results_dir).resolve()
     created = not results_dir.exists()
@@ -249,11 +253,14 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
         with driver_lock(results_dir):
             t0 = time.time()
             finished, todo = split_finished(trials, results_dir)
+            held = [] if retry_failed else held_failures(todo, results_dir)
+            todo = [t for t in todo if t not in held]
             changed = [t for t in finished if rerun_changed and config_changes(results_dir, t)]
             if not todo and not changed:
                 _write_plan(results_dir, trials, [], name=name, source=source,
                             description=description, max_concurrent=max_concurrent)
-                return _summarise(results_dir, finished, [], time.time() - t0, 0.0)
+                summary = _summarise(results_dir, finished, held, time.time() - t0, 0.0)
+                return dataclasses.replace(summary, held=[t.id for t in held])
             todo += changed
             stop, retried = _Stop(), 0
             with ray_session(address, num_cpus, address_from=address_from) as ray_start_s:
@@ -264,8 +271,10 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
                     retried = _run_on_ray(todo, results_dir, max_concurrent=max_concurrent,
                                           on_event=on_event)
             finished = [t for t in finished if t not in changed]
-            summary = _summarise(results_dir, finished, todo, time.time() - t0, ray_start_s)
-            return dataclasses.replace(summary, retried=retried, interrupted=stop.signum)
+            summary = _summarise(results_dir, finished, todo + held, time.time() - t0,
+                                 ray_start_s)
+            return dataclasses.replace(summary, retried=retried, interrupted=stop.signum,
+                                       held=[t.id for t in held])
     except AblateError:
         if created:  # refused before anything ran: leave no folder holding only the lock
             (results_dir / LOCK).unlink(missing_ok=True)

@@ -36,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="rerun finished trials whose stored configuration differs from the "
                    "plan's (a default changed in the code); their old records are kept under "
                    "RESULTS/replaced/")
+    _retry_option(p)
     add_deep_check_option(p)
     add_plugin_option(p)
     p.set_defaults(func=run_command)
@@ -46,12 +47,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "last checkpoint.")
     p.add_argument("results", metavar="RESULTS_DIR")
     _ray_options(p)
+    _retry_option(p)
     p.set_defaults(func=resume_command)
 
     p = sub.add_parser("status", help="show every trial's state (also during a run)")
     p.add_argument("results", metavar="RESULTS_DIR")
     p.add_argument("--json", action="store_true", help="one JSON object per trial, as a list")
     p.set_defaults(func=status_command)
+
+
+def _retry_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--retry-failed", action="store_true",
+                   help="start again the trials whose last attempt failed in a way that would "
+                   "recur (bad code, configuration or data); without it they are held until "
+                   "fixed and reset with 'ablate reset DIR --failed'")
 
 
 def _ray_options(p: argparse.ArgumentParser) -> None:
@@ -89,7 +98,8 @@ def run_command(args: argparse.Namespace) -> int:
     _check_folder_owner(results, sweep.name, args.yes)
     return _execute(trials, results, name=sweep.name, source=str(sweep.path),
                     description=sweep.description, max_concurrent=args.max_concurrent or sweep.max_concurrent,
-                    address=args.address, rerun_changed=args.rerun_changed)
+                    address=args.address, rerun_changed=args.rerun_changed,
+                    retry_failed=args.retry_failed)
 
 
 def resume_command(args: argparse.Namespace) -> int:
@@ -101,7 +111,7 @@ def resume_command(args: argparse.Namespace) -> int:
     return _execute(manifest["trials"], results, name=manifest["name"],
                     source=manifest.get("source"), description=manifest.get("description"),
                     max_concurrent=args.max_concurrent or manifest.get("max_concurrent"),
-                    address=args.address)
+                    address=args.address, retry_failed=args.retry_failed)
 
 
 def check_results_folder(results: Path, key: str) -> None:
@@ -168,12 +178,15 @@ def _execute(trials: list, results: Path, **kw: Any) -> int:
     from ablate import bookkeeping, runner
 
     finished, todo = bookkeeping.split_finished(trials, results)
+    held = [] if kw.get("retry_failed") else bookkeeping.held_failures(todo, results)
+    todo = [t for t in todo if t not in held]
     changed = {t.id: c for t in finished if (c := bookkeeping.config_changes(results, t))}
     if changed and kw.get("rerun_changed"):
         todo += [t for t in finished if t.id in changed]
         finished = [t for t in finished if t.id not in changed]
     print(f"ablate: sweep {kw['name']}: {len(trials)} trials, {len(finished)} already finished, "
-          f"{len(todo)} to run; results in {results}", flush=True)
+          + (f"{len(held)} held (failed before), " if held else "")
+          + f"{len(todo)} to run; results in {results}", flush=True)
     if changed:
         print(f"ablate: {len(changed)} finished trials were run with another configuration "
               f"than the plan's now ({_describe_changes(changed)}): "
@@ -271,7 +284,7 @@ class _Progress:
 
 
 def _print_summary(summary: Any, trials: list, results: Path) -> None:
-    from ablate.failures import group_by_first_line
+    from ablate.failures import RECURRING, group_by_first_line
 
     n_done = len(summary.done) + len(summary.skipped)
     print(f"ablate: {n_done} of {len(trials)} trials finished ({len(summary.done)} in this run), "
@@ -294,9 +307,17 @@ def _print_summary(summary: Any, trials: list, results: Path) -> None:
             print(f"  {len(ids)} trials failed ({kind}) with: {line}\n    {shown}")
         if summary.failed[ids[0]].hint:
             print(f"    {summary.failed[ids[0]].hint}")
+    recurring = [i for i, f in summary.failed.items() if f.kind in RECURRING]
+    if recurring:
+        held = f" ({len(summary.held)} failed before and were not started again)" \
+            if summary.held else ""
+        print(f"  {len(recurring)} trials failed with an error that will recur (code, "
+              f"configuration or data){held}: the next run holds them; fix the cause, then "
+              f"'ablate reset {shlex.quote(str(results))} --failed', or run with --retry-failed")
     if summary.failed or summary.unfinished:
         print(f"  details: ablate status {shlex.quote(str(results))}")
-        print(f"  resume with: ablate resume {shlex.quote(str(results))}")
+        if len(recurring) < len(summary.failed) or summary.unfinished:
+            print(f"  resume with: ablate resume {shlex.quote(str(results))}")
 
 
 def _describe_changes(changed: dict[str, dict]) -> str:

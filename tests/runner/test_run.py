@@ -109,13 +109,26 @@ def test_failing_trial_is_recorded_not_retried_and_the_others_finish(tmp_path,
         else:
             assert epochs == [] and any(line.startswith(f"ablate: fail  {tid} [broken]")
                                         and "UnreadableImage: " in line for line in mine)
-    assert f"resume with: ablate resume {results}" in out
 
-    # A rerun skips the two done trials and tries the failed ones again.
+    assert "will recur" in out and "--failed" in out and "resume with" not in out
+
+    # A rerun skips the two done trials and holds the two that failed on their data: nothing
+    # is started (a data error recurs until someone fixes the data).
     done_mtimes = {tid: (record.trial_dir(results, tid) / "result.json").stat().st_mtime_ns
                    for tid, s in states.items() if s == "done"}
+    failed_states = {tid: (record.trial_dir(results, tid) / "state.json").read_bytes()
+                     for tid, s in states.items() if s == "failed"}
     assert main(["run", str(sweep), "--results", str(results)]) == 1
+    out = capsys.readouterr().out
+    assert "2 already finished, 2 held (failed before), 0 to run" in out
+    assert "2 failed before and were not started again" in out
+    for tid, raw in failed_states.items():
+        assert (record.trial_dir(results, tid) / "state.json").read_bytes() == raw
+    # --retry-failed starts them again: one more attempt each (they fail again, not retried).
+    assert main(["run", str(sweep), "--results", str(results), "--retry-failed"]) == 1
     assert "2 already finished, 2 to run" in capsys.readouterr().out
+    for tid in failed_states:
+        assert record.read_state_raw(record.trial_dir(results, tid))["attempt"] == 2
     for tid, mtime in done_mtimes.items():
         assert (record.trial_dir(results, tid) / "result.json").stat().st_mtime_ns == mtime
 
