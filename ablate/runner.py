@@ -166,7 +166,8 @@ def run_one(config: dict[str, Any]) -> None:
 def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str | None = None,
              max_concurrent: int | None = None, address: str | None = None,
              num_cpus: int | None = None, rerun_changed: bool = False,
-             on_event: Callable[[Event], None] | None = None) -> RunSummary:
+             on_event: Callable[[Event], None] | None = None,
+             overrides: list[str] | None = None) -> RunSummary:
     """Record the plan in ``sweep.json`` and run every trial of it not finished yet.
 
     Holds the results folder's driver lock throughout. Starts no Ray at all when nothing is
@@ -176,7 +177,9 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
 
     Folders of ablate 0.1 are renamed to their trials' current ids first. A finished trial
     whose stored configuration differs from the planned one is kept, unless ``rerun_changed``:
-    then its record is set aside under ``replaced/`` and it runs again.
+    then its record is set aside under ``replaced/`` and it runs again. ``overrides``: the
+    command line's ``--set``/``--only``/``--seeds`` that made the plan, recorded in sweep.json
+    (None keeps what it records, as ``ablate resume`` runs the same plan).
     """
     results_dir = Path(results_dir).resolve()
     with driver_lock(results_dir):
@@ -187,7 +190,7 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
                         and config_changes(results_dir, t):
                     set_aside(results_dir, t)
         write_manifest(results_dir, name=name, source=source, trials=trials,
-                       max_concurrent=max_concurrent)
+                       max_concurrent=max_concurrent, overrides=overrides)
         t0 = time.time()
         finished, todo = split_finished(trials, results_dir)
         ray_start_s = 0.0
