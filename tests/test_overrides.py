@@ -10,10 +10,14 @@ import json
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ablate import bookkeeping, record, runner
 from ablate.cli import main
+from ablate.errors import SpecError
 from ablate.plan import load_plan
+from ablate.spec import load_sweep
 from tests.results.factory import write_record
 
 SWEEP = """\
@@ -156,6 +160,27 @@ def test_a_bad_flag_is_one_line_exit_2_and_nothing_written(tmp_path, sweep, caps
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ablate: error: ") and message in err[0], err
     assert captured.out == "" and not results.exists()
+
+
+KEYS = ["train.epochs", "base.train.lr", "model.kernel_size", "model.se", "data.img_size",
+        "seeds", "max_concurrent", "grid.model.kernel_size", "arms.se.model.se", "arms.x",
+        "resources.cpus", "base", "base.model", "paired.model.window", "exclude", "name"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(KEYS) | st.text(max_size=12),
+                          st.text(max_size=16) | st.sampled_from(
+                              ["1", "1e-3", "null", "[0, 1]", "3,5", "true", "{a: 1}", "[",
+                               "-1", "x,y", "'a,b'", ".inf"])), max_size=3))
+def test_any_override_gives_a_sweep_or_our_error(tmp_path_factory, pairs):
+    """Whatever the flags hold, the result is a sweep or a SpecError, never another error."""
+    path = tmp_path_factory.getbasetemp() / "prop.yaml"
+    if not path.exists():
+        path.write_text(SWEEP)
+    try:
+        load_sweep(path, tuple(f"{k}={v}" for k, v in pairs))
+    except SpecError as e:
+        assert "\n" not in str(e)
 
 
 TRIAL = {"model": {"arch": "dwnet_nano"},
