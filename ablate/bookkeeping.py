@@ -37,8 +37,12 @@ log = logging.getLogger(__name__)
 
 
 def write_manifest(results_dir: Path, *, name: str, source: str | None, trials: list[Trial],
-                   max_concurrent: int | None, description: str | None = None) -> None:
+                   max_concurrent: int | None, description: str | None = None,
+                   overrides: list[str] | None = None) -> None:
     """Write ``sweep.json`` for this plan (what ``ablate resume`` runs).
+
+    ``overrides``: the command-line flags that changed or cut the sweep file's plan
+    (``--set``, ``--only``, ``--seeds``), kept under ``"overrides"``; None keeps the earlier ones.
 
     Trials of an earlier plan that this one no longer has stay listed under ``"retired"``: their
     records are kept and shown by ``ablate status``, but they are not run.
@@ -50,9 +54,12 @@ def write_manifest(results_dir: Path, *, name: str, source: str | None, trials: 
         for t in old["trials"] + old["retired"]:
             if t.id not in ids:
                 retired[t.id] = t
+    if overrides is None:
+        overrides = old.get("overrides", []) if old is not None else []
     record.write_json_atomic(results_dir / MANIFEST, {
         "schema": record.RECORD_SCHEMA, "name": name, "source": source,
         "description": description, "max_concurrent": max_concurrent,
+        "overrides": list(overrides),
         "trials": [t.to_dict() for t in trials],
         "retired": [t.to_dict() for t in retired.values()],
     })

@@ -61,31 +61,41 @@ class _Candidate:
 
 
 def load_plan(path: str | Path, *, confirm: bool = False, check_data: bool = True,
-              plugins: tuple[str, ...] = ()) -> tuple[Sweep, list[Trial]]:
+              plugins: tuple[str, ...] = (), overrides: tuple[str, ...] = (),
+              only: tuple[str, ...] = (), seeds: tuple[int, ...] = ()
+              ) -> tuple[Sweep, list[Trial]]:
     """Load, validate and plan a sweep file; the Sweep comes back with ``trials`` filled.
 
-    ``plugins``: modules to load besides the sweep's own (``--plugin``).
+    ``plugins``: modules to load besides the sweep's own (``--plugin``); ``overrides``:
+    ``KEY=VALUE`` texts set on the file (``--set``); ``only`` and ``seeds``: keep part of the
+    plan (``--only``, ``--seeds``; see :func:`select_trials`).
     """
-    sweep = load_sweep(path)
+    sweep = load_sweep(path, overrides)
     if plugins:
         load_plugins(plugins, source="--plugin")
         sweep = dataclasses.replace(sweep, plugins=tuple(dict.fromkeys(
             (*sweep.plugins, *plugins))))
-    trials = plan_trials(sweep, confirm=confirm, check_data=check_data)
+    trials = plan_trials(sweep, confirm=confirm, check_data=check_data, only=only,
+                         seeds=seeds)
     return dataclasses.replace(sweep, trials=tuple(trials)), trials
 
 
-def plan_trials(sweep: Sweep, *, confirm: bool = False, check_data: bool = True) -> list[Trial]:
+def plan_trials(sweep: Sweep, *, confirm: bool = False, check_data: bool = True,
+                only: tuple[str, ...] = (), seeds: tuple[int, ...] = ()) -> list[Trial]:
     """The sweep's trials in run order; SpecError for any impossible or suspicious plan.
 
     ``check_data=False`` skips the existence checks of data folders (to plan a paper-scale
     sweep on a machine without ImageNet); ``confirm`` lifts the ``max_trials`` limit.
+    ``only``/``seeds`` keep part of the plan; the checks after that see only that part.
     """
     load_plugins(sweep.plugins, source=str(sweep.path))  # they may define mixers and models
     kept = _apply_exclude(sweep, list(_expand(sweep)))
     if not kept:
         raise sweep.error("the plan is empty: every trial is excluded", "exclude")
     _check_expected(sweep, {c.label for c in kept})
+    if only or seeds:
+        kept = select_trials(kept, only, seeds, label=lambda c: c.label,
+                             seed=lambda c: c.config.seed)
     _check_recipes(sweep, kept)
     _check_models(sweep, kept)
     fingerprints = _check_data(sweep, kept, check_data)
@@ -125,6 +135,56 @@ def num_classes(data: DataConfig) -> int | None:
         if root.is_dir():
             return sum(1 for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     return None
+
+
+def select_trials(items: list, only: tuple[str, ...], seeds: tuple[int, ...], *,
+                  label: Any, seed: Any, flag: str = "--only") -> list:
+    """The items whose label matches a name of ``only`` and whose seed is in ``seeds`` (an
+    empty filter keeps all); ``label``/``seed`` read them from an item, and ``flag`` names
+    the option ``only`` came from in errors.
+
+    A name matches a whole label (``se, kernel_size=3``) or one of its comma-separated parts
+    (``se``: the arm; ``kernel_size=3``: a grid value). Each text of ``only`` may list several
+    names, joined by commas; a label that itself holds commas may be given whole. A name or a
+    seed that matches nothing is a SpecError naming its flag and the closest choice.
+    """
+    labels = {label(i) for i in items}
+    names = labels | {p for lab in labels for p in lab.split(", ")}
+    wanted = [(text, n) for text in only for n in _split_names(text, names)]
+    for text, n in wanted:
+        if n not in names:
+            near = closest(n, names)
+            raise SpecError(f"no trial is labelled '{n}'", key=f"{flag} {text}",
+                            hint=(f"did you mean '{near}'? " if near else "")
+                            + "'ablate plan' lists the labels")
+    seeds_flag = "--seeds " + ",".join(map(str, seeds))
+    plan_seeds = sorted({seed(i) for i in items})
+    for s in seeds:
+        if s not in plan_seeds:
+            raise SpecError(f"the plan has no seed {s}", key=seeds_flag,
+                            hint=f"its seeds are {', '.join(map(str, plan_seeds))}; to add "
+                            "seeds, --set seeds=[...]")
+    picked = {n for _, n in wanted}
+    kept = [i for i in items if (not picked or label(i) in picked
+                                 or picked & set(label(i).split(", ")))
+            and (not seeds or seed(i) in seeds)]
+    if not kept:
+        flags = [f"{flag} {t}" for t in only] + ([seeds_flag] if seeds else [])
+        raise SpecError("no trial matches all of the selection", key=" ".join(flags),
+                        hint="'ablate plan' lists each trial's label and seed")
+    return kept
+
+
+def _split_names(text: str, names: set[str]) -> list[str]:
+    """``a, x=1,b`` -> the longest runs of comma-separated pieces that are names."""
+    pieces = [p.strip() for p in text.split(",")]
+    out, i = [], 0
+    while i < len(pieces):
+        j = next((j for j in range(len(pieces), i, -1)
+                  if ", ".join(pieces[i:j]) in names), i + 1)
+        out.append(", ".join(pieces[i:j]))
+        i = j
+    return [n for n in out if n]
 
 
 # --- expansion -----------------------------------------------------------------------------

@@ -227,9 +227,10 @@ def run_one(config: dict[str, Any]) -> None:
 
 
 def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str | None = None,
-             description: str | None = None, max_concurrent: int | None = None, address: str | None = None,
-             address_from: str = "--address", num_cpus: int | None = None,
-             rerun_changed: bool = False, retry_failed: bool = False,
+             description: str | None = None, max_concurrent: int | None = None,
+             address: str | None = None, address_from: str = "--address",
+             num_cpus: int | None = None, rerun_changed: bool = False,
+             retry_failed: bool = False, overrides: list[str] | None = None,
              on_event: Callable[[Event], None] | None = None) -> RunSummary:
     """Record the plan in ``sweep.json`` and run every trial of it not finished yet.
 
@@ -246,6 +247,8 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
     then its record is set aside under ``replaced/`` and it runs again. A trial whose last
     attempt failed in a way that will recur (code, configuration, data) is not started again
     unless ``retry_failed``; the summary lists it under ``held`` (and ``failed``).
+    ``overrides``: the command line's ``--set``/``--only``/``--seeds`` that made the plan,
+    recorded in sweep.json (None keeps what it records, as ``ablate resume`` runs the same plan).
     """
     results_dir = Path(results_dir).resolve()
     created = not results_dir.exists()
@@ -258,7 +261,8 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
             changed = [t for t in finished if rerun_changed and config_changes(results_dir, t)]
             if not todo and not changed:
                 _write_plan(results_dir, trials, [], name=name, source=source,
-                            description=description, max_concurrent=max_concurrent)
+                            description=description, max_concurrent=max_concurrent,
+                            overrides=overrides)
                 summary = _summarise(results_dir, finished, held, time.time() - t0, 0.0)
                 return dataclasses.replace(summary, held=[t.id for t in held])
             todo += changed
@@ -266,7 +270,8 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
             with ray_session(address, num_cpus, address_from=address_from) as ray_start_s:
                 _check_fits(todo)
                 _write_plan(results_dir, trials, changed, name=name, source=source,
-                            description=description, max_concurrent=max_concurrent)
+                            description=description, max_concurrent=max_concurrent,
+                            overrides=overrides)
                 with stop.catching():
                     retried = _run_on_ray(todo, results_dir, max_concurrent=max_concurrent,
                                           on_event=on_event)
@@ -285,13 +290,13 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
 
 def _write_plan(results_dir: Path, trials: list[Trial], changed: list[Trial], *, name: str,
                 source: str | None, description: str | None,
-                max_concurrent: int | None) -> None:
+                max_concurrent: int | None, overrides: list[str] | None) -> None:
     """The run's first writes, once its plan is accepted: renames, set-asides, sweep.json."""
     migrate_legacy(results_dir, trials)
     for t in changed:
         set_aside(results_dir, t)
     write_manifest(results_dir, name=name, source=source, description=description,
-                   trials=trials, max_concurrent=max_concurrent)
+                   trials=trials, max_concurrent=max_concurrent, overrides=overrides)
 
 
 class _Stop:

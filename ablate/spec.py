@@ -68,7 +68,7 @@ from ablate.config import (
     TrialConfig,
 )
 from ablate.errors import SpecError, unknown_name_hint
-from ablate.sweepfile import KeyPath, _dotted, _load_tree, _show, _where
+from ablate.sweepfile import KeyPath, _dotted, _load_tree, _show, _where, apply_overrides
 
 DIRECTION = re.compile(r"^\s*(>|<|~)\s*(\S.*?)\s*$")
 MARGIN = re.compile(r"^(.*?)\s*(?:±|\+-|\+/-)\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
@@ -215,10 +215,16 @@ class Sweep:
         return out
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Parse and validate one sweep file (following ``extends``); SpecError on any mistake."""
+def load_sweep(path: str | Path, overrides: tuple[str, ...] = ()) -> Sweep:
+    """Parse and validate one sweep file (following ``extends``); SpecError on any mistake.
+
+    ``overrides``: ``KEY=VALUE`` texts (``--set``) applied after ``extends`` and validated with
+    the file (see :func:`ablate.sweepfile.apply_overrides`); their errors name the flag.
+    """
     path = Path(path)
     raw, locs = _load_tree(path, ())
+    if overrides:
+        raw, locs = apply_overrides(raw, locs, tuple(overrides))
     return sweep_from_tree(raw, locs, path)
 
 

@@ -1,7 +1,10 @@
-"""Reading a sweep file: YAML with line numbers, and ``extends`` merged in.
+"""Reading a sweep file: YAML with line numbers, ``extends`` merged in, ``--set`` applied.
 
 :func:`_load_tree` gives the raw mapping (the files it extends deep-merged under it) and the
 (file, line) of every key path, so that :mod:`ablate.spec` can point errors at their line.
+:func:`apply_overrides` then sets the command line's ``--set KEY=VALUE`` on that mapping; the
+keys it sets point at their flag instead of a line, so a bad value is reported as
+``--set train.epochs=x: ...``.
 """
 from __future__ import annotations
 
@@ -203,3 +206,113 @@ def _where(locs: dict, path: Path, keys: KeyPath) -> dict[str, Any]:
         keys = keys[:-1]
     file, line = locs.get(keys, (_display(path), None))
     return {"file": file, "line": line}
+
+
+# --- overrides: --set KEY=VALUE on the merged tree ------------------------------------------
+
+BASE_SECTIONS = ("model", "data", "train", "resources")  # "train.epochs" means base.train.epochs
+AXIS_SECTIONS = ("model", "data", "train")  # "KEY=V1,V2" on these makes a grid axis
+_NAMED = ("arms", "expected")  # their second part is a label: arms.LABEL.model.arch
+
+
+def apply_overrides(tree: dict, locs: dict[KeyPath, Loc], overrides: tuple[str, ...], *,
+                    single_trial: bool = False) -> tuple[dict, dict[KeyPath, Loc]]:
+    """The sweep tree with every ``KEY=VALUE`` of ``overrides`` set on it, in order.
+
+    VALUE is read as YAML with the sweep file's own reader. An axis (``model.*``, ``data.*``,
+    ``train.*``) takes a comma-separated list: several values make it a grid axis, one value
+    replaces the base's (or, when the axis is varied by grid or paired, its list of values).
+    ``single_trial``: the tree stands for one trial's file (``ablate train CONFIG``), so only
+    keys of its sections and one value each are taken. The keys set are located at their
+    flag, so the schema's errors name it.
+    """
+    tree, locs = dict(tree), dict(locs)
+    for text in overrides:
+        flag = f"--set {text}"
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SpecError("expected KEY=VALUE", file=flag,
+                            hint="e.g. --set train.epochs=1 or --set model.group_size=1,4")
+        path = _override_path(key, flag)
+        if single_trial and path[0] != "base":
+            raise SpecError(f"a trial config has no key '{key}'", file=flag,
+                            hint="set keys of its model, data and train sections")
+        axis = path[0] == "base" and len(path) == 3 and path[1] in AXIS_SECTIONS
+        if axis:
+            path, new = _axis_target(tree, path, _read_value(f"[{value}]", flag), flag,
+                                     not single_trial)
+        else:
+            new = _read_value(value, flag)
+        _set(tree, path, new, flag)
+        locs = {k: v for k, v in locs.items() if k[:len(path)] != path}
+        locs[path] = (flag, None)
+    return tree, locs
+
+
+def _override_path(key: str, flag: str) -> KeyPath:
+    """``train.epochs`` -> (base, train, epochs); ``grid.model.group_size`` -> (grid,
+    model.group_size); ``arms.se.model.se`` -> (arms, se, model.se); ``seeds`` -> (seeds,)."""
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise SpecError(f"'{key}' is not a dotted key", file=flag,
+                        hint="e.g. train.epochs, base.data.root, seeds, grid.model.group_size")
+    head, rest = parts[0], parts[1:]
+    if head == "extends":
+        raise SpecError("extends is read before any override", file=flag,
+                        hint="edit the sweep file, or copy it and change its extends")
+    if head in BASE_SECTIONS:
+        return ("base", head, *rest)
+    if head in ("grid", "paired") and rest:
+        return (head, ".".join(rest))
+    if head in _NAMED and len(rest) >= 2:
+        return (head, rest[0], ".".join(rest[1:]))
+    return tuple(parts)
+
+
+def _axis_target(tree: dict, path: KeyPath, values: list, flag: str,
+                 grid: bool) -> tuple[KeyPath, Any]:
+    """Where the values of an axis go: the grid or paired list that varies it, a new grid axis
+    for several values, else the base."""
+    dotted = f"{path[1]}.{path[2]}"
+    if not values:
+        raise SpecError("no value given", file=flag, hint="write null to unset the key")
+    if len(values) > 1 and not grid:
+        raise SpecError("several values make a grid axis, and a single trial has none",
+                        file=flag, hint="give one value; quote a value that holds a comma")
+    for section in ("paired", "grid"):
+        axes = tree.get(section)
+        if grid and isinstance(axes, dict) and axes.get(dotted) is not None:
+            return (section, dotted), values
+    if len(values) > 1:
+        return ("grid", dotted), values
+    return path, values[0]
+
+
+def _read_value(text: str, flag: str) -> Any:
+    """A value read as the sweep file reads it (``1e-3`` a number, ``[0, 1]`` a list)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a safe loader
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"the value is not YAML ({problem})", file=flag,
+                        hint="quote strings that hold YAML punctuation: --set 'KEY=\"a: b\"'"
+                        ) from None
+
+
+def _set(tree: dict, path: KeyPath, value: Any, flag: str) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise SpecError(f"'{_dotted(path[:i + 1])}' is {_show(child)} in the sweep, not a "
+                            "mapping", file=flag, hint="set the whole value instead")
+        else:
+            child = node[part] = dict(child)  # never change the caller's tree
+        node = child
+    if value is None and path[0] in DROPPABLE and len(path) == 2:
+        node.pop(path[-1], None)  # as in a file: null removes an axis, arm or expected entry
+    else:
+        node[path[-1]] = value

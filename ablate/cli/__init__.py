@@ -18,7 +18,7 @@ import sys
 from ablate.errors import AblateError
 
 # Order is the order of --help: the researcher's workflow.
-COMMAND_MODULES = ("plan", "run", "train", "results")
+COMMAND_MODULES = ("plan", "run", "train", "results", "manage")
 
 
 def add_plugin_option(p: argparse.ArgumentParser) -> None:
@@ -27,6 +27,53 @@ def add_plugin_option(p: argparse.ArgumentParser) -> None:
                    help="import MODULE first (repeatable): a plugin that registers mixers, "
                    "block styles or models, importable from the working directory or "
                    "installed; the sweep file's 'plugins:' list does the same")
+
+
+def add_override_options(p: argparse.ArgumentParser, *, select: bool = True) -> None:
+    """``--set KEY=VALUE`` (repeatable) and, with ``select``, ``--only`` and ``--seeds``."""
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                   help="override a key of the sweep file after its extends (repeatable): "
+                   "train.epochs=1 (= base.train.epochs), data.root=/scratch/x, seeds=[0,1], "
+                   "max_concurrent=2; VALUE is read as YAML and checked as in the file. On a "
+                   "model/data/train key, V1,V2 makes a grid axis (quote a value holding a "
+                   "comma: 'data.root=\"/a,b\"')")
+    if select:
+        p.add_argument("--only", metavar="LABEL[,LABEL...]", action="append", default=[],
+                       help="keep only the trials with these labels (repeatable); a label's "
+                       "part selects every trial that has it: an arm, or axis=value")
+        p.add_argument("--seeds", metavar="S[,S...]",
+                       help="keep only the trials of these seeds of the sweep, e.g. 0,1")
+
+
+def plan_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``ablate.plan.load_plan`` that the override options give."""
+    out = {"overrides": tuple(args.overrides)}
+    if hasattr(args, "only"):
+        out |= {"only": tuple(args.only), "seeds": _seeds(args.seeds)}
+    return out
+
+
+def override_flags(args: argparse.Namespace) -> list[str]:
+    """The override options as given, e.g. ["--set train.epochs=1", "--only se"] (recorded
+    with the plan in sweep.json)."""
+    flags = [f"--set {o}" for o in args.overrides]
+    flags += [f"--only {o}" for o in getattr(args, "only", [])]
+    if getattr(args, "seeds", None):
+        flags.append(f"--seeds {args.seeds}")
+    return flags
+
+
+def _seeds(text: str | None) -> tuple[int, ...]:
+    from ablate.errors import SpecError
+
+    if text is None:
+        return ()
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise SpecError("expected seeds as whole numbers joined by commas", key=f"--seeds {text}",
+                        hint="e.g. --seeds 0,1") from None
+    return tuple(dict.fromkeys(seeds))
 
 
 def build_parser() -> argparse.ArgumentParser:

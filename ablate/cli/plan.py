@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ablate.cli import add_plugin_option
+from ablate.cli import add_override_options, add_plugin_option, override_flags, plan_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="skip counting the models' parameters and FLOPs")
     add_deep_check_option(p)
     add_plugin_option(p)
+    add_override_options(p)
     p.set_defaults(func=run_plan)
 
 
@@ -48,11 +49,12 @@ def run_plan(args: argparse.Namespace) -> int:
     from ablate.plan import load_plan
 
     sweep, trials = load_plan(args.sweep, confirm=args.yes, check_data=not args.no_data_check,
-                              plugins=tuple(args.plugin))
+                              plugins=tuple(args.plugin), **plan_options(args))
     if args.deep_data_check:
         deep_check_data(trials)
     results = args.results or str(sweep.results_dir)
     report = build_report(sweep, trials, results, stats=not args.no_stats)
+    report["sweep"]["overrides"] = override_flags(args)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     else:
@@ -188,8 +190,10 @@ def render(report: dict[str, Any]) -> str:
     s = report["sweep"]
     lines = [f"sweep {s['name']}: {s['description']}", f"  file {s['path']}; results "
              f"{s['results_dir']}; per trial {s['resources']['cpus']:g} CPU, "
-             f"{s['resources']['gpus']:g} GPU; at most {s['max_concurrent'] or 'any'} at once",
-             ""]
+             f"{s['resources']['gpus']:g} GPU; at most {s['max_concurrent'] or 'any'} at once"]
+    if s.get("overrides"):
+        lines.append("  overrides: " + " ".join(s["overrides"]))
+    lines.append("")
     rows = report["trials"]
     axes = list(rows[0]["varied"]) if rows else []
     head = ["id", "label", *[a.split(".", 1)[1] for a in axes], "seed", "state", "action",

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ablate.cli import add_plugin_option
+from ablate.cli import add_override_options, add_plugin_option, override_flags, plan_options
 from ablate.cli.plan import add_deep_check_option
 
 
@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _retry_option(p)
     add_deep_check_option(p)
     add_plugin_option(p)
+    add_override_options(p)
     p.set_defaults(func=run_command)
 
     p = sub.add_parser("resume", help="finish what is left of a sweep's results folder",
@@ -88,7 +89,8 @@ def _positive_int(text: str) -> int:
 def run_command(args: argparse.Namespace) -> int:
     from ablate.plan import load_plan
 
-    sweep, trials = load_plan(args.sweep, confirm=args.yes, plugins=tuple(args.plugin))
+    sweep, trials = load_plan(args.sweep, confirm=args.yes, plugins=tuple(args.plugin),
+                              **plan_options(args))
     if args.deep_data_check:
         from ablate.cli.plan import deep_check_data
 
@@ -97,9 +99,10 @@ def run_command(args: argparse.Namespace) -> int:
     check_results_folder(results, "--results" if args.results else "results_dir")
     _check_folder_owner(results, sweep.name, args.yes)
     return _execute(trials, results, name=sweep.name, source=str(sweep.path),
-                    description=sweep.description, max_concurrent=args.max_concurrent or sweep.max_concurrent,
+                    description=sweep.description,
+                    max_concurrent=args.max_concurrent or sweep.max_concurrent,
                     address=args.address, rerun_changed=args.rerun_changed,
-                    retry_failed=args.retry_failed)
+                    retry_failed=args.retry_failed, overrides=override_flags(args))
 
 
 def resume_command(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ablate.cli import add_plugin_option
+from ablate.cli import add_override_options, add_plugin_option
 from ablate.errors import SpecError, TrialError, closest, unknown_name_hint
 
 _SECTIONS = ("model", "data", "train")
@@ -32,11 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="trial config file (YAML/JSON): a TrialConfig or a trial.json")
     p.add_argument("--out", type=Path, help="trial folder (default: results/manual/trials/ID)")
     p.add_argument("--sweep", type=Path, help="sweep file to take the trial from")
-    p.add_argument("--trial", help="trial id (or a unique prefix) in the sweep's plan")
+    p.add_argument("--trial", help="trial id (or a unique prefix) in the sweep's plan (with "
+                   "--set: the plan it makes)")
     p.add_argument("--results", type=Path,
                    help="results folder of the sweep (default: the sweep's results_dir)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if any)")
     add_plugin_option(p)
+    add_override_options(p, select=False)
     p.set_defaults(func=run_train)
 
 
@@ -96,18 +98,21 @@ def _resolve(args: argparse.Namespace):
         if args.out is not None:
             raise TrialError("--out is for a config file; with --sweep, give --results",
                              key="--out", hint="the trial folder is RESULTS/trials/ID")
-        trial, results = _from_sweep(args.sweep, args.trial, tuple(args.plugin))
+        trial, results = _from_sweep(args.sweep, args.trial, tuple(args.plugin),
+                                     tuple(args.overrides))
         return trial, record.trial_dir(args.results or results, trial.id)
     if args.config is None:
         raise TrialError("no trial given", hint="ablate train CONFIG.yaml, or --sweep and --trial")
-    trial = load_trial_file(args.config, plugins=tuple(args.plugin))
+    trial = load_trial_file(args.config, plugins=tuple(args.plugin),
+                            overrides=tuple(args.overrides))
     return trial, args.out or record.trial_dir(Path("results") / trial.sweep, trial.id)
 
 
-def _from_sweep(path: Path, trial_id: str, plugins: tuple[str, ...] = ()):
+def _from_sweep(path: Path, trial_id: str, plugins: tuple[str, ...] = (),
+                overrides: tuple[str, ...] = ()):
     from ablate.plan import load_plan
 
-    sweep, trials = load_plan(path, plugins=plugins)
+    sweep, trials = load_plan(path, plugins=plugins, overrides=overrides)
     ids = [t.id for t in trials]
     matches = [t for t in trials if t.id.startswith(trial_id)]
     if len(matches) != 1:
@@ -119,18 +124,18 @@ def _from_sweep(path: Path, trial_id: str, plugins: tuple[str, ...] = ()):
     return matches[0], sweep.results_dir
 
 
-def load_trial_file(path: Path, plugins: tuple[str, ...] = ()):
+def load_trial_file(path: Path, plugins: tuple[str, ...] = (), overrides: tuple[str, ...] = ()):
     """A Trial from a YAML/JSON file holding a TrialConfig or a Trial (a copied trial.json).
 
     It is checked exactly as a sweep file's ``base`` is, by the same schema and the planner's
     checks (models, data, recipe), so ``epochs: 0`` or an unknown mixer fails here too, with
-    the file, line and key.
+    the file, line and key. ``overrides`` (``--set train.epochs=1``) are set on it first.
     """
     import dataclasses
 
     from ablate.plan import plan_trials
     from ablate.spec import sweep_from_tree
-    from ablate.sweepfile import _read_yaml
+    from ablate.sweepfile import _read_yaml, apply_overrides
 
     if not path.is_file():
         raise TrialError("trial config file not found", file=path,
@@ -156,6 +161,8 @@ def load_trial_file(path: Path, plugins: tuple[str, ...] = ()):
     sweep_locs = {("base", *k[n:]): v for k, v in locs.items() if tuple(k[:n]) == prefix}
     if (*prefix, "seed") in locs:
         sweep_locs[("seeds", 0)] = locs[(*prefix, "seed")]
+    if overrides:
+        tree, sweep_locs = apply_overrides(tree, sweep_locs, overrides, single_trial=True)
     try:
         [trial] = plan_trials(sweep_from_tree(tree, sweep_locs, path))
     except SpecError as e:
