@@ -81,29 +81,30 @@ def _inputs(case, gen):
 
 def _err(got: torch.Tensor, want: torch.Tensor) -> float:
     """Largest error relative to the element's own size (plus a floor of 1e-3 of the scale)."""
-    got, want = got.double(), want.double()
+    got, want = got.double().cpu(), want.double()
     floor = 1e-3 * want.abs().max().item() + 1e-12
     return ((got - want).abs() / (want.abs() + floor)).max().item()
 
 
-def _run_case(case, ops) -> dict[str, float]:
+def _run_case(case, ops, device: str = "cpu") -> dict[str, float]:
     from ablate.models.mixers.local_ops import local_aggregate, local_correlate
 
     k, g = case[5], case[4]
-    x, q, wt, gy = _inputs(case, torch.Generator().manual_seed(zlib.crc32(case_id(case).encode())))
-    x64, q64, w64 = (t.double().requires_grad_() for t in (x, q, wt))
+    cpu = _inputs(case, torch.Generator().manual_seed(zlib.crc32(case_id(case).encode())))
+    x64, q64, w64 = (t.double().requires_grad_() for t in cpu[:3])
+    x, q, wt, gy = (t.to(device) for t in cpu)
     errs = {"aggregate": _err(ops.aggregate(x, wt, k), ref_aggregate(x64, w64, k)),
             "correlate": _err(ops.correlate(q, x, k, g), ref_correlate(q64, x64, k, g))}
-    (want,) = torch.autograd.grad(ref_aggregate(x64, w64, k), x64, gy.double())
+    (want,) = torch.autograd.grad(ref_aggregate(x64, w64, k), x64, cpu[3].double())
     errs["scatter"] = _err(ops.scatter(gy, wt, k), want)
     if case[7] != "float32":
         return errs
     xg, qg, wg = (t.clone().requires_grad_() for t in (x, q, wt))
     got = torch.autograd.grad(local_aggregate(xg, wg, k), (xg, wg), gy)
-    want = torch.autograd.grad(ref_aggregate(x64, w64, k), (x64, w64), gy.double())
+    want = torch.autograd.grad(ref_aggregate(x64, w64, k), (x64, w64), cpu[3].double())
     errs["aggregate.grad_x"], errs["aggregate.grad_w"] = map(_err, got, want)
     gout = torch.randn(want[1].shape, generator=torch.Generator().manual_seed(1))
-    got = torch.autograd.grad(local_correlate(qg, xg, k, g), (qg, xg), gout)
+    got = torch.autograd.grad(local_correlate(qg, xg, k, g), (qg, xg), gout.to(device))
     want = torch.autograd.grad(ref_correlate(q64, x64, k, g), (q64, x64), gout.double())
     errs["correlate.grad_q"], errs["correlate.grad_x"] = map(_err, got, want)
     return errs
@@ -147,6 +148,19 @@ def test_triton_kernels_match_the_reference(interpreted, case):
     if case[7] == "float32":
         expected |= {"aggregate.grad_x", "aggregate.grad_w", "correlate.grad_q", "correlate.grad_x"}
     assert set(errs) == expected
+    bad = {name: e for name, e in errs.items() if not e <= TOLERANCE[case[7]]}
+    assert not bad, f"relative errors above {TOLERANCE[case[7]]}: {bad}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_triton_kernels_on_cuda_match_the_reference(case):
+    """Compiled for the GPU this time; the gradients go through the ops' CUDA registration."""
+    pytest.importorskip("triton")
+    from ablate.models.mixers import triton_ops
+
+    errs = _run_case(case, triton_ops, device="cuda")
     bad = {name: e for name, e in errs.items() if not e <= TOLERANCE[case[7]]}
     assert not bad, f"relative errors above {TOLERANCE[case[7]]}: {bad}"
 
