@@ -227,14 +227,15 @@ def train_row(arch: str, device: str, data: dict, train: dict, timeout: int) -> 
             _met(proc.returncode == 0 and bool(files)))
 
 
-def _interpret_on_cpu() -> None:
-    """Make the (interpreted) Triton kernels the ops' CPU implementation, for --check."""
+def _cpu_kernels(use_triton: bool) -> None:
+    """Make the (interpreted) Triton kernels, or the gather, the ops' CPU implementation."""
     from ablate.models.mixers import triton_ops
 
-    for name, fn in [("local_aggregate", triton_ops.aggregate),
-                     ("local_scatter", triton_ops.scatter),
-                     ("local_correlate", triton_ops.correlate)]:
-        torch.library.register_kernel(f"ablate::{name}", "cpu", fn)
+    for name, fast, gather in [
+            ("local_aggregate", triton_ops.aggregate, local_ops._gather_aggregate),
+            ("local_scatter", triton_ops.scatter, local_ops._gather_scatter),
+            ("local_correlate", triton_ops.correlate, local_ops._gather_correlate)]:
+        torch.library.register_kernel(f"ablate::{name}", "cpu", fast if use_triton else gather)
 
 
 def _uses_local_ops(model, x) -> bool:
@@ -250,6 +251,7 @@ def nano_triton_rows(size: int = 24) -> list[Row]:
     """Nano models' logits and gradients: gather (as built) against the interpreted kernels."""
     rows = []
     for arch in NANO:
+        _cpu_kernels(use_triton=False)
         torch.manual_seed(0)
         model = create_model(arch, num_classes=10, drop_path_rate=0.0).eval()
         x = torch.randn(2, 3, size, size)
@@ -257,8 +259,7 @@ def nano_triton_rows(size: int = 24) -> list[Row]:
             continue
         results = []
         for use_triton in (False, True):
-            if use_triton:
-                _interpret_on_cpu()
+            _cpu_kernels(use_triton)
             model.zero_grad(set_to_none=True)
             logits = model(x)
             logits.square().sum().backward()
@@ -268,10 +269,6 @@ def nano_triton_rows(size: int = 24) -> list[Row]:
         rows.append((f"nano {arch}: Triton (interpreted) vs gather, logits / grads",
                      f"{lerr:.1e} / {gerr:.1e}", f"< {LOGIT_TOL:g}",
                      _met(max(lerr, gerr) < LOGIT_TOL)))
-        for name in ("local_aggregate", "local_scatter", "local_correlate"):  # back to gather
-            torch.library.register_kernel(f"ablate::{name}", "cpu", getattr(
-                local_ops, {"local_aggregate": "_gather_aggregate", "local_scatter":
-                            "_gather_scatter", "local_correlate": "_gather_correlate"}[name]))
     return rows
 
 
@@ -282,8 +279,8 @@ def import_row() -> Row:
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_child_env(),
                           capture_output=True, text=True, timeout=300)
     found = proc.stdout.strip()
-    return ("ablate.models, ablate.train, ablate.cli import without ray", found or proc.stderr[-200:],
-            "[]", _met(proc.returncode == 0 and found == "[]"))
+    return ("ablate.models, ablate.train, ablate.cli import without ray",
+            found or proc.stderr[-200:], "[]", _met(proc.returncode == 0 and found == "[]"))
 
 
 def print_table(rows: list[Row]) -> None:

@@ -134,7 +134,8 @@ def interpreted():
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed: the CUDA path falls back to the gather code")
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env,
                           cwd=root, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
