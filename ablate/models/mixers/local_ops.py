@@ -17,10 +17,18 @@ channels (3 for idynamic DWNet-T) the loops run channel-major, on whole (B, H, W
 Why custom backward passes: autograd through K*K shifted views would keep a full-size zero
 tensor per offset for the slice gradients; here each backward loops over the offsets once and
 accumulates in place, so the extra memory is one padded input plus the weight gradient, never
-the (B, C, K*K, H, W) tensor an unfold implementation materialises.
+the (B, C, K*K, H, W) tensor an unfold implementation materialises. The backward passes are
+made of the ops themselves plus a third, ``ablate::local_scatter`` (the transpose of the
+aggregation in its input), so each device runs its own implementation of all of them.
+
+Devices: the gather code below is the implementation everywhere except CUDA, where the Triton
+kernels of :mod:`ablate.models.mixers.triton_ops` run (same semantics, float32 accumulation);
+without triton installed CUDA falls back to the gather too.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -120,9 +128,34 @@ def _crop(xp: torch.Tensor, p: int) -> torch.Tensor:
     return xp[:, p:xp.shape[1] - p, p:xp.shape[2] - p].contiguous()
 
 
+def _gather_aggregate(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
+    return _gather_sum(_pad(x, k // 2), w, k, w.shape[-1])
+
+
+def _gather_scatter(a: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
+    return _crop(_scatter_sum(a, w, k, w.shape[-1]), k // 2)
+
+
+def _gather_correlate(q: torch.Tensor, x: torch.Tensor, k: int, groups: int) -> torch.Tensor:
+    return _correlate(q, _pad(x, k // 2), k, groups)
+
+
+# Three ops, each the others' gradient pieces, so that a backward pass is made of the same ops
+# and runs the same device's implementation (the gather here, Triton on CUDA, see below).
 @torch.library.custom_op("ablate::local_aggregate", mutates_args=())
 def _aggregate_op(x: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
-    return _gather_sum(_pad(x, k // 2), w, k, w.shape[-1])
+    return _gather_aggregate(x, w, k)
+
+
+@torch.library.custom_op("ablate::local_scatter", mutates_args=())
+def _scatter_op(a: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
+    """The transpose of local_aggregate in x: y[i] = sum_o w[i-d_o, o] * a[i-d_o]."""
+    return _gather_scatter(a, w, k)
+
+
+@torch.library.custom_op("ablate::local_correlate", mutates_args=())
+def _correlate_op(q: torch.Tensor, x: torch.Tensor, k: int, groups: int) -> torch.Tensor:
+    return _gather_correlate(q, x, k, groups)
 
 
 @_aggregate_op.register_fake
@@ -130,29 +163,9 @@ def _(x, w, k):
     return torch.empty_like(x)
 
 
-def _aggregate_setup(ctx, inputs, output):
-    x, w, k = inputs
-    ctx.save_for_backward(x, w)
-    ctx.k = k
-
-
-def _aggregate_backward(ctx, gy):
-    x, w = ctx.saved_tensors
-    k, groups = ctx.k, w.shape[-1]
-    gx = gw = None
-    if ctx.needs_input_grad[0]:
-        gx = _crop(_scatter_sum(gy, w, k, groups), k // 2)
-    if ctx.needs_input_grad[1]:
-        gw = _correlate(gy, _pad(x, k // 2), k, groups)
-    return gx, gw, None
-
-
-_aggregate_op.register_autograd(_aggregate_backward, setup_context=_aggregate_setup)
-
-
-@torch.library.custom_op("ablate::local_correlate", mutates_args=())
-def _correlate_op(q: torch.Tensor, x: torch.Tensor, k: int, groups: int) -> torch.Tensor:
-    return _correlate(q, _pad(x, k // 2), k, groups)
+@_scatter_op.register_fake
+def _(a, w, k):
+    return torch.empty_like(a)
 
 
 @_correlate_op.register_fake
@@ -160,24 +173,64 @@ def _(q, x, k, groups):
     return _weight_major(*q.shape[:3], k, groups, q)
 
 
-def _correlate_setup(ctx, inputs, output):
-    q, x, k, groups = inputs
-    ctx.save_for_backward(q, x)
-    ctx.k, ctx.groups = k, groups
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:2])
+    ctx.k = inputs[2]
+
+
+def _aggregate_backward(ctx, gy):
+    x, w = ctx.saved_tensors
+    gx = _scatter_op(gy, w, ctx.k) if ctx.needs_input_grad[0] else None
+    gw = _correlate_op(gy, x, ctx.k, w.shape[-1]) if ctx.needs_input_grad[1] else None
+    return gx, gw, None
+
+
+def _scatter_backward(ctx, gy):
+    a, w = ctx.saved_tensors
+    ga = _aggregate_op(gy, w, ctx.k) if ctx.needs_input_grad[0] else None
+    gw = _correlate_op(a, gy, ctx.k, w.shape[-1]) if ctx.needs_input_grad[1] else None
+    return ga, gw, None
 
 
 def _correlate_backward(ctx, gout):
     q, x = ctx.saved_tensors
-    k, groups = ctx.k, ctx.groups
-    gq = gx = None
-    if ctx.needs_input_grad[0]:
-        gq = _gather_sum(_pad(x, k // 2), gout, k, groups)
-    if ctx.needs_input_grad[1]:
-        gx = _crop(_scatter_sum(q, gout, k, groups), k // 2)
+    gq = _aggregate_op(x, gout, ctx.k) if ctx.needs_input_grad[0] else None
+    gx = _scatter_op(q, gout, ctx.k) if ctx.needs_input_grad[1] else None
     return gq, gx, None, None
 
 
-_correlate_op.register_autograd(_correlate_backward, setup_context=_correlate_setup)
+_aggregate_op.register_autograd(_aggregate_backward, setup_context=_setup)
+_scatter_op.register_autograd(_scatter_backward, setup_context=_setup)
+_correlate_op.register_autograd(_correlate_backward, setup_context=_setup)
+
+
+@functools.cache
+def _triton():
+    """The Triton kernels, or None where triton is not installed (the gather runs instead)."""
+    try:
+        from ablate.models.mixers import triton_ops
+    except ImportError:
+        return None
+    return triton_ops
+
+
+# CUDA runs the Triton kernels; triton is imported on the first CUDA call, not with ablate.
+@_aggregate_op.register_kernel("cuda")
+def _(x, w, k):
+    fast = _triton()
+    return fast.aggregate(x, w, k) if fast else _gather_aggregate(x, w, k)
+
+
+@_scatter_op.register_kernel("cuda")
+def _(a, w, k):
+    fast = _triton()
+    return fast.scatter(a, w, k) if fast else _gather_scatter(a, w, k)
+
+
+@_correlate_op.register_kernel("cuda")
+def _(q, x, k, groups):
+    fast = _triton()
+    return fast.correlate(q, x, k, groups) if fast else _gather_correlate(q, x, k, groups)
 
 
 # The public entry points: plain functions (FX names a node by its target's __name__, which a
@@ -200,6 +253,11 @@ def local_correlate(q: torch.Tensor, x: torch.Tensor, k: int, groups: int) -> to
 def _aggregate_flops(x_shape, w_shape, k, *args, out_shape=None, **kwargs) -> int:
     b, h, w, c = x_shape
     return 2 * b * h * w * c * k * k
+
+
+@register_flop_formula(torch.ops.ablate.local_scatter)
+def _scatter_flops(a_shape, w_shape, k, *args, out_shape=None, **kwargs) -> int:
+    return _aggregate_flops(a_shape, w_shape, k)
 
 
 @register_flop_formula(torch.ops.ablate.local_correlate)
