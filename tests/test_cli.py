@@ -68,6 +68,21 @@ def test_status_reads_records_without_torch_or_ray(tmp_path):
     assert _loaded_after(["status", str(results)]) == []
 
 
+@pytest.mark.parametrize("command", ["collect", "figures", "report"])
+def test_results_commands_load_neither_torch_nor_timm_nor_ray(tmp_path, command):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "results_factory", Path(__file__).parent / "results" / "factory.py")
+    factory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(factory)
+    results = tmp_path / "results"
+    factory.write_grid(results, 4, epochs=3, axes=("group_size",))
+    loaded = _loaded_after([command, str(results)])
+    assert not {"torch", "timm", "ray"} & set(loaded)
+    assert (results / "trials.parquet").is_file()  # the command did its work
+
+
 @pytest.mark.parametrize("first", ["ablate", "timm"])
 def test_models_are_registered_with_timm_whichever_is_imported_first(first):
     second = "timm" if first == "ablate" else "ablate"
