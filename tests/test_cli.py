@@ -68,16 +68,21 @@ def test_status_reads_records_without_torch_or_ray(tmp_path):
     assert _loaded_after(["status", str(results)]) == []
 
 
-@pytest.mark.parametrize("command", ["collect", "figures", "report"])
-def test_results_commands_load_neither_torch_nor_timm_nor_ray(tmp_path, command):
+def _fabricated_results(tmp_path: Path) -> Path:
+    """A results folder of 4 finished trials, written by the results tests' factory."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
         "results_factory", Path(__file__).parent / "results" / "factory.py")
     factory = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(factory)
-    results = tmp_path / "results"
-    factory.write_grid(results, 4, epochs=3, axes=("group_size",))
+    factory.write_grid(tmp_path / "results", 4, epochs=3, axes=("group_size",))
+    return tmp_path / "results"
+
+
+@pytest.mark.parametrize("command", ["collect", "figures", "report"])
+def test_results_commands_load_neither_torch_nor_timm_nor_ray(tmp_path, command):
+    results = _fabricated_results(tmp_path)
     loaded = _loaded_after([command, str(results)])
     assert not {"torch", "timm", "ray"} & set(loaded)
     assert (results / "trials.parquet").is_file()  # the command did its work
@@ -95,14 +100,7 @@ def test_models_are_registered_with_timm_whichever_is_imported_first(first):
 
 def test_other_libraries_info_lines_do_not_reach_the_user(tmp_path):
     # A fresh matplotlib config folder makes matplotlib build its font cache and say so at INFO.
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "results_factory", Path(__file__).parent / "results" / "factory.py")
-    factory = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(factory)
-    results = tmp_path / "results"
-    factory.write_grid(results, 4, epochs=3, axes=("group_size",))
+    results = _fabricated_results(tmp_path)
     env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "mpl")}
     out = subprocess.run([sys.executable, "-m", "ablate", "figures", str(results)],
                          capture_output=True, text=True, env=env)
