@@ -98,11 +98,20 @@ def cifar_dir(root: Path, name: str) -> Path:
     return root if root.name == folder else root / folder
 
 
-def data_fingerprint(data: DataConfig) -> str | None:
+def folder_listing(root: Path) -> dict[str, list[str]]:
+    """Split -> its images as sorted ``CLASS/FILE`` paths, for an image folder ROOT/SPLIT/CLASS
+    (the one listing the fingerprint, the planner's split sizes and the deep check read)."""
+    return {split: [f"{c}/{f}" for c in class_names(root / split)
+                    for f in image_files(root / split / c)] for split in FOLDER_SPLITS}
+
+
+def data_fingerprint(data: DataConfig,
+                     listing: dict[str, list[str]] | None = None) -> str | None:
     """16 hex digits identifying the content of ``data``'s folder; None if it has no folder.
 
     The folder must exist with the expected layout (``validate_data`` checks that
-    first and says what is wrong); OSError otherwise.
+    first and says what is wrong); OSError otherwise. ``listing``: the image folder's
+    :func:`folder_listing`, when the caller has it already.
     """
     if not data.root:
         return None
@@ -111,18 +120,16 @@ def data_fingerprint(data: DataConfig) -> str | None:
     if data.name in CIFAR_FILES:
         _hash_cifar(h, cifar_dir(root, data.name), data.name)
     else:
-        _hash_folder(h, root)
+        _hash_folder(h, root, listing or folder_listing(root))
     return h.hexdigest()[:16]
 
 
-def _hash_folder(h, root: Path) -> None:
+def _hash_folder(h, root: Path, listing: dict[str, list[str]]) -> None:
     classes = class_names(root / FOLDER_SPLITS[0])
     h.update(("classes:" + "\n".join(classes) + "\n").encode())
     for split in FOLDER_SPLITS:
-        listing = [f"{c}/{f}" for c in class_names(root / split)
-                   for f in image_files(root / split / c)]
-        h.update(f"{split}:{len(listing)}\n".encode())
-        h.update(("\n".join(listing) + "\n").encode())
+        h.update(f"{split}:{len(listing[split])}\n".encode())
+        h.update(("\n".join(listing[split]) + "\n").encode())
 
 
 def _hash_cifar(h, base: Path, name: str) -> None:

@@ -30,10 +30,8 @@ from pathlib import Path
 from ablate.config import DataConfig
 from ablate.datafiles import (
     CIFAR_FILES,
-    FOLDER_SPLITS,
     check_files,
-    class_names,
-    image_files,
+    folder_listing,
     read_image,
 )
 from ablate.errors import DataError, UnreadableImage
@@ -89,8 +87,8 @@ def check_data(data: DataConfig, fingerprint: str | None, *, deep: bool = False,
 
 def _listing(data: DataConfig) -> list[str]:
     root = Path(data.root).expanduser()
-    return [str(root / split / c / f) for split in FOLDER_SPLITS
-            for c in class_names(root / split) for f in image_files(root / split / c)]
+    return [str(root / split / rel) for split, files in folder_listing(root).items()
+            for rel in files]
 
 
 def _decode_all(paths: list[str], on_progress: Callable[[int, int], None] | None,

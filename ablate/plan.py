@@ -98,8 +98,8 @@ def plan_trials(sweep: Sweep, *, confirm: bool = False, check_data: bool = True,
                              seed=lambda c: c.config.seed)
     _check_recipes(sweep, kept)
     _check_models(sweep, kept)
-    fingerprints = _check_data(sweep, kept, check_data)
-    _check_splits(sweep, kept, check_data)
+    fingerprints, folder_sizes = _check_data(sweep, kept, check_data)
+    _check_splits(sweep, kept, folder_sizes)
     _check_duplicates(sweep, kept, fingerprints)
     if len(kept) > sweep.max_trials and not confirm:
         raise sweep.error(f"the plan has {len(kept)} trials, more than max_trials="
@@ -308,16 +308,18 @@ def _check_recipes(sweep: Sweep, kept: list[_Candidate]) -> None:
                                   "mmax<max>, inc<0|1>, p<prob>: e.g. rand-m9-mstd0.5-inc1")
 
 
-def _check_splits(sweep: Sweep, kept: list[_Candidate], check_exists: bool) -> None:
+def _check_splits(sweep: Sweep, kept: list[_Candidate],
+                  folder_sizes: dict[DataConfig, tuple[int, int]]) -> None:
     """Each trial's training split holds at least one batch and its validation split an
-    image (what would otherwise fail minutes into the trial)."""
+    image (what would otherwise fail minutes into the trial). ``folder_sizes``: the image
+    folders' (train, val) counts, as :func:`_check_data` listed them."""
     seen: set = set()
     for c in kept:
         data, batch = c.config.data, c.config.train.batch_size
         if (data, batch) in seen:
             continue
         seen.add((data, batch))
-        sizes = _split_sizes(data, check_exists)
+        sizes = _split_sizes(data, folder_sizes.get(data))
         if sizes is None:
             continue
         (n_train, n_val), why = sizes
@@ -338,9 +340,9 @@ def _check_splits(sweep: Sweep, kept: list[_Candidate], check_exists: bool) -> N
 DIGITS_IMAGES = 1797  # scikit-learn's handwritten digits, 8x8, 10 classes
 
 
-def _split_sizes(data: DataConfig, check_exists: bool):
+def _split_sizes(data: DataConfig, folder: tuple[int, int] | None):
     """((train, val) image counts, a reason the split cannot be made or None), or None when
-    the sizes are not known without reading the folder."""
+    the sizes are not known (an image folder that was not listed: ``folder`` is its counts)."""
     import math
 
     why = None
@@ -357,15 +359,8 @@ def _split_sizes(data: DataConfig, check_exists: bool):
         n_train, n_val = data.num_train or 256, data.num_val or 64
     elif data.name in ("cifar10", "cifar100"):
         n_train, n_val = 50_000, 10_000
-    elif data.name == "imagefolder" and check_exists and data.root:
-        from ablate.datafiles import class_names, image_files
-
-        root = Path(data.root).expanduser()
-        try:
-            n_train, n_val = (sum(len(image_files(root / split / k))
-                                  for k in class_names(root / split)) for split in ("train", "val"))
-        except OSError:
-            return None  # the folder check reports what is wrong with it
+    elif data.name == "imagefolder" and folder is not None:
+        n_train, n_val = folder
     else:
         return None
     n_train = min(n_train, data.num_train or n_train)
@@ -435,11 +430,13 @@ def _check_kernels(sweep: Sweep, kept: list[_Candidate], cache: Any) -> None:
                               hint=f"use a kernel_size of at most {2 * side - 1}")
 
 
-def _check_data(sweep: Sweep, kept: list[_Candidate],
-                check_exists: bool) -> dict[DataConfig, str | None]:
+def _check_data(sweep: Sweep, kept: list[_Candidate], check_exists: bool
+                ) -> tuple[dict[DataConfig, str | None], dict[DataConfig, tuple[int, int]]]:
     """Check each distinct data configuration; with ``check_exists``, also its folder, and
-    return the fingerprint of each folder's content (what trial ids hash instead of paths)."""
+    return the fingerprint of each folder's content (what trial ids hash instead of paths)
+    and each image folder's (train, val) image counts, from one listing of it."""
     fingerprints: dict[DataConfig, str | None] = {}
+    folder_sizes: dict[DataConfig, tuple[int, int]] = {}
     for c in _first_per(kept, "data"):
         data = c.config.data
         where = _source(c, "data.root")
@@ -457,16 +454,21 @@ def _check_data(sweep: Sweep, kept: list[_Candidate],
                               hint="set data.num_classes")
         if check_exists:
             _check_folder(sweep, data, c)
-            fingerprints[data] = _fingerprint(sweep, data, c)
+            fingerprints[data], listing = _fingerprint(sweep, data, c)
+            if listing is not None:
+                folder_sizes[data] = (len(listing["train"]), len(listing["val"]))
             _check_files(sweep, data, c, fingerprints[data])
-    return fingerprints
+    return fingerprints, folder_sizes
 
 
-def _fingerprint(sweep: Sweep, data: DataConfig, c: _Candidate) -> str | None:
-    from ablate.datafiles import data_fingerprint
+def _fingerprint(sweep: Sweep, data: DataConfig, c: _Candidate):
+    """(the content fingerprint, the image folder's listing or None)."""
+    from ablate.datafiles import data_fingerprint, folder_listing
 
     try:
-        return data_fingerprint(data)
+        listing = folder_listing(Path(data.root).expanduser()) \
+            if data.name == "imagefolder" else None
+        return data_fingerprint(data, listing), listing
     except OSError as e:
         raise sweep.error(f"cannot read the data folder ({e.strerror or e})",
                           *_source(c, "data.root"), hint="check the folder's permissions"
