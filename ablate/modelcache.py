@@ -49,8 +49,8 @@ def _version(dist: str) -> str | None:
 
 
 def _files(folder: Path) -> list[list]:
-    return [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns]
-            for p in sorted(folder.rglob("*.py"))]
+    return [[str(p.relative_to(folder)), st.st_size, st.st_mtime_ns]
+            for p in sorted(folder.rglob("*.py")) for st in [p.stat()]]
 
 
 @lru_cache(maxsize=1)
