@@ -72,6 +72,10 @@ def _ray_options(p: argparse.ArgumentParser) -> None:
                    "the RAY_ADDRESS environment variable when it is set)")
     p.add_argument("--max-concurrent", type=_positive_int, metavar="N",
                    help="at most N trials at once (default: the sweep's max_concurrent)")
+    p.add_argument("--callback", metavar="MODULE:FACTORY", action="append", default=[],
+                   help="attach Ray Tune callbacks (repeatable): import MODULE (from the "
+                   "working directory or installed) and pass what FACTORY() returns, a "
+                   "ray.tune.Callback or a list of them, to Tune (an MLflow or W&B logger)")
 
 
 def _positive_int(text: str) -> int:
@@ -88,8 +92,10 @@ def _positive_int(text: str) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from ablate.cli.callbacks import load_callbacks
     from ablate.plan import load_plan
 
+    callbacks = load_callbacks(args.callback)
     sweep, trials = load_plan(args.sweep, confirm=args.yes, plugins=tuple(args.plugin),
                               **plan_options(args))
     if args.deep_data_check:
@@ -103,19 +109,23 @@ def run_command(args: argparse.Namespace) -> int:
                     description=sweep.description,
                     max_concurrent=args.max_concurrent or sweep.max_concurrent,
                     address=args.address, rerun_changed=args.rerun_changed,
-                    retry_failed=args.retry_failed, overrides=override_flags(args))
+                    retry_failed=args.retry_failed, overrides=override_flags(args),
+                    callbacks=callbacks)
 
 
 def resume_command(args: argparse.Namespace) -> int:
     from ablate import bookkeeping
+    from ablate.cli.callbacks import load_callbacks
 
+    callbacks = load_callbacks(args.callback)
     results = Path(args.results)
     check_results_folder(results, "RESULTS_DIR")
     manifest = bookkeeping.read_manifest(results)
     return _execute(manifest["trials"], results, name=manifest["name"],
                     source=manifest.get("source"), description=manifest.get("description"),
                     max_concurrent=args.max_concurrent or manifest.get("max_concurrent"),
-                    address=args.address, retry_failed=args.retry_failed)
+                    address=args.address, retry_failed=args.retry_failed,
+                    callbacks=callbacks)
 
 
 def check_results_folder(results: Path, key: str) -> None:
