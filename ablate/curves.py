@@ -54,7 +54,9 @@ def curves_dir(tdir: Path, trial: Trial) -> Path:
 def add_epoch(tdir: Path, trial: Trial, row: dict[str, Any]) -> None:
     """Add one epoch's row (already appended to ``metrics.jsonl``) to the trial's curves.
 
-    The file is flushed after every epoch and closed after the trial's last one.
+    tensorboardX writes from a thread of its own and flushes every few seconds; the file is
+    closed after the trial's last epoch. What a killed process had not written yet, the next
+    attempt replays from the record.
     """
     global _open
     folder, epoch = curves_dir(tdir, trial), int(row["epoch"])
@@ -65,7 +67,6 @@ def add_epoch(tdir: Path, trial: Trial, row: dict[str, Any]) -> None:
         else:
             close_curves()
             _open = _start_file(Path(tdir), trial, folder)
-        _open.writer.flush()
     except OSError as e:
         log.warning("trial %s: TensorBoard curves not written (%s)", trial.id, e)
         _open = None
