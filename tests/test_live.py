@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import re
 import sys
 
@@ -115,3 +116,16 @@ def test_a_run_on_a_terminal_draws_the_table_then_the_summary(tmp_path, monkeypa
     assert "val/top1" in table and "55.50" in table and "1/3" in table
     summary = out.index("0 of 1 trials finished")
     assert summary > out.rindex("55.50")  # the table is over when the summary prints
+
+
+def test_a_live_display_can_be_pickled_as_tune_pickles_its_callbacks():
+    """Tune saves its callbacks (ours reports to the display) with pickle at the start."""
+    t = tiny_trial(seed=0)
+    console, _ = terminal()
+    display = _Progress(tty=True, trials=[t], console=console)
+    display.on_event(runner.Event("start", t.id, P(1, running=1)))
+    try:
+        copy = pickle.loads(pickle.dumps(display.on_event)).__self__
+    finally:
+        display.close()
+    assert copy.trials == display.trials and copy.live is None

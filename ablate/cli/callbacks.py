@@ -3,7 +3,8 @@
 MODULE is imported as a plugin is (from the working directory, or installed), FACTORY() is
 called, and what it returns (one ``ray.tune.Callback`` or a list of them) goes to Tune beside
 ablate's own, so an MLflow or W&B logger sees every trial's results. Everything is checked
-before the run starts: a mistake is a :class:`CallbackError` naming the flag.
+before the run starts, including that Tune can pickle the callbacks (it saves them with its
+state): a mistake is a :class:`CallbackError` naming the flag.
 
 The check needs Ray's Callback class without this module importing Ray (only the runner may):
 an object can only be a ``ray.tune.Callback`` if ``ray.tune`` is already imported, by the
@@ -44,8 +45,25 @@ def load_callbacks(specs: Iterable[str]) -> list[Any]:
                                     key=f"{FLAG} {spec}",
                                     hint="return an instance of a ray.tune.Callback subclass "
                                     "(or a list of them)")
+            _check_picklable(spec, obj)
         out += made
     return out
+
+
+def _check_picklable(spec: str, obj: Any) -> None:
+    """Tune pickles its callbacks into its state when the run starts: check it here."""
+    pickler = sys.modules.get("ray.cloudpickle")  # loaded with ray.tune
+    if pickler is None:
+        return
+    try:
+        pickler.dumps(obj)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CallbackError(f"Tune cannot save the {type(obj).__name__} the factory returned "
+                            f"(it pickles its callbacks): {type(e).__name__}: {first}",
+                            key=f"{FLAG} {spec}",
+                            hint="create locks, open files and connections in the "
+                            "callback's setup() or first event, not in its constructor") from e
 
 
 def _factory(spec: str) -> Any:

@@ -241,6 +241,11 @@ class _Progress:
         self.results = results
         self.live = LiveTable(self.trials, console) if tty else None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks, and so this display, into state files ablate never reads
+        # back; a live table (locks, a thread) cannot be pickled and need not be.
+        return {**self.__dict__, "live": None}
+
     def on_event(self, event: Any) -> None:
         if self.live is None:
             self._log(event)

@@ -15,6 +15,7 @@ from tests.train.test_curves import read_events, scalars
 # One result file per on_trial_result, in OUT (filled in by the test).
 RECORDER = """\
 import json
+import threading
 from pathlib import Path
 
 from ray import tune
@@ -31,6 +32,15 @@ class Recorder(tune.Callback):
 
 def make():
     return Recorder()
+
+
+class Locked(tune.Callback):
+    def __init__(self):
+        self.lock = threading.Lock()
+
+
+def make_locked():
+    return Locked()
 
 
 def make_two():
@@ -89,6 +99,7 @@ def no_launch(monkeypatch):
     ("{m}:broken", "calling the factory raised RuntimeError: no tracking server"),
     ("{m}:make_class", "returned the class Recorder, not a ray.tune.Callback"),
     ("{m}:make_mixed", "returned a str, not a ray.tune.Callback"),
+    ("{m}:make_locked", "Tune cannot save the Locked the factory returned"),
 ])
 @pytest.mark.parametrize("command", ["run", "resume"])
 def test_a_bad_callback_is_one_line_and_nothing_is_written(tmp_path, plugin, no_launch, capsys,
