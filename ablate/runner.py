@@ -231,7 +231,8 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
              address: str | None = None, address_from: str = "--address",
              num_cpus: int | None = None, rerun_changed: bool = False,
              retry_failed: bool = False, overrides: list[str] | None = None,
-             on_event: Callable[[Event], None] | None = None) -> RunSummary:
+             on_event: Callable[[Event], None] | None = None,
+             callbacks: list | None = None) -> RunSummary:
     """Record the plan in ``sweep.json`` and run every trial of it not finished yet.
 
     Holds the results folder's driver lock throughout; before the plan is checked against the
@@ -249,6 +250,7 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
     unless ``retry_failed``; the summary lists it under ``held`` (and ``failed``).
     ``overrides``: the command line's ``--set``/``--only``/``--seeds`` that made the plan,
     recorded in sweep.json (None keeps what it records, as ``ablate resume`` runs the same plan).
+    ``callbacks``: more ``ray.tune.Callback`` objects for Tune (``--callback``).
     """
     results_dir = Path(results_dir).resolve()
     created = not results_dir.exists()
@@ -274,7 +276,7 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
                             overrides=overrides)
                 with stop.catching():
                     retried = _run_on_ray(todo, results_dir, max_concurrent=max_concurrent,
-                                          on_event=on_event)
+                                          on_event=on_event, callbacks=callbacks)
             finished = [t for t in finished if t not in changed]
             summary = _summarise(results_dir, finished, todo + held, time.time() - t0,
                                  ray_start_s)
@@ -487,7 +489,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, *,
 
 
 def _run_on_ray(todo: list[Trial], results_dir: Path, *, max_concurrent: int | None,
-                on_event: Callable[[Event], None] | None) -> int:
+                on_event: Callable[[Event], None] | None,
+                callbacks: list | None = None) -> int:
     """Run ``todo`` as one Tune experiment, in the planner's order; return how many attempts
     were retried."""
     import shutil
@@ -510,7 +513,7 @@ def _run_on_ray(todo: list[Trial], results_dir: Path, *, max_concurrent: int | N
                 name="tune", storage_path=str(storage), verbose=0,
                 failure_config=tune.FailureConfig(
                     max_failures=max(t.resources.max_retries for t in todo)),
-                callbacks=[_progress_callback(tracker, results_dir)]),
+                callbacks=[_progress_callback(tracker, results_dir), *(callbacks or [])]),
         ).fit()
     return tracker.retried
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ablate import checkpoint, record
+from ablate import checkpoint, curves, record
 from ablate.augment import BatchPrep
 from ablate.config import RecipeConfig, Trial
 from ablate.data import Loaders, build_loaders, load_splits
@@ -348,6 +348,7 @@ def _record_epoch(run: _Run, row: dict[str, Any], attempt_s: float) -> None:
     if is_best:
         run.best = {"val/top1": row["val/top1"], "epoch": epoch}
     record.append_metrics(run.tdir, row)
+    curves.add_epoch(run.tdir, run.trial, row)
     state = {"epoch": epoch, "model": run.model.state_dict(),
              "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
              "scaler": run.scaler.state_dict() if run.scaler is not None else None,

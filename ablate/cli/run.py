@@ -1,7 +1,7 @@
 """``ablate run``, ``ablate resume`` and ``ablate status``: run a sweep on Ray and watch it.
 
 The runner (``ablate.runner``) does the work and reports through events; this module turns them
-into a live progress line on a terminal (a start and an end line otherwise), the end-of-run
+into a live table on a terminal (``ablate.cli.live``; a line per event otherwise), the end-of-run
 summary, and the status table. ``run`` and ``resume`` exit 0 when every trial finished, 1 when
 some failed or are unfinished, 2 on a user's mistake (nothing written), and 130 or 143 after
 the summary when stopped by SIGINT (Ctrl-C) or SIGTERM.
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.cli import add_override_options, add_plugin_option, override_flags, plan_options
+from ablate.cli.live import duration as _duration
 from ablate.cli.plan import add_deep_check_option
 
 
@@ -71,6 +72,10 @@ def _ray_options(p: argparse.ArgumentParser) -> None:
                    "the RAY_ADDRESS environment variable when it is set)")
     p.add_argument("--max-concurrent", type=_positive_int, metavar="N",
                    help="at most N trials at once (default: the sweep's max_concurrent)")
+    p.add_argument("--callback", metavar="MODULE:FACTORY", action="append", default=[],
+                   help="attach Ray Tune callbacks (repeatable): import MODULE (from the "
+                   "working directory or installed) and pass what FACTORY() returns, a "
+                   "ray.tune.Callback or a list of them, to Tune (an MLflow or W&B logger)")
 
 
 def _positive_int(text: str) -> int:
@@ -87,8 +92,10 @@ def _positive_int(text: str) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from ablate.cli.callbacks import load_callbacks
     from ablate.plan import load_plan
 
+    callbacks = load_callbacks(args.callback)
     sweep, trials = load_plan(args.sweep, confirm=args.yes, plugins=tuple(args.plugin),
                               **plan_options(args))
     if args.deep_data_check:
@@ -102,19 +109,23 @@ def run_command(args: argparse.Namespace) -> int:
                     description=sweep.description,
                     max_concurrent=args.max_concurrent or sweep.max_concurrent,
                     address=args.address, rerun_changed=args.rerun_changed,
-                    retry_failed=args.retry_failed, overrides=override_flags(args))
+                    retry_failed=args.retry_failed, overrides=override_flags(args),
+                    callbacks=callbacks)
 
 
 def resume_command(args: argparse.Namespace) -> int:
     from ablate import bookkeeping
+    from ablate.cli.callbacks import load_callbacks
 
+    callbacks = load_callbacks(args.callback)
     results = Path(args.results)
     check_results_folder(results, "RESULTS_DIR")
     manifest = bookkeeping.read_manifest(results)
     return _execute(manifest["trials"], results, name=manifest["name"],
                     source=manifest.get("source"), description=manifest.get("description"),
                     max_concurrent=args.max_concurrent or manifest.get("max_concurrent"),
-                    address=args.address, retry_failed=args.retry_failed)
+                    address=args.address, retry_failed=args.retry_failed,
+                    callbacks=callbacks)
 
 
 def check_results_folder(results: Path, key: str) -> None:
@@ -200,8 +211,10 @@ def _execute(trials: list, results: Path, **kw: Any) -> int:
         kw["address"], kw["address_from"] = _join_from_env(kw.get("address"))
         if display.tty:
             display.show("starting Ray and the first trials ...")
-    summary = runner.run_plan(trials, results, on_event=display.on_event, **kw)
-    display.close()
+    try:
+        summary = runner.run_plan(trials, results, on_event=display.on_event, **kw)
+    finally:
+        display.close()
     _print_summary(summary, trials, results)
     if summary.interrupted:
         print(f"ablate: stopped by {signal.Signals(summary.interrupted).name}; tables and "
@@ -215,34 +228,41 @@ def _execute(trials: list, results: Path, **kw: Any) -> int:
 
 
 class _Progress:
-    """On a terminal, one live status line. Elsewhere (a log file under nohup, sbatch or CI),
-    one line per event: a trial's start, each epoch, its end and any failure or retry, so
-    the log shows progress as it happens."""
+    """On a terminal, a live table of the running trials and the totals. Elsewhere (a log file
+    under nohup, sbatch or CI), one line per event: a trial's start, each epoch, its end and
+    any failure or retry, so the log shows progress as it happens."""
 
-    def __init__(self, tty: bool, trials: list | None = None, results: Path | None = None):
-        self.tty, self.width = tty, 0
+    def __init__(self, tty: bool, trials: list | None = None, results: Path | None = None,
+                 console: Any = None):
+        from ablate.cli.live import LiveTable
+
+        self.tty = tty
         self.trials = {t.id: t for t in trials or []}
         self.results = results
+        self.live = LiveTable(self.trials, console) if tty else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks, and so this display, into state files ablate never reads
+        # back; a live table (locks, a thread) cannot be pickled and need not be.
+        return {**self.__dict__, "live": None}
 
     def on_event(self, event: Any) -> None:
-        if not self.tty:
+        if self.live is None:
             self._log(event)
             return
-        p = event.progress
+        who = self._who(event.trial_id)
         if event.kind == "failed":
-            self.show("")
-            print(f"  trial {event.trial_id} failed", flush=True)
-        if event.kind == "retry":
-            self.show("")
-            print(f"  trial {event.trial_id}: worker lost, retrying from its checkpoint",
-                  flush=True)
-        eta = f", about {_duration(p.eta_s)} left" if p.eta_s is not None else ""
-        self.show(f"[{_duration(p.elapsed_s)}] {p.done} done, {p.running} running, "
-                  f"{p.failed} failed, {p.left} waiting{eta}")
+            self.live.note(f"ablate: trial {who} failed: {self._error_line(event.trial_id)}")
+        elif event.kind == "retry":
+            self.live.note(f"ablate: trial {who}: worker lost, retrying from its checkpoint")
+        self.live.update(event)
+
+    def _who(self, trial_id: str) -> str:
+        t = self.trials.get(trial_id)
+        return f"{trial_id} [{t.arm}] seed {t.config.seed}" if t else trial_id
 
     def _log(self, event: Any) -> None:
-        t = self.trials.get(event.trial_id)
-        who = f"{event.trial_id} [{t.arm}] seed {t.config.seed}" if t else event.trial_id
+        t, who = self.trials.get(event.trial_id), self._who(event.trial_id)
         p, m = event.progress, event.metrics
         counts = f"({p.done} done, {p.running} running, {p.failed} failed, {p.left} waiting)"
         if event.kind == "start":
@@ -274,16 +294,13 @@ class _Progress:
         return f"{error.get('type', 'error')}: {message[0] if message else ''}".strip()
 
     def show(self, line: str) -> None:
-        sys.stdout.write("\r" + line.ljust(self.width))
-        if not line:
-            sys.stdout.write("\r")
-        sys.stdout.flush()
-        self.width = len(line)
+        """A passing message on a terminal (Ray is starting); nothing elsewhere."""
+        if self.live is not None:
+            self.live.status(line)
 
     def close(self) -> None:
-        if self.tty and self.width:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+        if self.live is not None:
+            self.live.stop()
 
 
 def _print_summary(summary: Any, trials: list, results: Path) -> None:
@@ -367,11 +384,6 @@ def _make_results(results: Path) -> None:
             continue
         folders = sorted({str(Path(p).parent) for p in paths})
         print(f"ablate: {what}: {len(paths)} files in {', '.join(folders) or results}")
-
-
-def _duration(s: float | None) -> str:
-    s = int(round(s or 0))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 # ------------------------------------------------------------------------------ status

@@ -104,19 +104,14 @@ def test_status_table_and_json(tmp_path, capsys):
     assert rows[1]["error"] == "ValueError: boom"
 
 
-def test_progress_line_on_a_terminal_and_a_line_per_event_elsewhere(capsys):
+def test_a_line_per_event_off_a_terminal(capsys):
+    # the live table of a terminal: tests/test_live.py
     from ablate.cli.run import _Progress
 
     p = runner.Progress(total=5, done=2, failed=1, running=1, elapsed_s=65, eta_s=130)
     assert p.left == 1
     _Progress(tty=False).on_event(runner.Event("done", "abc", p))
     assert capsys.readouterr().out == "ablate: end   abc (2 done, 1 running, 1 failed, 1 waiting)\n"
-    live = _Progress(tty=True)
-    live.on_event(runner.Event("failed", "abc", p))
-    live.close()
-    out = capsys.readouterr().out
-    assert "trial abc failed" in out
-    assert "[1m05s] 2 done, 1 running, 1 failed, 1 waiting, about 2m10s left" in out
 
 
 def test_tracker_counts_and_estimates_from_finished_durations():
