@@ -6,8 +6,9 @@ them, and train's own code is timed on synthetic batches: its epoch loop for tra
 (batch preparation and random erasing, Mixup/CutMix, forward, loss, backward, clipping, AdamW
 and the lr schedule, AMP on CUDA as the trial would), its evaluation for validation batches,
 and its per-epoch record for the metrics row, epoch checkpoint and ``best.pt``. The first step
-of each (warm-up: allocator, kernels, lazy inits) is run apart and not counted. CPU trials are
-timed with as many torch threads as CPUs they ask for, as Ray gives them.
+of each (warm-up: allocator, kernels, lazy inits) is run apart and not counted; a step's time
+is the median of the timed ones. CPU trials are timed with as many torch threads as CPUs they
+ask for, as Ray gives them.
 
 A trial's estimate is ``setup + epochs x (train steps x train step + val batches x eval batch +
 checkpoint)``; setup is the measured model and optimiser build. The sweep's wall time comes from
@@ -26,6 +27,7 @@ import dataclasses
 import heapq
 import math
 import os
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -322,7 +324,13 @@ def _build_run(trial: Trial, classes: int, device: torch.device, tdir: Path):
 
 def _train_steps(train: Any, run: Any, n: int) -> None:
     run.loaders.count, run.steps_per_epoch = n, n
-    train._train_one_epoch(run, 1)
+    try:
+        train._train_one_epoch(run, 1)
+    except train._Diverged as d:  # the timing would stop short: say so instead
+        raise EstimateError(f"trial {run.trial.id} [{run.trial.arm}]: the loss became "
+                            f"{d.args[0]['loss']} within a few steps on synthetic data, so its "
+                            "steps cannot be timed", key="train.lr",
+                            hint="a run of it would diverge too: lower train.lr") from None
 
 
 def _eval_steps(train: Any, run: Any, n: int) -> None:
@@ -331,11 +339,18 @@ def _eval_steps(train: Any, run: Any, n: int) -> None:
 
 
 def _timed(device: torch.device, steps: int, call: Any) -> float:
-    """Seconds per step of ``call(steps)``, after ``call(1)`` as warm-up."""
+    """The median seconds of ``steps`` calls of ``call(1)``, after one more as warm-up.
+
+    The median, not the mean: on a shared machine one step that waited for another process
+    would otherwise set the rate of a whole sweep.
+    """
     call(1)
-    t0 = _now(device)
-    call(steps)
-    return (_now(device) - t0) / steps
+    times = []
+    for _ in range(steps):
+        t0 = _now(device)
+        call(1)
+        times.append(_now(device) - t0)
+    return statistics.median(times)
 
 
 def _now(device: torch.device) -> float:

@@ -196,3 +196,11 @@ def test_plan_estimate_text_has_a_line_per_trial_and_a_sweep_total(sweep_file, t
     assert "4 trials, 12.5 min of trial time, 0.208 CPU-hours" in section  # 4 x 187 s
     assert "about 6.2 min of wall time (at most 2 at once" in section  # two at a time
     assert "not included: data loading" in section
+
+
+def test_a_recipe_that_diverges_at_once_is_an_error_not_a_traceback(sweep_file, capsys):
+    assert main(["plan", str(sweep_file), "--no-stats", "--estimate", "--estimate-steps", "3",
+                 "--set", "train.lr=1e12", "--only", "static", "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablate: error: train.lr: trial ") and "cannot be timed" in err
+    assert err.count("\n") == 1
