@@ -3,10 +3,10 @@
 Runs ``ablate plan SWEEP --estimate --json`` (default: the quickstart), then reads a finished
 results folder of that sweep, or runs the sweep into a temporary one when none is given, and
 prints per trial the estimated and the actual training time (result.json's ``wall_time_s``:
-the epochs, without process start and data loading, which the estimate's ``train_s`` matches)
-and their ratio (and, less sensitive to a busy machine, the trial's fastest epoch times its
-epochs over the estimate), then the sweep's wall time: estimated by the schedule, actual from the first
-trial's record to the last one's result. Target: every ratio within a factor of 1.5.
+its epochs, without process start and data set loading, as the estimate's ``train_s``) and
+their ratio (and, less sensitive to a busy machine, the trial's fastest epoch times its epochs
+over the estimate), then the sweep's wall time: estimated by the schedule, actual from the
+first trial's record to the last one's result. Target: every ratio within a factor of 1.5.
 
     python benchmarks/estimate.py --results /tmp/est-qs      # an existing run of the sweep
     python benchmarks/estimate.py                            # runs the quickstart (6-10 min)

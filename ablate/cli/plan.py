@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", metavar="DEV",
                    help="with --estimate: time every trial on DEV (cpu, cuda, cuda:N); "
                         "default: what a run gives it (CUDA when it asks for a GPU)")
-    p.add_argument("--estimate-steps", metavar="N", type=int, default=5,
+    p.add_argument("--estimate-steps", metavar="N", type=int,
                    help="with --estimate: steps timed per model, after one warm-up step "
                         "(default 5)")
     add_deep_check_option(p)
@@ -61,7 +61,7 @@ def add_deep_check_option(p: argparse.ArgumentParser) -> None:
 def run_plan(args: argparse.Namespace) -> int:
     from ablate.plan import load_plan
 
-    _check_estimate_options(args)
+    steps = _estimate_steps(args)
     sweep, trials = load_plan(args.sweep, confirm=args.yes, check_data=not args.no_data_check,
                               plugins=tuple(args.plugin), **plan_options(args))
     if args.deep_data_check:
@@ -70,8 +70,7 @@ def run_plan(args: argparse.Namespace) -> int:
     report = build_report(sweep, trials, results, stats=not args.no_stats)
     report["sweep"]["overrides"] = override_flags(args)
     if args.estimate:
-        report["estimate"] = estimate(sweep, trials, device=args.device,
-                                      steps=args.estimate_steps)
+        report["estimate"] = estimate(sweep, trials, device=args.device, steps=steps)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     else:
@@ -79,16 +78,19 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_estimate_options(args: argparse.Namespace) -> None:
+def _estimate_steps(args: argparse.Namespace) -> int:
+    """The steps --estimate times (default 5); the estimate's options checked on the way."""
     from ablate.errors import AblateError
 
-    if not args.estimate and (args.device is not None or args.estimate_steps != 5):
+    if not args.estimate and (args.device is not None or args.estimate_steps is not None):
         flag = "--device" if args.device is not None else "--estimate-steps"
         raise AblateError(f"{flag} is an option of --estimate", key=flag,
                           hint="add --estimate, or leave the option out")
-    if not 1 <= args.estimate_steps <= 1000:
-        raise AblateError(f"{args.estimate_steps} steps cannot be timed", key="--estimate-steps",
+    steps = 5 if args.estimate_steps is None else args.estimate_steps
+    if not 1 <= steps <= 1000:
+        raise AblateError(f"{steps} steps cannot be timed", key="--estimate-steps",
                           hint="give a number of steps from 1 to 1000")
+    return steps
 
 
 def estimate(sweep: Any, trials: list, *, device: str | None, steps: int) -> dict[str, Any]:

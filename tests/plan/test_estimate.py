@@ -132,6 +132,7 @@ def test_a_gpu_trial_on_a_machine_without_one_is_refused(sweep_file):
     (["--estimate", "--device", "tpu"], "--device: unknown device 'tpu'"),
     (["--estimate", "--device", "cuda:7"], "--device: device 'cuda:7' is not on this machine"),
     (["--device", "cpu"], "--device: --device is an option of --estimate"),
+    (["--estimate-steps", "5"], "--estimate-steps: --estimate-steps is an option of --estimate"),
     (["--estimate", "--estimate-steps", "0"], "--estimate-steps: 0 steps cannot be timed"),
 ])
 def test_bad_estimate_options_are_one_line_and_exit_2(sweep_file, flags, message, capsys,
