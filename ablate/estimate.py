@@ -93,7 +93,9 @@ class SweepCost:
     trials: tuple[TrialCost, ...]
     makespan_s: float  # the sweep's wall time in the simulated schedule
     device_hours: dict[str, float]  # unit -> sum over trials
-    machine: dict[str, Any]  # {"cpus", "gpus", "max_concurrent"} the schedule used
+    # {"cpus", "gpus", "max_concurrent"} the schedule used; "load_avg": the 1-minute load
+    # average when timing began (a busy machine times slower steps)
+    machine: dict[str, Any]
     measured: int  # distinct steps timed
     steps: int  # timed steps per measurement, after one warm-up step
     not_included: str = NOT_INCLUDED
@@ -125,6 +127,7 @@ def estimate_sweep(trials: list[Trial], sizes: dict[str, DataSize], *,
                 hint="the estimate simulates a run on this machine: lower resources, or "
                 "estimate where the sweep will run")
     _import_training_code()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     costs: dict[tuple, StepCost] = {}
     for t, d in zip(trials, devices):
         key = step_key(t, sizes[t.id].classes, d)
@@ -140,7 +143,8 @@ def estimate_sweep(trials: list[Trial], sizes: dict[str, DataSize], *,
         hours[r.unit] = hours.get(r.unit, 0.0) + r.device_hours
     return SweepCost(trials=tuple(rows), makespan_s=max((e for _, e in spans), default=0.0),
                      device_hours=hours, machine={"cpus": cpus, "gpus": gpus,
-                                                  "max_concurrent": max_concurrent},
+                                                  "max_concurrent": max_concurrent,
+                                                  "load_avg": load},
                      measured=len(costs), steps=steps)
 
 

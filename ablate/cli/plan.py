@@ -312,8 +312,10 @@ def _id_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 def _estimate_lines(est: dict[str, Any]) -> list[str]:
     """Per trial its estimated wall time and device-hours; then the sweep's, at concurrency."""
+    load = est["machine"].get("load_avg")
+    busy = f", load average {load:.1f} on {est['machine']['cpus']:g} CPUs" if load else ""
     out = ["", f"estimate, from {est['steps']} timed steps of each of {est['measured']} "
-           "distinct models on this machine (one warm-up step not counted):"]
+           f"distinct models on this machine (one warm-up step not counted{busy}):"]
     out += _table(["id", "label", "seed", "device", "steps/epoch", "epoch", "wall", "device-h"],
                   [[r["id"], r["arm"], str(r["seed"]),
                     r["device"], str(r["steps_per_epoch"]), _duration(r["epoch_s"]),
@@ -331,6 +333,8 @@ def _estimate_lines(est: dict[str, Any]) -> list[str]:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
