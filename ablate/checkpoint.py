@@ -1,10 +1,15 @@
 """A trial's checkpoints: written atomically after every epoch, pruned, found again on resume.
 
 ``tdir/checkpoints/`` holds ``epoch_NNNN.pt`` (the ``keep`` latest) and ``best.pt``. Each file
-is a ``torch.save`` dict (loadable with ``weights_only=True``)::
+is a ``torch.save`` dict (loadable with ``weights_only=True``). An epoch checkpoint holds all
+that resuming needs::
 
     {"format": 1, "epoch": int, "model": ..., "optimizer": ..., "scheduler": ..., "scaler": ...,
      "best": {"val/top1", "epoch"}, "elapsed_s": float, "rng": {"torch", "numpy", "python"}}
+
+``best.pt`` holds the weights only, ``{"format", "epoch", "model", "best"}``: training never
+resumes from it (resume reads the newest epoch checkpoint), and without AdamW's two moment
+buffers it is a third of the size.
 
 A file is written to a temporary name in the same folder, fsynced and renamed over its final
 name, so a crash while writing leaves the previous checkpoints intact; :func:`load_latest`
@@ -61,9 +66,14 @@ def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], *, is_best: bool, kee
     state = {"format": CKPT_FORMAT, **state}
     save_atomic(state, epoch_path(ckpt_dir, state["epoch"]))
     if is_best:
-        save_atomic(state, ckpt_dir / BEST)
+        save_atomic(best_weights(state), ckpt_dir / BEST)
     for old in epoch_checkpoints(ckpt_dir)[max(1, keep):]:  # at least one: resume needs it
         old.unlink(missing_ok=True)
+
+
+def best_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """What ``best.pt`` keeps of an epoch checkpoint: the model's weights and when they won."""
+    return {k: state[k] for k in ("format", "epoch", "model", "best") if k in state}
 
 
 def epoch_checkpoints(ckpt_dir: Path) -> list[Path]:

@@ -3,7 +3,10 @@
 Prints every trial (id, label, the varied axes, seed), the totals, each distinct model's
 parameters and FLOPs, and, when the results folder has records, each trial's state and what
 ``ablate run`` would do with it, and the sweep's claims as the finished trials decide them
-(with the seeds per arm an undecided claim needs: add them to ``seeds:`` and run again). ``--json`` prints the same as one JSON object.
+(with the seeds per arm an undecided claim needs: add them to ``seeds:`` and run again).
+``--estimate`` adds each trial's and the sweep's estimated wall time and device-hours, from
+steps timed on this machine (``ablate.estimate``). ``--json`` prints the same as one JSON
+object.
 """
 
 from __future__ import annotations
@@ -33,6 +36,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "on a machine without the data)")
     p.add_argument("--no-stats", action="store_true",
                    help="skip counting the models' parameters and FLOPs")
+    p.add_argument("--estimate", action="store_true",
+                   help="time a few training and evaluation steps of each distinct model on "
+                        "this machine and estimate each trial's and the sweep's wall time and "
+                        "device-hours")
+    p.add_argument("--device", metavar="DEV",
+                   help="with --estimate: time every trial on DEV (cpu, cuda, cuda:N); "
+                        "default: what a run gives it (CUDA when it asks for a GPU)")
+    p.add_argument("--estimate-steps", metavar="N", type=int,
+                   help="with --estimate: steps timed per model, after one warm-up step "
+                        "(default 5)")
     add_deep_check_option(p)
     add_plugin_option(p)
     add_override_options(p)
@@ -48,6 +61,7 @@ def add_deep_check_option(p: argparse.ArgumentParser) -> None:
 def run_plan(args: argparse.Namespace) -> int:
     from ablate.plan import load_plan
 
+    steps = _estimate_steps(args)
     sweep, trials = load_plan(args.sweep, confirm=args.yes, check_data=not args.no_data_check,
                               plugins=tuple(args.plugin), **plan_options(args))
     if args.deep_data_check:
@@ -55,11 +69,64 @@ def run_plan(args: argparse.Namespace) -> int:
     results = args.results or str(sweep.results_dir)
     report = build_report(sweep, trials, results, stats=not args.no_stats)
     report["sweep"]["overrides"] = override_flags(args)
+    if args.estimate:
+        report["estimate"] = estimate(sweep, trials, device=args.device, steps=steps)
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     else:
         print(render(report))
     return 0
+
+
+def _estimate_steps(args: argparse.Namespace) -> int:
+    """The steps --estimate times (default 5); the estimate's options checked on the way."""
+    from ablate.errors import AblateError
+
+    if not args.estimate and (args.device is not None or args.estimate_steps is not None):
+        flag = "--device" if args.device is not None else "--estimate-steps"
+        raise AblateError(f"{flag} is an option of --estimate", key=flag,
+                          hint="add --estimate, or leave the option out")
+    steps = 5 if args.estimate_steps is None else args.estimate_steps
+    if not 1 <= steps <= 1000:
+        raise AblateError(f"{steps} steps cannot be timed", key="--estimate-steps",
+                          hint="give a number of steps from 1 to 1000")
+    return steps
+
+
+def estimate(sweep: Any, trials: list, *, device: str | None, steps: int) -> dict[str, Any]:
+    """``--estimate``: time each distinct step here and scale it to every trial's data size."""
+    from ablate.estimate import DataSize, EstimateError, estimate_sweep
+
+    sizes, by_data = {}, {}
+    for t in trials:
+        d = t.config.data
+        if d not in by_data:
+            by_data[d] = _data_size(d)
+        if by_data[d] is None:
+            raise EstimateError(f"the size of data folder {d.root} is not known (trial "
+                                f"{t.id} [{t.arm}])", key="data.root",
+                                hint="make the folder readable here, or leave out --estimate")
+        sizes[t.id] = DataSize(*by_data[d])
+    cost = estimate_sweep(trials, sizes, device=device, steps=steps,
+                          max_concurrent=sweep.max_concurrent)
+    return cost.to_dict()
+
+
+def _data_size(data: Any) -> tuple[int, int, int] | None:
+    """(training images, validation images, classes) as the planner counts them, or None."""
+    from ablate import plan
+    from ablate.datafiles import folder_listing
+
+    folder = None
+    if data.name == "imagefolder" and data.root:
+        try:
+            listing = folder_listing(Path(data.root).expanduser())
+        except OSError:
+            return None
+        folder = (len(listing["train"]), len(listing["val"]))
+    sizes = plan._split_sizes(data, folder)
+    classes = plan.num_classes(data) or 4  # synthetic's default (ablate.data)
+    return (*sizes[0], classes) if sizes is not None else None
 
 
 def deep_check_data(trials: list) -> None:
@@ -209,6 +276,8 @@ def render(report: dict[str, Any]) -> str:
               "a run would: " + ", ".join(f"{k} {v}" for k, v in sorted(t["actions"].items()))]
     lines += _id_notes(rows)
     lines += _claim_lines(report["claims"])
+    if report.get("estimate"):
+        lines += _estimate_lines(report["estimate"])
     if report["models"]:
         lines += ["", "models:"]
         lines += _table(["arch", "axes", "img", "classes", "params", "FLOPs (mult-adds)"], [
@@ -239,6 +308,38 @@ def _id_notes(rows: list[dict[str, Any]]) -> list[str]:
         out += ["", "ids of trials on folder data are provisional: the data was not looked at "
                 "(--no-data-check), and ids hash the folder's content"]
     return out
+
+
+def _estimate_lines(est: dict[str, Any]) -> list[str]:
+    """Per trial its estimated wall time and device-hours; then the sweep's, at concurrency."""
+    load = est["machine"].get("load_avg")
+    busy = f", load average {load:.1f} on {est['machine']['cpus']:g} CPUs" if load else ""
+    out = ["", f"estimate, from {est['steps']} timed steps of each of {est['measured']} "
+           f"distinct models on this machine (one warm-up step not counted{busy}):"]
+    out += _table(["id", "label", "seed", "device", "steps/epoch", "epoch", "wall", "device-h"],
+                  [[r["id"], r["arm"], str(r["seed"]),
+                    r["device"], str(r["steps_per_epoch"]), _duration(r["epoch_s"]),
+                    _duration(r["wall_s"]), f"{r['device_hours']:.3f} {r['unit']}"]
+                   for r in est["trials"]])
+    m, total = est["machine"], sum(r["wall_s"] for r in est["trials"])
+    hours = ", ".join(f"{h:.3f} {u}-hours" for u, h in sorted(est["device_hours"].items()))
+    at_once = f"at most {m['max_concurrent']} at once, " if m["max_concurrent"] else ""
+    out += [f"sweep: {len(est['trials'])} trials, {_duration(total)} of trial time, {hours}; "
+            f"about {_duration(est['makespan_s'])} of wall time ({at_once}{m['cpus']:g} CPUs "
+            f"and {m['gpus']:g} GPUs here)",
+            "included: model build, training steps (Mixup/CutMix, AMP as the trial), "
+            "evaluation, the per-epoch checkpoint; not included: " + est["not_included"]]
+    return out
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _claim_lines(claims: list[dict[str, Any]]) -> list[str]:
