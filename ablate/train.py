@@ -102,6 +102,11 @@ def train_trial(trial: Trial, tdir: Path, *, report: Report | None = None,
     writes to ``tdir`` (the others return ``{"state": ...}`` without a record).
     """
     tdir, ranks = Path(tdir), dist.current_ranks()
+    if trial.resources.workers != ranks.world:
+        raise TrialError(f"trial {trial.id} asks for {trial.resources.workers} workers, but "
+                         f"{ranks.world} processes run it", key="resources.workers",
+                         hint="run a data-parallel trial with 'ablate run', which starts "
+                         "its workers")
     finished = _finished_result(tdir, trial)
     if finished is not None:
         return finished
