@@ -76,3 +76,14 @@ def test_plan_shows_the_workers_of_each_trial(tmp_path, capsys):
         "resources: {cpus: 1}", "resources: {workers: 2, cpus_per_worker: 1}"))
     assert main(["plan", str(sweep)]) == 0
     assert "per trial 2 workers x (1 CPU, 0 GPU)" in capsys.readouterr().out
+
+
+def test_gpus_per_worker_on_a_cluster_without_gpus_is_one_line_and_exit_2(tmp_path, capsys):
+    sweep = write_sweep(tmp_path / "s.yaml", seeds=[0])
+    sweep.write_text(sweep.read_text().replace(
+        "resources: {cpus: 1}", "resources: {workers: 2, cpus_per_worker: 1, gpus_per_worker: 1}"))
+    results = tmp_path / "results"
+    assert main(["run", str(sweep), "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resources.gpus_per_worker" in err[0] and "0" in err[0], err
+    assert not results.exists()
