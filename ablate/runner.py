@@ -198,6 +198,9 @@ def _child_pids(pid: int) -> list[int]:
 def run_one(config: dict[str, Any]) -> None:
     """The Tune trainable: train one ablate trial in its folder, forwarding epochs to Tune.
 
+    A trial of several workers is a Ray Train run started from here (:mod:`ablate.raytrain`);
+    a trial of one runs in this process, without Ray Train.
+
     Raises (so Tune retries) only for failures another attempt may fix; the record says failed
     in every case.
     """
