@@ -34,6 +34,7 @@ def two_worker_trial(**resources):
         **{"workers": 2, "cpus_per_worker": 1, "max_retries": 2, **resources}))
 
 
+@pytest.mark.timeout(900)  # two Ray Train attempts and a reference run, on 2 busy cores
 def test_a_killed_worker_is_retried_and_resumes_to_the_uninterrupted_numbers(
         tmp_path, monkeypatch):
     trial = two_worker_trial()
