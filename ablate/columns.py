@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from ablate.config import DataConfig, ModelConfig, RecipeConfig
 
-TABLE_SCHEMA = 2  # 2: model.mixer and model.block columns
+TABLE_SCHEMA = 3  # 2: model.mixer and model.block columns; 3: train.accum_steps
 HEAD_COLUMNS = {"id": pa.string(), "sweep": pa.string(), "arm": pa.string(), "role": pa.string(),
                 "varied": pa.string(), "expected": pa.string(), "record_schema": pa.int64(),
                 "state": pa.string(), "attempt": pa.int64(), "error_type": pa.string(),

@@ -7,8 +7,8 @@ them into dotted columns (``model.group_size``, ``train.lr``). Nothing here impo
 A trial's id is a hash of what determines its result and nothing else (:meth:`TrialConfig.
 identity`): the model, data and recipe fields that can change a metric, and the seed. Left out:
 
-- bookkeeping (sweep name, arm label, resources): renaming, reordering or extending a sweep
-  keeps the ids of the trials that did not change;
+- bookkeeping (sweep name, arm label, the CPUs and GPUs a trial asks for): renaming,
+  reordering or extending a sweep keeps the ids of the trials that did not change;
 - operational fields (declared ``operational`` below: loader workers, checkpoints kept, the data
   folder's path), which cannot change a metric; the data enters through a fingerprint of its
   content instead (``ablate.datafiles``), so a moved folder keeps its ids;
@@ -17,6 +17,17 @@ identity`): the model, data and recipe fields that can change a metric, and the 
   default itself changes, ids stay and the trials' stored configurations no longer match the
   plan; ``ablate plan`` shows those trials as changed and ``ablate run --rerun-changed`` reruns
   them.
+
+How a step is split enters the id. ``train.batch_size`` is the global batch of one optimizer
+step; ``resources.workers`` (data-parallel processes) and ``train.accum_steps`` (micro-batches
+accumulated per worker) split it into ``workers * accum_steps`` micro-batches of
+``batch_size / (workers * accum_steps)`` samples. Both enter the id when they are not 1, the
+default, so every existing id stays. They are part of the result: BatchNorm normalises each
+micro-batch with its own statistics, and the random streams of stochastic depth and Mixup are
+drawn per process. Only for a model without BatchNorm, with those random parts off, are 2
+workers and 1 worker with 2 accumulation steps the same computation (each rank trains on the
+samples the matching accumulation step would see; a test holds them equal), and even then
+they keep two ids: the id says how a trial was run, not only what it should compute.
 
 Folders written before this scheme (ablate 0.1, where the id hashed every field) are found
 through :meth:`TrialConfig.legacy_id` and renamed to the new ids by the next ``ablate run``.
@@ -39,8 +50,10 @@ ID_SCHEME = 2  # hashed into every id: a later change of the rule itself cannot 
 # ends: epochs <= 10,000 (the paper trains 300); batch_size <= 65,536 (the paper's global
 # batch is 1,024); img_size <= 4,096 pixels (ImageNet trains at 224); kernel_size <= 63 (the
 # paper uses 7; the planner also refuses a kernel wider than the first stage's map allows);
-# seeds in [0, 2**32 - 1], what numpy's and torch's generators take. Every number is finite.
+# seeds in [0, 2**32 - 1], what numpy's and torch's generators take; workers <= 4,096.
+# Every number is finite.
 MAX_EPOCHS, MAX_BATCH, MAX_IMG, MAX_KERNEL, MAX_SEED = 10_000, 65_536, 4_096, 63, 2**32 - 1
+MAX_WORKERS = 4_096  # data-parallel workers of one trial (the paper uses 8 GPUs)
 DATA_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
 
 
@@ -102,6 +115,9 @@ class RecipeConfig:
 
     epochs: int = _f(300, ge=1, le=MAX_EPOCHS)
     batch_size: int = _f(128, ge=1, le=MAX_BATCH)  # per trial (global batch of this trial)
+    # micro-batches accumulated per worker and optimizer step: each worker trains on
+    # batch_size / (workers * accum_steps) samples at a time
+    accum_steps: int = _f(1, ge=1, le=MAX_BATCH)
     lr: float = _f(5e-4, gt=0)  # per 512 images; scaled linearly with batch_size
     warmup_lr: float = _f(5e-7, ge=0)  # per 512 images
     min_lr: float = _f(5e-6, ge=0)  # per 512 images
@@ -122,6 +138,32 @@ class RecipeConfig:
     # two moment buffers (about 3x the model); with 2 plus a full best.pt the quickstart's
     # 18 nano trials took 481 MB, with 1 and a weights-only best.pt 215 MB (12 MB a trial).
     keep_checkpoints: int = _f(1, ge=1, operational=True)
+
+
+def batch_split_error(recipe: RecipeConfig, workers: int = 1) -> tuple[str | None, str]:
+    """Why ``recipe.batch_size`` does not split into ``workers * accum_steps`` equal
+    micro-batches (even ones when Mixup/CutMix pair samples), and the dotted key to change;
+    ``(None, "")`` when it does."""
+    batch, accum = recipe.batch_size, recipe.accum_steps
+    if batch % workers:
+        return (f"batch_size {batch} does not divide over {workers} workers",
+                "resources.workers")
+    per_worker = batch // workers
+    if accum > per_worker:
+        return (f"accum_steps {accum} leave less than one sample per micro-batch "
+                f"({per_worker} samples per worker)", "train.accum_steps")
+    if per_worker % accum:
+        return (f"accum_steps {accum} do not divide the {per_worker} samples per worker "
+                "into equal micro-batches", "train.accum_steps")
+    micro = per_worker // accum
+    if (recipe.mixup > 0 or recipe.cutmix > 0) and micro % 2:
+        if micro == batch:
+            return (f"batch_size {batch} is odd, but Mixup/CutMix mix the batch in pairs",
+                    "train.batch_size")
+        return (f"the micro-batch of {micro} (batch_size {batch} / ({workers} workers x "
+                f"{accum} accum_steps)) is odd, but Mixup/CutMix mix it in pairs",
+                "train.batch_size")
+    return None, ""
 
 
 @dataclass(frozen=True)
@@ -147,14 +189,17 @@ class TrialConfig:
             seed=int(d.get("seed", 0)),
         )
 
-    def identity(self, data_fingerprint: str | None = None) -> dict[str, Any]:
+    def identity(self, data_fingerprint: str | None = None, workers: int = 1) -> dict[str, Any]:
         """What the id hashes: dotted field -> value, for the result-determining fields that
-        differ from their defaults, plus the seed and the data's content.
+        differ from their defaults, plus the seed, the data's content and the number of
+        data-parallel workers (when not 1).
 
         ``data_fingerprint`` identifies the content of ``data.root`` (``ablate.datafiles``);
         without one (a plan made without looking at the data) the folder's path stands in.
         """
         out: dict[str, Any] = {"seed": self.seed}
+        if workers != 1:
+            out["resources.workers"] = workers
         for section in ("model", "data", "train"):
             for name, value in _canonical(getattr(self, section), skip_default=True).items():
                 out[f"{section}.{name}"] = value
@@ -168,12 +213,12 @@ class TrialConfig:
         return {f"{s}.{k}": v for s in ("model", "data", "train")
                 for k, v in _canonical(getattr(self, s), skip_default=False).items()}
 
-    def trial_id(self, data_fingerprint: str | None = None) -> str:
+    def trial_id(self, data_fingerprint: str | None = None, workers: int = 1) -> str:
         """12 hex digits of the sha256 of the canonical JSON of :meth:`identity`.
 
         Float fields are hashed as floats, so ``warmup_epochs=1`` and ``1.0`` are one trial.
         """
-        canon = json.dumps({"scheme": ID_SCHEME, **self.identity(data_fingerprint)},
+        canon = json.dumps({"scheme": ID_SCHEME, **self.identity(data_fingerprint, workers)},
                            sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
@@ -248,11 +293,28 @@ def _same_value(a: Any, b: Any) -> bool:
 
 @dataclass(frozen=True)
 class Resources:
-    """What one trial asks of the scheduler; not part of the trial's identity."""
+    """What one trial asks of the scheduler; only ``workers`` is part of the trial's identity.
+
+    Two forms, never mixed in one sweep file (``ablate.spec`` refuses it): ``cpus``/``gpus``
+    for a trial of one process, or ``workers`` with ``cpus_per_worker``/``gpus_per_worker`` for
+    a data-parallel trial of ``workers`` processes (a Ray Train run). Either way the resources
+    of one worker are :attr:`worker_cpus` and :attr:`worker_gpus`.
+    """
 
     cpus: float = _f(1.0, gt=0)
     gpus: float = _f(0.0, ge=0)
     max_retries: int = _f(2, ge=0)  # retries of non-deterministic failures (OOM, killed worker)
+    workers: int = _f(1, ge=1, le=MAX_WORKERS)  # data-parallel processes of one trial
+    cpus_per_worker: float | None = _f(None, gt=0)  # None: cpus
+    gpus_per_worker: float | None = _f(None, ge=0)  # None: gpus
+
+    @property
+    def worker_cpus(self) -> float:
+        return self.cpus if self.cpus_per_worker is None else self.cpus_per_worker
+
+    @property
+    def worker_gpus(self) -> float:
+        return self.gpus if self.gpus_per_worker is None else self.gpus_per_worker
 
 
 @dataclass(frozen=True)
@@ -271,7 +333,7 @@ class Trial:
 
     @property
     def id(self) -> str:
-        return self.config.trial_id(self.data_fingerprint)
+        return self.config.trial_id(self.data_fingerprint, self.resources.workers)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

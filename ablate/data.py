@@ -124,23 +124,52 @@ class EpochSampler(torch.utils.data.Sampler):
 
     Call ``set_epoch`` before iterating; the permutation and every sample's augmentation seed
     are derived from it, so no sampler state has to survive a restart.
+
+    With ``batch`` set (training), the pass covers whole global batches only, and rank ``rank``
+    of ``world`` yields its contiguous share of each: samples ``[r * batch / world, (r + 1) *
+    batch / world)`` of every batch of the epoch's order. The ranks' shares are disjoint, make
+    up every batch, and are the micro-batches one process accumulating over ``world`` steps
+    would train on, in that order. Without ``batch`` (evaluation), rank ``rank`` yields its
+    contiguous share of the whole order: every sample exactly once over the ranks.
     """
 
-    def __init__(self, n: int, *, seed: int, shuffle: bool) -> None:
+    def __init__(self, n: int, *, seed: int, shuffle: bool, batch: int | None = None,
+                 rank: int = 0, world: int = 1) -> None:
+        if batch is not None and batch % world:
+            raise ValueError(f"a batch of {batch} does not split over {world} ranks")
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.batch, self.rank, self.world = batch, rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        if self.batch is None:
+            start, stop = _share(self.n, self.rank, self.world)
+            return stop - start
+        return (self.n // self.batch) * (self.batch // self.world)
+
+    def positions(self) -> list[int]:
+        """Which places of the epoch's order this rank yields, in order."""
+        if self.batch is None:
+            return list(range(*_share(self.n, self.rank, self.world)))
+        share = self.batch // self.world
+        return [step * self.batch + self.rank * share + i
+                for step in range(self.n // self.batch) for i in range(share)]
 
     def __iter__(self) -> Iterator[AugmentKey]:
         g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
-        for i in order.tolist():
-            yield AugmentKey(i, seeds[i])
+        order = order.tolist()
+        for p in self.positions():
+            yield AugmentKey(order[p], seeds[order[p]])
+
+
+def _share(n: int, rank: int, world: int) -> tuple[int, int]:
+    """The contiguous part ``[start, stop)`` of ``n`` items that rank ``rank`` of ``world``
+    takes; the parts differ in size by at most one and cover all ``n`` once."""
+    return rank * n // world, (rank + 1) * n // world
 
 
 def _mix(*parts: int) -> int:
@@ -283,12 +312,16 @@ class Loaders:
 
 
 def build_loaders(splits: DataSplits, recipe: RecipeConfig, *, seed: int,
-                  pin_memory: bool = False) -> Loaders:
-    """Training (shuffled, full batches only) and validation loaders with recipe.workers.
+                  pin_memory: bool = False, rank: int = 0, world: int = 1) -> Loaders:
+    """Training (shuffled, full global batches only) and validation loaders with
+    recipe.workers, for rank ``rank`` of ``world`` data-parallel processes.
 
-    Workers are persistent and prefetch several batches, so the next batch is ready while the
-    model computes; each loader owns a generator so creating iterators never draws from the
-    global torch RNG.
+    A training batch is this rank's share of a global batch (``batch_size / world`` samples;
+    see :class:`EpochSampler`); the validation loader yields this rank's share of the
+    validation set, so that the ranks together see every image exactly once. Workers are
+    persistent and prefetch several batches, so the next batch is ready while the model
+    computes; each loader owns a generator so creating iterators never draws from the global
+    torch RNG.
     """
     if len(splits.train) < recipe.batch_size:
         raise DataError(f"{len(splits.train)} training images are fewer than one batch "
@@ -297,12 +330,14 @@ def build_loaders(splits: DataSplits, recipe: RecipeConfig, *, seed: int,
     workers = max(0, recipe.workers)
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
                   prefetch_factor=4 if workers else None)
+    per_rank = recipe.batch_size // world
     train = torch.utils.data.DataLoader(
-        splits.train, batch_size=recipe.batch_size, drop_last=True,
-        sampler=EpochSampler(len(splits.train), seed=seed, shuffle=True),
+        splits.train, batch_size=per_rank, drop_last=True,
+        sampler=EpochSampler(len(splits.train), seed=seed, shuffle=True,
+                             batch=recipe.batch_size, rank=rank, world=world),
         generator=torch.Generator().manual_seed(seed), **common)
     val = torch.utils.data.DataLoader(
-        splits.val, batch_size=recipe.batch_size, drop_last=False,
-        sampler=EpochSampler(len(splits.val), seed=0, shuffle=False),
+        splits.val, batch_size=per_rank, drop_last=False,
+        sampler=EpochSampler(len(splits.val), seed=0, shuffle=False, rank=rank, world=world),
         generator=torch.Generator().manual_seed(0), **common)
     return Loaders(train, val)

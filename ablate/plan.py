@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ablate.config import DataConfig, ModelConfig, RecipeConfig, Trial, TrialConfig
+from ablate.config import (
+    DataConfig,
+    ModelConfig,
+    RecipeConfig,
+    Trial,
+    TrialConfig,
+    batch_split_error,
+)
 from ablate.errors import AblateError, SpecError, closest
 from ablate.plugins import load_plugins
 from ablate.record import (
@@ -295,17 +302,33 @@ def _check_recipes(sweep: Sweep, kept: list[_Candidate]) -> None:
             raise sweep.error(f"warmup_epochs ({train.warmup_epochs}) exceeds epochs "
                               f"({train.epochs}) in trial '{c.label}'",
                               *_source(c, "train.warmup_epochs"))
-        if (train.mixup > 0 or train.cutmix > 0) and train.batch_size % 2:
-            raise sweep.error(f"batch_size {train.batch_size} is odd, but Mixup/CutMix mix the "
-                              f"batch in pairs (trial '{c.label}')",
-                              *_source(c, "train.batch_size"),
-                              hint="use an even batch_size, or set mixup and cutmix to 0")
+        _check_split(sweep, c, sweep.resources.workers)
         for section in (train.randaugment or "rand").split("-")[1:]:
             if not _RAND_SECTION.match(section):
                 raise sweep.error(f"randaugment section {section!r} is not one timm knows "
                                   f"(trial '{c.label}')", *_source(c, "train.randaugment"),
                                   hint="sections are m<magnitude>, n<ops>, mstd<std>, "
                                   "mmax<max>, inc<0|1>, p<prob>: e.g. rand-m9-mstd0.5-inc1")
+
+
+def _check_split(sweep: Sweep, c: _Candidate, workers: int) -> None:
+    """The global batch splits into equal micro-batches over the workers and accumulation
+    steps (even ones, with Mixup/CutMix)."""
+    train = c.config.train
+    why, key = batch_split_error(train, workers)
+    if why:
+        at = ("base", "resources", "workers") if key == "resources.workers" else _source(c, key)
+        hint = _SPLIT_HINTS[key]
+        if key == "train.batch_size" and workers * train.accum_steps == 1:
+            hint = "use an even batch_size, or set mixup and cutmix to 0"
+        raise sweep.error(f"{why} (trial '{c.label}')", *at, hint=hint)
+
+
+_SPLIT_HINTS = {
+    "resources.workers": "use a number of workers that divides train.batch_size",
+    "train.accum_steps": "use accum_steps that divide batch_size / workers",
+    "train.batch_size": "use an even micro-batch (batch_size / (workers * accum_steps)), or "
+                        "set mixup and cutmix to 0"}
 
 
 def _check_splits(sweep: Sweep, kept: list[_Candidate],

@@ -153,7 +153,8 @@ def _record_failure(tdir: Path, exc: BaseException, failure: Failure) -> None:
 
 
 def _injected_fault(spec: str | None) -> Callable[[int], None] | None:
-    """The fault ``ABLATE_TEST_FAULT=WHAT@epoch=N`` asks for, run after epoch N is reported.
+    """The fault ``ABLATE_TEST_FAULT=WHAT@epoch=N[@rank=R]`` asks for, run after epoch N is
+    reported (by rank R only, in a data-parallel trial; by every rank without ``@rank``).
 
     For the tests only, to make a failure happen at a known point instead of racing a trial:
     ``kill`` (the trial's process dies by SIGKILL), ``kill-loader`` (its DataLoader worker
@@ -165,11 +166,14 @@ def _injected_fault(spec: str | None) -> Callable[[int], None] | None:
     if not spec:
         return None
     what, _, when = spec.partition("@epoch=")
-    if what not in ("kill", "kill-loader", "stall") or not when.isdigit():
-        raise ValueError(f"{FAULT_ENV}={spec!r}: expected kill|kill-loader|stall@epoch=N")
+    when, _, target = when.partition("@rank=")
+    if what not in ("kill", "kill-loader", "stall") or not when.isdigit() or not (
+            target.isdigit() or not target):
+        raise ValueError(f"{FAULT_ENV}={spec!r}: expected kill|kill-loader|stall@epoch=N"
+                         "[@rank=R]")
 
-    def fault(epoch: int) -> None:
-        if epoch != int(when):
+    def fault(epoch: int, rank: int = 0) -> None:
+        if epoch != int(when) or (target and rank != int(target)):
             return
         if what == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -194,6 +198,9 @@ def _child_pids(pid: int) -> list[int]:
 def run_one(config: dict[str, Any]) -> None:
     """The Tune trainable: train one ablate trial in its folder, forwarding epochs to Tune.
 
+    A trial of several workers is a Ray Train run started from here (:mod:`ablate.raytrain`);
+    a trial of one runs in this process, without Ray Train.
+
     Raises (so Tune retries) only for failures another attempt may fix; the record says failed
     in every case.
     """
@@ -215,7 +222,12 @@ def run_one(config: dict[str, Any]) -> None:
             fault(int(metrics["epoch"]))
 
     try:
-        train_trial(trial, tdir, report=report)
+        if trial.resources.workers > 1:  # a Ray Train run of data-parallel workers
+            from ablate.raytrain import fit_workers
+
+            fit_workers(trial, tdir, config)
+        else:
+            train_trial(trial, tdir, report=report)
     except Exception as exc:
         failure = classify_exception(exc)
         _record_failure(tdir, exc, failure)
@@ -524,11 +536,16 @@ def _check_fits(todo: list[Trial]) -> None:
 
     have = ray.cluster_resources()
     for t in todo:
-        for key, need in (("CPU", t.resources.cpus), ("GPU", t.resources.gpus)):
+        r = t.resources
+        many = r.workers > 1 or r.cpus_per_worker is not None or r.gpus_per_worker is not None
+        for key, per in (("CPU", r.worker_cpus), ("GPU", r.worker_gpus)):
+            need, name = per * r.workers, f"resources.{key.lower()}s"
+            if many:
+                name += "_per_worker"
             if need > have.get(key, 0.0):
-                raise TrialError(f"trial {t.id} [{t.arm}] asks for {need:g} {key}s but the Ray "
-                                 f"cluster has {have.get(key, 0.0):g}",
-                                 key=f"resources.{key.lower()}s",
+                asks = f"{r.workers} workers x {per:g} {key}s" if many else f"{need:g} {key}s"
+                raise TrialError(f"trial {t.id} [{t.arm}] asks for {asks} but the Ray "
+                                 f"cluster has {have.get(key, 0.0):g}", key=name,
                                  hint="lower resources in the sweep file, or join a larger "
                                  "cluster with --address")
 
@@ -541,9 +558,14 @@ def _placement(config: dict[str, Any]) -> Any:
     from ray.tune import PlacementGroupFactory
 
     res = config["trial"]["resources"]
-    bundle = {"CPU": float(res.get("cpus", 1.0))}
-    if res.get("gpus"):
-        bundle["GPU"] = float(res["gpus"])
+    if res.get("workers", 1) > 1:  # the trial only drives its Ray Train workers
+        from ablate.raytrain import trial_bundle
+
+        return PlacementGroupFactory([trial_bundle()])
+    bundle = {"CPU": float(res.get("cpus_per_worker") or res.get("cpus", 1.0))}
+    gpus = res.get("gpus") if res.get("gpus_per_worker") is None else res["gpus_per_worker"]
+    if gpus:
+        bundle["GPU"] = float(gpus)
     return PlacementGroupFactory([bundle])
 
 

@@ -16,6 +16,8 @@ The language (every key optional unless marked; unknown keys are errors at any d
       data: {name: imagefolder, root: /data/imagenet, img_size: 224, num_classes: 1000}
       train: {epochs: 300, lr: 5.0e-4, ...}           # RecipeConfig fields (lr per 512 images)
       resources: {cpus: 8, gpus: 1}                    # per trial; gpus may be a fraction
+      # or a data-parallel trial (never mixed with cpus/gpus):
+      # resources: {workers: 8, cpus_per_worker: 8, gpus_per_worker: 1}
     grid:   {model.group_size: [1, 4, 8]}              # cartesian product of the axes
     paired: {model.arch: [a, b], model.window: [shifted, sliding]}   # advanced together
     arms:   {dynamic: {model.arch: dynamic_dwnet_tiny}}  # one-factor differences from base
@@ -206,7 +208,7 @@ class Sweep:
             "model": dataclasses.asdict(self.base.model),
             "data": dataclasses.asdict(self.base.data),
             "train": dataclasses.asdict(self.base.train),
-            "resources": {"cpus": self.resources.cpus, "gpus": self.resources.gpus}}}
+            "resources": _resources_to_yaml(self.resources)}}
         out |= {"grid": {k: list(v) for k, v in self.grid},
                 "paired": {k: list(v) for k, v in self.paired},
                 "arms": {label: dict(ov) for label, ov in self.arms},
@@ -343,8 +345,7 @@ def _to_sweep(spec: _SweepSpec, path: Path, locs: dict) -> Sweep:
     base = TrialConfig(model=ModelConfig(**b.model.model_dump()),
                        data=DataConfig(**b.data.model_dump()),
                        train=RecipeConfig(**b.train.model_dump()), seed=spec.seeds[0])
-    resources = Resources(cpus=b.resources.cpus, gpus=b.resources.gpus,
-                          max_retries=spec.max_retries)
+    resources = _resources(b.resources, spec.max_retries, err)
     grid = _axes(spec.grid, "grid", err)
     paired = _axes(spec.paired, "paired", err)
     lengths = {len(v) for _, v in paired}
@@ -368,6 +369,28 @@ def _to_sweep(spec: _SweepSpec, path: Path, locs: dict) -> Sweep:
                  expected=expected, alpha=spec.alpha, max_trials=spec.max_trials,
                  max_concurrent=spec.max_concurrent, extends=ext, plugins=tuple(spec.plugins),
                  results_dir=Path("results") / spec.name, locs=locs)
+
+
+_ONE_WORKER, _PER_WORKER = ("cpus", "gpus"), ("workers", "cpus_per_worker", "gpus_per_worker")
+
+
+def _resources(given: BaseModel, max_retries: int, err: Any) -> Resources:
+    """The resources of ``base``: the one-worker form or the per-worker form, not both."""
+    one = [k for k in _ONE_WORKER if k in given.model_fields_set]
+    many = [k for k in _PER_WORKER if k in given.model_fields_set]
+    if one and many:
+        raise err(f"'{many[0]}' cannot be combined with '{one[0]}'", "base", "resources",
+                  many[0], hint="write either cpus/gpus (a trial of one process) or workers "
+                  "with cpus_per_worker/gpus_per_worker (resources merge with the files this "
+                  "one extends)")
+    return Resources(**{k: getattr(given, k) for k in (*one, *many)}, max_retries=max_retries)
+
+
+def _resources_to_yaml(r: Resources) -> dict[str, Any]:
+    if r.workers == 1 and r.cpus_per_worker is None and r.gpus_per_worker is None:
+        return {"cpus": r.cpus, "gpus": r.gpus}
+    return {"workers": r.workers, "cpus_per_worker": r.worker_cpus,
+            "gpus_per_worker": r.worker_gpus}
 
 
 def _axes(axes: dict[str, list[Any]], section: str, err: Any) -> tuple:

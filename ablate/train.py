@@ -2,16 +2,32 @@
 
 :func:`train_trial` reads as its phases: open the record, build data/model/optimisation,
 resume from the latest checkpoint, then per epoch train, evaluate, record, checkpoint, report;
-finally write the result. The recipe is Swin's (as in the paper) through timm's factories:
+finally write the result. Two pieces: the training engine (setup, the epoch loop, the step,
+evaluation) runs in every worker process of a trial and knows its rank and world size
+(:mod:`ablate.distributed`); the recorder (the record's files, checkpoints, the result) is
+the main rank's job alone. The recipe is Swin's (as in the paper) through timm's factories:
 AdamW without decay on norms/biases/1-D parameters, lr scaled by batch/512, cosine schedule
 with warm-up stepped per iteration, gradient clipping, Mixup/CutMix with soft-target loss (or
 label smoothing), stochastic depth through the model's ``drop_path_rate``; AMP and
 channels-last on CUDA only.
 
+Data parallelism and accumulation: ``train.batch_size`` is the global batch of one optimizer
+step. Each of ``world`` ranks trains on a disjoint share of every global batch
+(:class:`ablate.data.EpochSampler`), split into ``train.accum_steps`` micro-batches whose
+gradients are accumulated, then summed over the ranks once per step; each micro-batch's loss
+is scaled by ``1 / (world * accum_steps)``, so the step equals one step on the whole global
+batch (exactly, for a model without BatchNorm and with Mixup and stochastic depth off).
+Evaluation splits the validation set over the ranks and sums their counts: every image counts
+once. Every rank resumes from the same checkpoint, in the main rank's trial folder; a cluster
+of several nodes needs the results folder on storage they all see.
+
 Reproducibility: the global RNGs are seeded from the trial seed; the data order and every
 augmentation are functions of (seed, epoch, sample) (see ablate.data), and the checkpoint
 holds the global RNG states that Mixup (numpy) and stochastic depth (torch) draw from, so on
-CPU a trial resumed at an epoch boundary reproduces the uninterrupted run exactly.
+CPU a trial resumed at an epoch boundary reproduces the uninterrupted run exactly. Ranks other
+than 0 draw their own random streams (seeded from the trial seed and the rank) after building
+the model, so that all ranks start from the same weights; the checkpoint holds every rank's
+states.
 """
 
 from __future__ import annotations
@@ -31,9 +47,11 @@ import numpy as np
 import torch
 
 from ablate import checkpoint, curves, record
+from ablate import distributed as dist
 from ablate.augment import BatchPrep
-from ablate.config import RecipeConfig, Trial
-from ablate.data import Loaders, build_loaders, load_splits
+from ablate.config import RecipeConfig, Trial, batch_split_error
+from ablate.data import Loaders, _mix, build_loaders, load_splits
+from ablate.distributed import Ranks
 from ablate.errors import TrialError
 from ablate.provenance import collect_provenance
 
@@ -66,6 +84,8 @@ class _Run:
     provenance: dict[str, Any]
     best: dict[str, Any]  # {"val/top1", "epoch"}
     elapsed_s: float  # training wall time of earlier attempts, from the checkpoint
+    ranks: Ranks = Ranks()  # this process among the trial's data-parallel workers
+    rank_rngs: list[Any] | None = None  # every rank's RNG states at the last epoch's end
 
 
 def train_trial(trial: Trial, tdir: Path, *, report: Report | None = None,
@@ -76,19 +96,30 @@ def train_trial(trial: Trial, tdir: Path, *, report: Report | None = None,
     infinite loss ends the trial as "diverged" without raising. Any exception writes state
     "failed" with the error and traceback, then propagates. ``report(row)`` is called after
     every epoch with that epoch's metrics row.
+
+    In a process group of several ranks (:mod:`ablate.distributed`) every rank calls this with
+    the same arguments; each trains on its share, all get the same rows, and only rank 0
+    writes to ``tdir`` (the others return ``{"state": ...}`` without a record).
     """
-    tdir = Path(tdir)
+    tdir, ranks = Path(tdir), dist.current_ranks()
+    if trial.resources.workers != ranks.world:
+        raise TrialError(f"trial {trial.id} asks for {trial.resources.workers} workers, but "
+                         f"{ranks.world} processes run it", key="resources.workers",
+                         hint="run a data-parallel trial with 'ablate run', which starts "
+                         "its workers")
     finished = _finished_result(tdir, trial)
     if finished is not None:
         return finished
-    _open_record(tdir, trial)
+    if ranks.main:
+        _open_record(tdir, trial)
     run = None
     try:
-        run = _setup(trial, tdir, device)
+        run = _setup(trial, tdir, device, ranks)
         start_epoch = _resume(run)
         return _train_epochs(run, start_epoch, report)
     except Exception as e:
-        record.write_state(tdir, record.FAILED, error=_error_record(e))
+        if ranks.main:
+            record.write_state(tdir, record.FAILED, error=_error_record(e))
         raise
     finally:
         if run is not None:
@@ -122,14 +153,21 @@ def _error_record(e: BaseException) -> dict[str, str]:
 # -- setup -------------------------------------------------------------------------------------
 
 
-def _setup(trial: Trial, tdir: Path, device_arg: str | None) -> _Run:
+def _setup(trial: Trial, tdir: Path, device_arg: str | None, ranks: Ranks = Ranks()) -> _Run:
     """Seed, then build data, model, optimisation and provenance for one attempt."""
     cfg = trial.config
+    why, key = batch_split_error(cfg.train, ranks.world)
+    if why:
+        raise TrialError(why, key=key, hint="make train.batch_size a multiple of workers x "
+                         "accum_steps (x 2 with Mixup/CutMix)")
     device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
     _seed_everything(cfg.seed)
     splits = load_splits(cfg.data, cfg.train)
-    loaders = build_loaders(splits, cfg.train, seed=cfg.seed, pin_memory=device.type == "cuda")
+    loaders = build_loaders(splits, cfg.train, seed=cfg.seed, pin_memory=device.type == "cuda",
+                            rank=ranks.rank, world=ranks.world)
     model, params, flops = _build_model(trial, splits.num_classes, device)
+    if not ranks.main:  # same weights as rank 0, but its own dropout and Mixup draws
+        _seed_everything(_mix(cfg.seed, ranks.rank) % 2**32)
     steps = len(loaders.train)
     optimizer, scheduler = _build_optimisation(model, cfg.train, steps)
     amp_dtype = _amp_dtype(cfg.train, device)
@@ -137,12 +175,14 @@ def _setup(trial: Trial, tdir: Path, device_arg: str | None) -> _Run:
     mixup, criterion = _build_mixing(cfg.train, splits.num_classes)
     prov = collect_provenance(device=device, data_fingerprint=splits.fingerprint, seed=cfg.seed,
                               params=params, flops=flops)
-    record.write_provenance(tdir, prov)
+    if ranks.main:
+        record.write_provenance(tdir, prov)
     return _Run(trial=trial, tdir=tdir, device=device, loaders=loaders,
                 prep=BatchPrep(cfg.train, device), model=model, optimizer=optimizer,
                 scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, mixup=mixup,
                 criterion=criterion, steps_per_epoch=steps, params=params, flops=flops,
-                provenance=prov, best={"val/top1": None, "epoch": None}, elapsed_s=0.0)
+                provenance=prov, best={"val/top1": None, "epoch": None}, elapsed_s=0.0,
+                ranks=ranks)
 
 
 def _seed_everything(seed: int) -> None:
@@ -194,10 +234,7 @@ def _build_mixing(recipe: RecipeConfig, num_classes: int):
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-    if recipe.mixup > 0 or recipe.cutmix > 0:
-        if recipe.batch_size % 2:
-            raise TrialError(f"Mixup/CutMix need an even batch size, got {recipe.batch_size}",
-                             key="train.batch_size", hint="use an even batch size")
+    if recipe.mixup > 0 or recipe.cutmix > 0:  # on micro-batches: even ones (see _setup)
         mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix,
                       switch_prob=recipe.mixup_switch_prob, mode="batch",
                       label_smoothing=recipe.label_smoothing, num_classes=num_classes)
@@ -208,10 +245,14 @@ def _build_mixing(recipe: RecipeConfig, num_classes: int):
 
 
 def _resume(run: _Run) -> int:
-    """Load the latest valid checkpoint into ``run``; return the number of finished epochs."""
+    """Load the latest valid checkpoint into ``run``; return the number of finished epochs.
+
+    Every rank reads the same checkpoint (the main rank's) and restores its own RNG states.
+    """
     state = checkpoint.load_latest(run.tdir / "checkpoints")
     if state is None:
-        record.truncate_metrics(run.tdir, 0)
+        if run.ranks.main:
+            record.truncate_metrics(run.tdir, 0)
         return 0
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
@@ -219,8 +260,15 @@ def _resume(run: _Run) -> int:
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.best, run.elapsed_s = dict(state["best"]), float(state["elapsed_s"])
-    checkpoint.restore_rng(state["rng"])
-    record.truncate_metrics(run.tdir, state["epoch"])
+    rank_rngs = state.get("rank_rngs") or [state["rng"]]
+    if len(rank_rngs) != run.ranks.world:
+        raise TrialError(f"the checkpoint of epoch {state['epoch']} was written by "
+                         f"{len(rank_rngs)} workers, this attempt has {run.ranks.world}",
+                         file=run.tdir, key="resources.workers",
+                         hint="resume with the number of workers the trial started with")
+    checkpoint.restore_rng(rank_rngs[run.ranks.rank])
+    if run.ranks.main:
+        record.truncate_metrics(run.tdir, state["epoch"])
     log.info("trial %s: resuming after epoch %d", run.trial.id, state["epoch"])
     return int(state["epoch"])
 
@@ -246,7 +294,9 @@ def _train_epochs(run: _Run, start_epoch: int, report: Report | None) -> dict[st
         row.update(_evaluate(run))
         row["time/epoch_s"] = time.perf_counter() - t_epoch
         row["mem/peak_mb"] = _peak_memory_mb(run.device)
-        _record_epoch(run, row, time.perf_counter() - t_start)
+        run.rank_rngs = dist.gather_objects(checkpoint.capture_rng())
+        if run.ranks.main:
+            _record_epoch(run, row, time.perf_counter() - t_start)
         log.debug("trial %s epoch %d: %s", run.trial.id, epoch, row)
         if report is not None:
             report(dict(row))
@@ -280,21 +330,39 @@ def _train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
 
 
 def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Forward, backward, clip, step; returns the loss (NaN/inf is left for the caller)."""
-    if run.mixup is not None:
-        x, y = run.mixup(x, y)
-    with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-        loss = run.criterion(run.model(x), y)
-    value = loss.item()  # one sync per step on a GPU: the price of stopping a divergence at once
-    if not math.isfinite(value):
-        return value
+    """One optimizer step on this rank's share ``x, y`` of a global batch: forward and
+    backward per micro-batch (``train.accum_steps`` of them), gradients summed over the ranks
+    once, then clip and step. Returns the mean loss over the global batch; when it is NaN or
+    infinite (on any rank) no step is taken and the caller stops the trial."""
+    accum = run.trial.config.train.accum_steps
+    scale = 1.0 / (accum * run.ranks.world)  # the mean over the global batch
     run.optimizer.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for xm, ym in zip(x.chunk(accum), y.chunk(accum)):
+        if run.mixup is not None:
+            xm, ym = run.mixup(xm, ym)
+        with torch.autocast(run.device.type, dtype=run.amp_dtype,
+                            enabled=run.amp_dtype is not None):
+            loss = run.criterion(run.model(xm), ym)
+        value = loss.item()  # one sync per micro-step on a GPU: stop a divergence at once
+        loss_sum += value
+        if not math.isfinite(value):
+            break
+        loss = loss * scale if scale != 1.0 else loss
+        (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
+    value = dist.sum_over_ranks([loss_sum], run.device)[0] * scale
+    if not math.isfinite(value):  # the same on every rank: all stop together
+        return value
+    dist.sum_gradients(list(run.model.parameters()))
+    _clip_and_step(run)
+    dist.broadcast_buffers(run.model)
+    return value
+
+
+def _clip_and_step(run: _Run) -> None:
     clip = run.trial.config.train.clip_grad
     if run.scaler is not None:
-        run.scaler.scale(loss).backward()
         run.scaler.unscale_(run.optimizer)
-    else:
-        loss.backward()
     if clip:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
     if run.scaler is not None:
@@ -302,28 +370,30 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> float:
         run.scaler.update()
     else:
         run.optimizer.step()
-    return value
 
 
 @torch.no_grad()
 def _evaluate(run: _Run) -> dict[str, float]:
-    """Loss, top-1 and top-5 (percent, timm's convention) on the whole validation set."""
-    from timm.utils import accuracy
+    """Loss, top-1 and top-5 (percent, timm's convention) on the whole validation set.
 
+    Each rank evaluates its share; the counts of correct predictions and the loss sums are
+    added over the ranks, so every validation image counts once."""
     run.model.eval()
-    n, loss_sum, top1_sum, top5_sum = 0, 0.0, 0.0, 0.0
+    n, loss_sum, top1, top5 = 0, 0.0, 0, 0
     for x, y in run.loaders.val:
         x, y = run.prep(x, train=False), y.to(run.device, non_blocking=True)
         with torch.autocast(run.device.type, dtype=run.amp_dtype,
                             enabled=run.amp_dtype is not None):
             logits = run.model(x).float()
-        top1, top5 = accuracy(logits, y, topk=(1, min(5, logits.shape[1])))
-        b = y.shape[0]
-        n += b
+        ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = ranked == y[:, None]
+        n += y.shape[0]
         loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        top1_sum += top1.item() * b
-        top5_sum += top5.item() * b
-    return {"val/loss": loss_sum / n, "val/top1": top1_sum / n, "val/top5": top5_sum / n}
+        top1 += int(hits[:, 0].sum())
+        top5 += int(hits.any(dim=1).sum())
+    n, loss_sum, top1, top5 = dist.sum_over_ranks([n, loss_sum, top1, top5], run.device)
+    return {"val/loss": loss_sum / n, "val/top1": 100.0 * top1 / n,
+            "val/top5": 100.0 * top5 / n}
 
 
 def _reset_peak_memory(device: torch.device) -> None:
@@ -338,11 +408,14 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-# -- record ------------------------------------------------------------------------------------
+# -- record: the main rank's job ----------------------------------------------------------------
 
 
 def _record_epoch(run: _Run, row: dict[str, Any], attempt_s: float) -> None:
-    """Append the row, then checkpoint: a crash in between only re-runs this epoch."""
+    """Append the row, then checkpoint: a crash in between only re-runs this epoch.
+
+    The checkpoint holds every rank's RNG states (``run.rank_rngs``), so that each rank of a
+    resumed attempt continues its own streams."""
     epoch = row["epoch"]
     is_best = run.best["val/top1"] is None or row["val/top1"] > run.best["val/top1"]
     if is_best:
@@ -353,13 +426,17 @@ def _record_epoch(run: _Run, row: dict[str, Any], attempt_s: float) -> None:
              "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
              "scaler": run.scaler.state_dict() if run.scaler is not None else None,
              "best": run.best, "elapsed_s": run.elapsed_s + attempt_s,
-             "rng": checkpoint.capture_rng()}
+             "rng": checkpoint.capture_rng(),
+             "rank_rngs": run.rank_rngs if run.ranks.parallel else None}
     checkpoint.save_checkpoint(run.tdir / "checkpoints", state, is_best=is_best,
                                keep=run.trial.config.train.keep_checkpoints)
 
 
 def _finish(run: _Run, state: str, t_start: float, **extra: Any) -> dict[str, Any]:
-    """Write result.json, the wall time into provenance.json, and the final state."""
+    """Write result.json, the wall time into provenance.json, and the final state (the main
+    rank; the others only say how the trial ended)."""
+    if not run.ranks.main:
+        return {"state": state}
     rows = record.read_metrics(run.tdir)
     wall = run.elapsed_s + time.perf_counter() - t_start
     result = {"state": state, "final": rows[-1] if rows else {}, "best": run.best,

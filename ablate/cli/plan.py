@@ -198,7 +198,10 @@ def build_report(sweep: Any, trials: list, results_dir: str, *, stats: bool) -> 
                   "path": str(sweep.path), "results_dir": results_dir,
                   "seeds": list(sweep.seeds), "max_trials": sweep.max_trials,
                   "max_concurrent": sweep.max_concurrent, "max_retries": sweep.max_retries,
-                  "resources": {"cpus": sweep.resources.cpus, "gpus": sweep.resources.gpus}},
+                  "resources": {"cpus": sweep.resources.cpus, "gpus": sweep.resources.gpus,
+                                "workers": sweep.resources.workers,
+                                "cpus_per_worker": sweep.resources.worker_cpus,
+                                "gpus_per_worker": sweep.resources.worker_gpus}},
         "trials": rows,
         "totals": _totals(rows),
         "models": _model_stats(trials) if stats else [],
@@ -256,8 +259,8 @@ def render(report: dict[str, Any]) -> str:
     """The report as text: a header, one line per trial, the totals and the models."""
     s = report["sweep"]
     lines = [f"sweep {s['name']}: {s['description']}", f"  file {s['path']}; results "
-             f"{s['results_dir']}; per trial {s['resources']['cpus']:g} CPU, "
-             f"{s['resources']['gpus']:g} GPU; at most {s['max_concurrent'] or 'any'} at once"]
+             f"{s['results_dir']}; per trial {_per_trial(s['resources'])}; at most "
+             f"{s['max_concurrent'] or 'any'} at once"]
     if s.get("overrides"):
         lines.append("  overrides: " + " ".join(s["overrides"]))
     lines.append("")
@@ -285,6 +288,14 @@ def render(report: dict[str, Any]) -> str:
              str(m["img_size"]), str(m["num_classes"]), _si(m["params"]), _si(m["flops"])]
             for m in report["models"]])
     return "\n".join(lines)
+
+
+def _per_trial(r: dict[str, Any]) -> str:
+    """'1 CPU, 0 GPU', or '8 workers x (8 CPU, 1 GPU)' for a data-parallel trial."""
+    cpus, gpus = r.get("cpus_per_worker", r["cpus"]), r.get("gpus_per_worker", r["gpus"])
+    one = f"{cpus:g} CPU, {gpus:g} GPU"
+    workers = r.get("workers", 1)
+    return one if workers == 1 else f"{workers} workers x ({one})"
 
 
 def _id_notes(rows: list[dict[str, Any]]) -> list[str]:
