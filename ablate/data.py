@@ -158,7 +158,7 @@ class EpochSampler(torch.utils.data.Sampler):
                 for step in range(self.n // self.batch) for i in range(share)]
 
     def __iter__(self) -> Iterator[AugmentKey]:
-        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        g = torch.Generator().manual_seed(mix_seeds(self.seed, self.epoch))
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
         order = order.tolist()
@@ -172,7 +172,7 @@ def _share(n: int, rank: int, world: int) -> tuple[int, int]:
     return rank * n // world, (rank + 1) * n // world
 
 
-def _mix(*parts: int) -> int:
+def mix_seeds(*parts: int) -> int:
     digest = hashlib.sha256(repr(parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 

@@ -50,7 +50,7 @@ from ablate import checkpoint, curves, record
 from ablate import distributed as dist
 from ablate.augment import BatchPrep
 from ablate.config import RecipeConfig, Trial, batch_split_error
-from ablate.data import Loaders, _mix, build_loaders, load_splits
+from ablate.data import Loaders, mix_seeds, build_loaders, load_splits
 from ablate.distributed import Ranks
 from ablate.errors import TrialError
 from ablate.provenance import collect_provenance
@@ -167,7 +167,7 @@ def _setup(trial: Trial, tdir: Path, device_arg: str | None, ranks: Ranks = Rank
                             rank=ranks.rank, world=ranks.world)
     model, params, flops = _build_model(trial, splits.num_classes, device)
     if not ranks.main:  # same weights as rank 0, but its own dropout and Mixup draws
-        _seed_everything(_mix(cfg.seed, ranks.rank) % 2**32)
+        _seed_everything(mix_seeds(cfg.seed, ranks.rank) % 2**32)
     steps = len(loaders.train)
     optimizer, scheduler = _build_optimisation(model, cfg.train, steps)
     amp_dtype = _amp_dtype(cfg.train, device)
