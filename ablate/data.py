@@ -173,6 +173,7 @@ def _share(n: int, rank: int, world: int) -> tuple[int, int]:
 
 
 def mix_seeds(*parts: int) -> int:
+    """A 63-bit seed that depends on every part (e.g. seed and epoch, or seed and rank)."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 

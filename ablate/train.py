@@ -50,7 +50,7 @@ from ablate import checkpoint, curves, record
 from ablate import distributed as dist
 from ablate.augment import BatchPrep
 from ablate.config import RecipeConfig, Trial, batch_split_error
-from ablate.data import Loaders, mix_seeds, build_loaders, load_splits
+from ablate.data import Loaders, build_loaders, load_splits, mix_seeds
 from ablate.distributed import Ranks
 from ablate.errors import TrialError
 from ablate.provenance import collect_provenance
