@@ -138,7 +138,10 @@ def test_a_real_run_and_its_resume_feed_the_callback_and_the_curves(tmp_path, pl
     """Through the CLI on a 2-CPU Ray: the callback sees every epoch; after a resume that
     re-runs an epoch in a new worker, the TensorBoard file holds each epoch once."""
     name, out = plugin
-    sweep = write_sweep(tmp_path / "s.yaml", seeds=[0], train={**TINY_TRAIN, "epochs": 2})
+    # Two checkpoints kept, so that epoch 1's is still there when the test removes epoch 2's
+    # (with the default of one, a kill between the row and the checkpoint leaves epoch 1's).
+    sweep = write_sweep(tmp_path / "s.yaml", seeds=[0],
+                        train={**TINY_TRAIN, "epochs": 2, "keep_checkpoints": 2})
     results = tmp_path / "results"
     with runner.ray_session(num_cpus=2):
         assert main(["run", str(sweep), "--results", str(results),
