@@ -4,7 +4,8 @@
     build    models, data, augment, checkpoint, caches: how one model and one data set are made
     sweep    sweepfile, spec: reading a sweep file
     plan     plan: a sweep file becomes trials (checks models and data, so it builds on build)
-    run      train, bookkeeping, runner: trials run and are recorded (never re-planned here)
+    run      train, bookkeeping, runner and its backends (raybackend, inprocess): trials run and
+             are recorded (never re-planned here)
     results  rows, columns, collect, stats, claims, setting, report, figures: records become
              tables, verdicts and figures (no torch, no run)
     cli      the command line and the logic of its management commands (manage: reset, prune),
@@ -30,7 +31,8 @@ LAYERS = {
               "ablate.checkpoint", "ablate.modelcache", "ablate.deepcheck"],
     "sweep": ["ablate.sweepfile", "ablate.spec"],
     "plan": ["ablate.plan"],
-    "run": ["ablate.train", "ablate.bookkeeping", "ablate.runner"],
+    "run": ["ablate.train", "ablate.bookkeeping", "ablate.runner", "ablate.raybackend",
+            "ablate.inprocess"],
     "results": ["ablate.rows", "ablate.columns", "ablate.collect", "ablate.stats",
                 "ablate.claims", "ablate.setting", "ablate.report", "ablate.figures"],
     "cli": ["ablate.cli", "ablate.__main__", "ablate.manage"],

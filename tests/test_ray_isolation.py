@@ -1,4 +1,5 @@
-"""Only ablate.runner may import ray: everything else must work (and import fast) without it."""
+"""Only ablate.raybackend may import ray: everything else, the neutral runner and the in-process
+backend included, must work (and import fast) without it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import ablate
 
 PACKAGE = Path(ablate.__file__).parent
-ALLOWED = {"ablate.runner"}
+ALLOWED = {"ablate.raybackend"}
 NOT_IMPORTABLE = {"ablate.__main__"}  # runs the CLI on import
 
 
@@ -36,7 +37,7 @@ def _imports_ray(tree: ast.AST) -> list[int]:
     return lines
 
 
-def test_no_module_but_the_runner_mentions_ray_in_an_import():
+def test_no_module_but_the_ray_backend_mentions_ray_in_an_import():
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -46,18 +47,27 @@ def test_no_module_but_the_runner_mentions_ray_in_an_import():
             continue
         lines = _imports_ray(ast.parse(path.read_text(), filename=str(path)))
         offenders += [f"{path}:{n}" for n in lines]
-    assert not offenders, f"ray imported outside ablate.runner: {offenders}"
+    assert not offenders, f"ray imported outside ablate.raybackend: {offenders}"
 
 
 def test_importing_every_other_module_does_not_load_ray():
     modules = _modules()
-    assert "ablate.cli.run" in modules and "ablate.runner" not in modules
+    assert {"ablate.cli.run", "ablate.runner", "ablate.inprocess"} <= set(modules)
+    assert "ablate.raybackend" not in modules
     code = ("import importlib, sys\n"
             f"for m in {modules!r}:\n"
             "    importlib.import_module(m)\n"
             "loaded = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
             "print(loaded[:5])\n"
             "sys.exit(1 if loaded else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_ray_backend_itself_imports_ray_only_when_it_runs():
+    code = ("import sys, ablate.raybackend, ablate.runner\n"
+            "sys.exit(1 if 'ray' in sys.modules else 0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from ablate import bookkeeping, record, runner
+from ablate import bookkeeping, raybackend, record, runner
 from ablate.cli import main
 from ablate.config import Resources
 from ablate.errors import TrialError
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow  # a real Ray
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_on_two_cpus():
-    with runner.ray_session(num_cpus=2):
+    with raybackend.ray_session(num_cpus=2):
         yield
 
 
@@ -60,7 +60,7 @@ def test_a_lost_worker_is_retried_from_its_checkpoint_and_said_in_one_line(
     workers = 1 if fault == "kill-loader" else 0
     sweep = _sweep_of(tmp_path, trial, workers=workers)
     _, [planned] = load_plan(sweep)
-    monkeypatch.setenv(runner.FAULT_ENV, f"{fault}@epoch=1")
+    monkeypatch.setenv(raybackend.FAULT_ENV, f"{fault}@epoch=1")
     results = tmp_path / "results"
     assert main(["run", str(sweep), "--results", str(results)]) == 0
     out, err = capfd.readouterr()
@@ -142,7 +142,7 @@ def test_rerun_of_a_finished_sweep_starts_no_trial(finished, monkeypatch):
         started.append(a)
         raise AssertionError("a finished sweep started Ray")
 
-    monkeypatch.setattr(runner, "ray_session", no_ray)
+    monkeypatch.setattr(raybackend, "ray_session", no_ray)
     again = runner.run_plan([trial], results, name="tiny", on_event=events.append)
     assert started == [] and events == [] and again.done == [] and again.skipped == [trial.id]
     after = {p: p.stat().st_mtime_ns for p in results.rglob("trials/*/*") if p.is_file()}
