@@ -1,6 +1,6 @@
-"""Run one data-parallel trial as a Ray Train run, from inside its Tune trial (runner glue).
+"""Run one data-parallel trial as a Ray Train run, from inside its Tune trial (Ray backend glue).
 
-A trial with ``resources.workers`` > 1 is a Tune trial whose function (:func:`ablate.runner.
+A trial with ``resources.workers`` > 1 is a Tune trial whose function (:func:`ablate.raybackend.
 run_one`) only starts and watches a Ray Train ``TorchTrainer`` (Train V2: a Tune function
 trainable that builds and fits the trainer, rather than the deprecated ``Tuner(trainer)``).
 The trainer runs :func:`ablate.train.train_trial` in each of the N workers, with the process
@@ -92,7 +92,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from ablate.plugins import load_plugins
-    from ablate.runner import _injected_fault
+    from ablate.raybackend import _injected_fault
     from ablate.train import train_trial
 
     trial = Trial.from_dict(config["trial"])

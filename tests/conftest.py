@@ -16,6 +16,10 @@ import tempfile
 _CACHE = tempfile.mkdtemp(prefix="ablate-test-cache-")
 # The suite, its subprocesses and its Ray workers never read or write the user's own caches.
 os.environ["ABLATE_CACHE_DIR"] = _CACHE
+# `ablate run` joins a RAY_ADDRESS of the environment on purpose: a user's shell that has one
+# (another Ray on the machine) must not send the suite's runs there. A test that wants it sets
+# it itself (monkeypatch.setenv, or a subprocess's env).
+os.environ.pop("RAY_ADDRESS", None)
 
 
 def pytest_addoption(parser):

@@ -4,9 +4,10 @@
     build    models, data, augment, checkpoint, caches: how one model and one data set are made
     sweep    sweepfile, spec: reading a sweep file
     plan     plan: a sweep file becomes trials (checks models and data, so it builds on build)
-    run      train, distributed, curves, bookkeeping, runner, raytrain, estimate: trials run
-             (on one process or several data-parallel ones) and are recorded (never re-planned
-             here), or a few of their steps are timed
+    run      train, distributed, curves, bookkeeping, estimate, runner and its backends
+             (raybackend with raytrain, inprocess): trials run (on one process or several
+             data-parallel ones) and are recorded (never re-planned here), or a few of their
+             steps are timed
     results  rows, columns, collect, stats, claims, setting, report, figures: records become
              tables, verdicts and figures (no torch, no run)
     cli      the command line and the logic of its management commands (manage: reset, prune),
@@ -33,7 +34,8 @@ LAYERS = {
     "sweep": ["ablate.sweepfile", "ablate.spec"],
     "plan": ["ablate.plan"],
     "run": ["ablate.train", "ablate.distributed", "ablate.curves", "ablate.bookkeeping",
-            "ablate.runner", "ablate.raytrain", "ablate.estimate"],
+            "ablate.runner", "ablate.raybackend", "ablate.raytrain", "ablate.inprocess",
+            "ablate.estimate"],
     "results": ["ablate.rows", "ablate.columns", "ablate.collect", "ablate.stats",
                 "ablate.claims", "ablate.setting", "ablate.report", "ablate.figures"],
     "cli": ["ablate.cli", "ablate.__main__", "ablate.manage"],

@@ -1,5 +1,6 @@
-"""Only the runner may import ray (ablate.runner, and ablate.raytrain, its Ray Train glue for
-data-parallel trials): everything else must work (and import fast) without it."""
+"""Only the Ray backend may import ray (ablate.raybackend, and ablate.raytrain, its Ray Train
+glue for data-parallel trials): everything else, the neutral runner and the in-process backend
+included, must work (and import fast) without it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import ablate
 
 PACKAGE = Path(ablate.__file__).parent
-ALLOWED = {"ablate.runner", "ablate.raytrain"}
+ALLOWED = {"ablate.raybackend", "ablate.raytrain"}
 NOT_IMPORTABLE = {"ablate.__main__"}  # runs the CLI on import
 
 
@@ -37,7 +38,7 @@ def _imports_ray(tree: ast.AST) -> list[int]:
     return lines
 
 
-def test_no_module_but_the_runner_mentions_ray_in_an_import():
+def test_no_module_but_the_ray_backend_mentions_ray_in_an_import():
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -52,7 +53,8 @@ def test_no_module_but_the_runner_mentions_ray_in_an_import():
 
 def test_importing_every_other_module_does_not_load_ray():
     modules = _modules()
-    assert "ablate.cli.run" in modules and "ablate.runner" not in modules
+    assert {"ablate.cli.run", "ablate.runner", "ablate.inprocess"} <= set(modules)
+    assert "ablate.raybackend" not in modules
     assert "ablate.train" in modules and "ablate.distributed" in modules
     code = ("import importlib, sys\n"
             f"for m in {modules!r}:\n"
@@ -60,6 +62,14 @@ def test_importing_every_other_module_does_not_load_ray():
             "loaded = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
             "print(loaded[:5])\n"
             "sys.exit(1 if loaded else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_ray_backend_itself_imports_ray_only_when_it_runs():
+    code = ("import sys, ablate.raybackend, ablate.runner\n"
+            "sys.exit(1 if 'ray' in sys.modules else 0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -38,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "plan's (a default changed in the code); their old records are kept under "
                    "RESULTS/replaced/")
     _retry_option(p)
+    _debug_option(p)
     add_deep_check_option(p)
     add_plugin_option(p)
     add_override_options(p)
@@ -50,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("results", metavar="RESULTS_DIR")
     _ray_options(p)
     _retry_option(p)
+    _debug_option(p)
     p.set_defaults(func=resume_command)
 
     p = sub.add_parser("status", help="show every trial's state (also during a run)")
@@ -63,6 +65,14 @@ def _retry_option(p: argparse.ArgumentParser) -> None:
                    help="start again the trials whose last attempt failed in a way that would "
                    "recur (bad code, configuration or data); without it they are held until "
                    "fixed and reset with 'ablate reset DIR --failed'")
+
+
+def _debug_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true",
+                   help="no Ray: run the trials one after another in this process, and let the "
+                   "first error raise with its traceback, so a debugger can stop there "
+                   "(python -m pdb -m ablate run SWEEP.yaml --debug); no concurrency, no "
+                   "retries, --address and --max-concurrent unused")
 
 
 def _ray_options(p: argparse.ArgumentParser) -> None:
@@ -92,10 +102,9 @@ def _positive_int(text: str) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from ablate.cli.callbacks import load_callbacks
     from ablate.plan import load_plan
 
-    callbacks = load_callbacks(args.callback)
+    callbacks = _load_callbacks(args)
     sweep, trials = load_plan(args.sweep, confirm=args.yes, plugins=tuple(args.plugin),
                               **plan_options(args))
     if args.deep_data_check:
@@ -110,14 +119,13 @@ def run_command(args: argparse.Namespace) -> int:
                     max_concurrent=args.max_concurrent or sweep.max_concurrent,
                     address=args.address, rerun_changed=args.rerun_changed,
                     retry_failed=args.retry_failed, overrides=override_flags(args),
-                    callbacks=callbacks)
+                    callbacks=callbacks, debug=args.debug)
 
 
 def resume_command(args: argparse.Namespace) -> int:
     from ablate import bookkeeping
-    from ablate.cli.callbacks import load_callbacks
 
-    callbacks = load_callbacks(args.callback)
+    callbacks = _load_callbacks(args)
     results = Path(args.results)
     check_results_folder(results, "RESULTS_DIR")
     manifest = bookkeeping.read_manifest(results)
@@ -125,7 +133,17 @@ def resume_command(args: argparse.Namespace) -> int:
                     source=manifest.get("source"), description=manifest.get("description"),
                     max_concurrent=args.max_concurrent or manifest.get("max_concurrent"),
                     address=args.address, retry_failed=args.retry_failed,
-                    callbacks=callbacks)
+                    callbacks=callbacks, debug=args.debug)
+
+
+def _load_callbacks(args: argparse.Namespace) -> list:
+    """The ``--callback`` flags' Tune callbacks; refused with ``--debug``, which has no Tune."""
+    from ablate.cli.callbacks import FLAG, CallbackError, load_callbacks
+
+    if args.debug and args.callback:
+        raise CallbackError("Tune callbacks need a Ray run, and --debug runs the trials here "
+                            "without Ray", key=FLAG, hint="drop --callback or --debug")
+    return load_callbacks(args.callback)
 
 
 def check_results_folder(results: Path, key: str) -> None:
@@ -162,16 +180,34 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def _join_from_env(address: str | None) -> tuple[str | None, str]:
+def _join_from_env(address: str | None, announce: bool = True) -> tuple[str | None, str]:
     """The cluster to join: --address, else RAY_ADDRESS (joined, and said so), else none."""
     if address:
         return address, "--address"
     env = os.environ.get("RAY_ADDRESS", "").strip()
     if not env:
         return None, "--address"
-    print(f"ablate: joining the Ray cluster at {env} from RAY_ADDRESS (unset RAY_ADDRESS to "
-          "start a local Ray instead)", flush=True)
+    if announce:
+        _announce_join(env)
     return env, "RAY_ADDRESS"
+
+
+def _announce_join(address: str) -> None:
+    print(f"ablate: joining the Ray cluster at {address} from RAY_ADDRESS (unset RAY_ADDRESS to "
+          "start a local Ray instead)", flush=True)
+
+
+def _print_triage(work: Any, trials: list, results: Path, *, name: str) -> None:
+    """What the run found: finished, held and to-run counts, and trials run under another
+    configuration than the plan's now."""
+    print(f"ablate: sweep {name}: {len(trials)} trials, {len(work.finished)} already finished, "
+          + (f"{len(work.held)} held (failed before), " if work.held else "")
+          + f"{len(work.todo)} to run; results in {results}", flush=True)
+    if work.changes:
+        print(f"ablate: {len(work.changes)} finished trials were run with another configuration "
+              f"than the plan's now ({_describe_changes(work.changes)}): "
+              + ("rerunning them; their old records go to replaced/" if work.rerun_changed
+                 else "kept; rerun them with --rerun-changed"), flush=True)
 
 
 def _check_folder_owner(results: Path, name: str, yes: bool) -> None:
@@ -187,32 +223,34 @@ def _check_folder_owner(results: Path, name: str, yes: bool) -> None:
                          "this sweep's trials to it")
 
 
-def _execute(trials: list, results: Path, **kw: Any) -> int:
-    """Run the plan with a progress display, print the summary, then tables and figures."""
-    from ablate import bookkeeping, runner
+def _execute(trials: list, results: Path, debug: bool = False, **kw: Any) -> int:
+    """Run the plan with a progress display, print the summary, then tables and figures.
 
-    finished, todo = bookkeeping.split_finished(trials, results)
-    held = [] if kw.get("retry_failed") else bookkeeping.held_failures(todo, results)
-    todo = [t for t in todo if t not in held]
-    changed = {t.id: c for t in finished if (c := bookkeeping.config_changes(results, t))}
-    if changed and kw.get("rerun_changed"):
-        todo += [t for t in finished if t.id in changed]
-        finished = [t for t in finished if t.id not in changed]
-    print(f"ablate: sweep {kw['name']}: {len(trials)} trials, {len(finished)} already finished, "
-          + (f"{len(held)} held (failed before), " if held else "")
-          + f"{len(todo)} to run; results in {results}", flush=True)
-    if changed:
-        print(f"ablate: {len(changed)} finished trials were run with another configuration "
-              f"than the plan's now ({_describe_changes(changed)}): "
-              + ("rerunning them; their old records go to replaced/" if kw.get("rerun_changed")
-                 else "kept; rerun them with --rerun-changed"), flush=True)
+    ``debug``: the in-process backend, errors propagating (for pdb), instead of Ray.
+    """
+    from ablate import runner
+
+    if debug:
+        from ablate.inprocess import InProcessBackend
+
+        kw.pop("callbacks", None)  # none: _load_callbacks refused them with --debug
+        kw["backend"], joining = InProcessBackend(propagate=True), None
+    else:
+        kw["address"], kw["address_from"] = _join_from_env(kw.get("address"), announce=False)
+        joining = kw["address"] if kw["address_from"] == "RAY_ADDRESS" else None
     display = _Progress(tty=sys.stdout.isatty(), trials=trials, results=results)
-    if todo:
-        kw["address"], kw["address_from"] = _join_from_env(kw.get("address"))
-        if display.tty:
-            display.show("starting Ray and the first trials ...")
+
+    def on_triage(work: Any) -> None:  # the runner's sorting of the plan, before anything runs
+        _print_triage(work, trials, results, name=kw["name"])
+        if work.todo and joining:
+            _announce_join(joining)
+        if work.todo and display.tty:
+            display.show("running the first trial here ..." if debug
+                         else "starting Ray and the first trials ...")
+
     try:
-        summary = runner.run_plan(trials, results, on_event=display.on_event, **kw)
+        summary = runner.run_plan(trials, results, on_event=display.on_event,
+                                  on_triage=on_triage, **kw)
     finally:
         display.close()
     _print_summary(summary, trials, results)

@@ -1,10 +1,13 @@
-"""``ablate train``: run one trial in this process, through the runner's own code path.
+"""``ablate train``: run one trial in this process, through the runner's in-process backend.
 
 Either a trial configuration file (YAML or JSON: a TrialConfig dict ``{model, data, train,
 seed}`` or a Trial dict ``{config, sweep, arm, ...}`` as in a trial's ``trial.json``), or a
 sweep file and one trial id from its plan. A trial folder that already has checkpoints resumes.
 A trial of a sweep is trained holding its results folder's driver lock, the one ``ablate run``
-holds, so the same trial is never trained by both at once.
+holds, so the same trial is never trained by both at once. A failure is recorded as a run
+records it (``ablate.inprocess.train_here``), then raised with its traceback, since this
+command is for debugging one trial; a held failure is trained again here, and sweep.json is
+not touched (it is the plan of ``ablate run``, not of one trial).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ablate import record
     from ablate.bookkeeping import driver_lock
     from ablate.cli.run import check_results_folder
-    from ablate.train import train_trial
+    from ablate.inprocess import train_here
 
     trial, tdir = _resolve(args)
     epochs = trial.config.train.epochs
@@ -57,8 +60,8 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"trial {trial.id} ({trial.config.model.arch}, {trial.config.data.name}) -> {tdir}")
     with driver_lock(results) if from_sweep else nullcontext():
         try:
-            result = train_trial(trial, tdir, device=args.device,
-                                 report=lambda row: print(_progress(row, epochs), flush=True))
+            result = train_here(trial, tdir, device=args.device, propagate=True,
+                                report=lambda row: print(_progress(row, epochs), flush=True))
         except Exception as e:
             return _failed(e, tdir)
     best = result.get("best") or {}

@@ -1,4 +1,5 @@
-"""Processes a test started, found through /proc (Linux): by session, and what they listen on.
+"""Processes a test started, found through /proc (Linux): by session, and what they listen on;
+and a ``ray start --head`` cluster of a test's own.
 
 A test starts every Ray of its own in a new session (``start_new_session=True``), so the
 session id finds all of that Ray's processes and none of anyone else's, and ending the session
@@ -8,8 +9,16 @@ ends only what the test started.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -87,3 +96,82 @@ def _ip(hex_addr: str, width: int) -> str:
     if data[:12] == b"\0" * 10 + b"\xff\xff":  # IPv4 mapped into IPv6
         return ".".join(str(b) for b in data[12:])
     return ":".join(data[i:i + 2].hex() for i in range(0, 16, 2))
+
+
+# ---------------------------------------------------------------------------- a Ray head
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Head:
+    address: str  # 127.0.0.1:PORT
+    proc: subprocess.Popen  # ``ray start --block``, the leader of the head's session
+    temp_dir: str
+
+
+@contextmanager
+def ray_head(num_cpus: int) -> Iterator[Head]:
+    """A one-node Ray cluster started the way a user starts one: ``ray start --head``.
+
+    It is the test's own and ends with it, whatever else runs on the machine: a temp dir of
+    its own (short: Ray's socket paths must fit in 107 bytes), free ports for everything that
+    would otherwise take a fixed default (another Ray may hold those), no RAY_ADDRESS, and
+    ``--block`` in a new session, so that ending the session ends exactly this head and its
+    processes (``ray stop``, even without --force, would stop every Ray on the machine).
+    """
+    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+    temp_dir = tempfile.mkdtemp(prefix="ablt-", dir="/tmp")
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    ports = {f"--{name}": free_port() for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port")}  # no Ray Client server: ray[client] is not installed
+    log = open(f"{temp_dir}/head.log", "w")
+    proc = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}",
+                             f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}",
+                             "--include-dashboard=false", "--disable-usage-stats",
+                             *(f"{k}={v}" for k, v in ports.items())],
+                            stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    try:
+        _wait_for_port(proc, port, temp_dir)
+        yield Head(f"127.0.0.1:{port}", proc, temp_dir)
+    finally:
+        end_session(proc.pid)
+        proc.wait(timeout=30)
+        log.close()
+        left = pids_mentioning(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not left, f"processes of the test's Ray head left running: {left}"
+
+
+def _wait_for_port(head: subprocess.Popen, port: int, temp_dir: str) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and head.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    log = open(f"{temp_dir}/head.log").read()[-2000:]
+    raise AssertionError(f"'ray start --head' did not come up: {log}")
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """Processes whose command line names ``text`` (a head's temp dir)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(entry.name))
+            except OSError:
+                pass
+    return found

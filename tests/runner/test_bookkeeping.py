@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ablate import bookkeeping, record, runner
+from ablate import bookkeeping, raybackend, record, runner
 from ablate.cli import main
 from ablate.errors import RecordError, TrialError
 from tests.runner.conftest import tiny_trial
@@ -116,7 +116,7 @@ def test_a_line_per_event_off_a_terminal(capsys):
 
 def test_tracker_counts_and_estimates_from_finished_durations():
     events = []
-    tracker = runner._Tracker(total=4, on_event=events.append)
+    tracker = runner.Tracker(total=4, on_event=events.append)
     tracker.emit("start", "a")
     tracker.emit("start", "b")
     assert events[-1].progress.running == 2 and events[-1].progress.eta_s is None
@@ -149,10 +149,11 @@ def test_a_corrupt_record_stops_a_run_before_anything_launches(tmp_path, monkeyp
     with pytest.raises(RecordError, match="state.json: corrupt JSON"):
         bookkeeping.split_finished(trials, results)
     launched = []
-    monkeypatch.setattr(runner, "run_plan", lambda *a, **k: launched.append(a))
+    monkeypatch.setattr(raybackend.RayBackend, "session", lambda *a: launched.append(a))
     assert main(["run", str(sweep), "--results", str(results)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert launched == [] and "\n" not in err
+    out, err = capsys.readouterr()
+    err = err.strip()
+    assert launched == [] and "\n" not in err and out == ""  # not even the plan's counts
     assert f"{tdir / 'state.json'}: corrupt JSON" in err and "delete the file" in err
     assert (tdir / "trial.json").exists()  # nothing lost
 
@@ -196,7 +197,7 @@ def test_a_deleted_trial_json_is_reported_by_status_and_restored_by_resume(tmp_p
         assert stray.name in out and done.id in out
     monkeypatch.setattr(cli_run, "_make_results", lambda results: None)
     launched = []
-    monkeypatch.setattr(runner, "_run_on_ray", lambda *a, **k: launched.append(a))
+    monkeypatch.setattr(raybackend, "_run_on_ray", lambda *a, **k: launched.append(a))
     with caplog.at_level("WARNING", logger="ablate.bookkeeping"):
         assert main(["resume", str(tmp_path)]) == 0  # both finished: nothing launches
     assert launched == [] and (tdir / "trial.json").read_text() == listed
@@ -228,7 +229,7 @@ def test_plan_run_and_status_derive_the_same_state(tmp_path, monkeypatch, capsys
     assert planned == shown == expected
 
     launched = []
-    monkeypatch.setattr(runner, "_run_on_ray", lambda *a, **k: launched.append(a))
+    monkeypatch.setattr(raybackend, "_run_on_ray", lambda *a, **k: launched.append(a))
     assert main(["run", str(sweep), "--results", str(results)]) == 2
     err = capsys.readouterr().err.strip()
     assert launched == [] and "\n" not in err and f"{corrupt / 'state.json'}: corrupt" in err

@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from ablate import record, runner
+from ablate import raybackend, record, runner
 from ablate.cli import main
 from ablate.config import Resources
 from ablate.errors import TrialError
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow  # a real Ray
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_on_two_cpus():
-    with runner.ray_session(num_cpus=2):
+    with raybackend.ray_session(num_cpus=2):
         yield
 
 
@@ -40,7 +40,7 @@ def test_a_killed_worker_is_retried_and_resumes_to_the_uninterrupted_numbers(
     trial = two_worker_trial()
     reference = train_on_two_ranks(trial, tmp_path / "reference")[0]["rows"]
     events = []
-    monkeypatch.setenv(runner.FAULT_ENV, "kill@epoch=1@rank=1")
+    monkeypatch.setenv(raybackend.FAULT_ENV, "kill@epoch=1@rank=1")
     summary = runner.run_plan([trial], tmp_path / "results", name="tiny",
                               on_event=events.append)
     assert summary.done == [trial.id] and summary.retried == 1, summary

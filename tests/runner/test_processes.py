@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from ablate import record, runner
+from ablate import raybackend, record
 from ablate.plan import load_plan
 from tests.runner.conftest import write_sweep
 from tests.runner.procs import end_session, listening_addresses, session_pids, wait_until_gone
@@ -26,7 +26,7 @@ def _start(*args: str, fault: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     if fault:
-        env[runner.FAULT_ENV] = fault
+        env[raybackend.FAULT_ENV] = fault
     return subprocess.Popen([sys.executable, "-m", "ablate", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)

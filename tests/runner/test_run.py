@@ -1,16 +1,17 @@
-"""The runner on a real 2-CPU Ray, in process: retries, failures, reruns, the CLI's run command.
+"""The runner on a real 2-CPU Ray, in process: retries, failures, resources, the CLI's run command.
 
-One Ray instance serves the whole module (starting Ray costs seconds on 2 cores).
+One Ray instance serves the whole module (starting Ray costs seconds on 2 cores). What a run
+does whatever its backend (skipping, holding failed trials, the summary) is tested without Ray
+in test_inprocess.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 
-from ablate import bookkeeping, record, runner
+from ablate import bookkeeping, raybackend, record, runner
 from ablate.cli import main
 from ablate.config import Resources
 from ablate.errors import TrialError
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow  # a real Ray
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_on_two_cpus():
-    with runner.ray_session(num_cpus=2):
+    with raybackend.ray_session(num_cpus=2):
         yield
 
 
@@ -60,7 +61,7 @@ def test_a_lost_worker_is_retried_from_its_checkpoint_and_said_in_one_line(
     workers = 1 if fault == "kill-loader" else 0
     sweep = _sweep_of(tmp_path, trial, workers=workers)
     _, [planned] = load_plan(sweep)
-    monkeypatch.setenv(runner.FAULT_ENV, f"{fault}@epoch=1")
+    monkeypatch.setenv(raybackend.FAULT_ENV, f"{fault}@epoch=1")
     results = tmp_path / "results"
     assert main(["run", str(sweep), "--results", str(results)]) == 0
     out, err = capfd.readouterr()
@@ -111,44 +112,8 @@ def test_failing_trial_is_recorded_not_retried_and_the_others_finish(tmp_path,
                                         and "UnreadableImage: " in line for line in mine)
 
     assert "will recur" in out and "--failed" in out and "resume with" not in out
-
-    # A rerun skips the two done trials and holds the two that failed on their data: nothing
-    # is started (a data error recurs until someone fixes the data).
-    done_mtimes = {tid: (record.trial_dir(results, tid) / "result.json").stat().st_mtime_ns
-                   for tid, s in states.items() if s == "done"}
-    failed_states = {tid: (record.trial_dir(results, tid) / "state.json").read_bytes()
-                     for tid, s in states.items() if s == "failed"}
-    assert main(["run", str(sweep), "--results", str(results)]) == 1
-    out = capsys.readouterr().out
-    assert "2 already finished, 2 held (failed before), 0 to run" in out
-    assert "2 failed before and were not started again" in out
-    for tid, raw in failed_states.items():
-        assert (record.trial_dir(results, tid) / "state.json").read_bytes() == raw
-    # --retry-failed starts them again: one more attempt each (they fail again, not retried).
-    assert main(["run", str(sweep), "--results", str(results), "--retry-failed"]) == 1
-    assert "2 already finished, 2 to run" in capsys.readouterr().out
-    for tid in failed_states:
-        assert record.read_state_raw(record.trial_dir(results, tid))["attempt"] == 2
-    for tid, mtime in done_mtimes.items():
-        assert (record.trial_dir(results, tid) / "result.json").stat().st_mtime_ns == mtime
-
-
-def test_rerun_of_a_finished_sweep_starts_no_trial(finished, monkeypatch):
-    trial, results = finished
-    before = {p: p.stat().st_mtime_ns for p in results.rglob("trials/*/*") if p.is_file()}
-    events, started = [], []
-
-    def no_ray(*a, **k):  # nothing is left to run: Ray must not even be started
-        started.append(a)
-        raise AssertionError("a finished sweep started Ray")
-
-    monkeypatch.setattr(runner, "ray_session", no_ray)
-    again = runner.run_plan([trial], results, name="tiny", on_event=events.append)
-    assert started == [] and events == [] and again.done == [] and again.skipped == [trial.id]
-    after = {p: p.stat().st_mtime_ns for p in results.rglob("trials/*/*") if p.is_file()}
-    assert after == before
-    manifest = json.loads((results / bookkeeping.MANIFEST).read_text())
-    assert [t["id"] for t in manifest["trials"]] == [trial.id]
+    # what a rerun does with them (held, or --retry-failed) is the runner's bookkeeping,
+    # whatever the backend: test_inprocess.py
 
 
 def test_trial_larger_than_the_cluster_is_refused_before_anything_runs(tmp_path):
