@@ -8,7 +8,10 @@ and the lr schedule, AMP on CUDA as the trial would), its evaluation for validat
 and its per-epoch record for the metrics row, epoch checkpoint and ``best.pt``. The first step
 of each (warm-up: allocator, kernels, lazy inits) is run apart and not counted; a step's time
 is the median of the timed ones. CPU trials are timed with as many torch threads as CPUs they
-ask for, as Ray gives them.
+ask for (per worker), as Ray gives them. A data-parallel trial of N workers is timed as one of
+its workers: a step on its share of the global batch (``batch_size / N``), accumulated as the
+trial accumulates; its workers run those steps at once, and the all-reduce between them is
+not timed.
 
 A trial's estimate is ``setup + epochs x (train steps x train step + val batches x eval batch +
 checkpoint)``; setup is the measured model and optimiser build. The sweep's wall time comes from
@@ -117,7 +120,7 @@ def estimate_sweep(trials: list[Trial], sizes: dict[str, DataSize], *,
     """
     cpus, gpus = machine if machine is not None else local_machine()
     devices = [trial_device(t, device, gpus) for t in trials]
-    demands = [(t.resources.cpus, t.resources.gpus if d.type == "cuda" else 0.0)
+    demands = [(_held(t, "cpus"), _held(t, "gpus") if d.type == "cuda" else 0.0)
                for t, d in zip(trials, devices)]
     for t, (c, g) in zip(trials, demands):
         if c > cpus + _EPS or g > gpus + _EPS:
@@ -148,6 +151,12 @@ def estimate_sweep(trials: list[Trial], sizes: dict[str, DataSize], *,
                      measured=len(costs), steps=steps)
 
 
+def _held(trial: Trial, what: str) -> float:
+    """The CPUs or GPUs ``trial`` holds while it runs: every worker's."""
+    r = trial.resources
+    return r.workers * (r.worker_cpus if what == "cpus" else r.worker_gpus)
+
+
 def _import_training_code() -> None:
     """Import what a trial's process has imported before its clock starts, so that the first
     measurement does not count it."""
@@ -168,11 +177,11 @@ def local_machine() -> tuple[float, float]:
 def trial_device(trial: Trial, device: str | None, gpus: float) -> torch.device:
     """The device ``trial`` is timed on; EstimateError for one this machine does not have."""
     if device is None:
-        if trial.resources.gpus <= 0:
+        if trial.resources.worker_gpus <= 0:
             return torch.device("cpu")
         if gpus <= 0 or not torch.cuda.is_available():
             raise EstimateError(f"trial {trial.id} [{trial.arm}] asks for "
-                                f"{trial.resources.gpus:g} GPUs and this machine has none",
+                                f"{_held(trial, 'gpus'):g} GPUs and this machine has none",
                                 key="resources.gpus",
                                 hint="estimate on the machine the sweep will run on, or "
                                 "pass --device cpu to time it on the CPU")
@@ -197,18 +206,20 @@ def step_key(trial: Trial, classes: int, device: torch.device) -> tuple:
     r = trial.config.train
     return (trial.config.model, trial.config.data.img_size, classes, r.batch_size,
             r.mixup > 0 or r.cutmix > 0, r.amp, r.reprob > 0, r.clip_grad is not None,
-            str(device), _threads(trial, device), trial.plugins)
+            str(device), _threads(trial, device), trial.plugins, trial.resources.workers,
+            r.accum_steps)
 
 
 def _threads(trial: Trial, device: torch.device) -> int:
-    return max(1, math.floor(trial.resources.cpus)) if device.type == "cpu" else 0
+    return max(1, math.floor(trial.resources.worker_cpus)) if device.type == "cpu" else 0
 
 
 def _trial_cost(trial: Trial, size: DataSize, device: torch.device,
                 demand: tuple[float, float], cost: StepCost) -> TrialCost:
     batch, epochs = trial.config.train.batch_size, trial.config.train.epochs
     steps = size.train // batch  # the training loader drops the last partial batch
-    evals = math.ceil(size.val / batch)
+    world = trial.resources.workers  # each evaluates its share of the validation set
+    evals = math.ceil(math.ceil(size.val / world) / (batch // world))
     epoch_s = steps * cost.train_step_s + evals * cost.eval_step_s + cost.checkpoint_s
     train_s = epochs * epoch_s
     wall = cost.build_s + train_s
@@ -318,7 +329,8 @@ def _build_run(trial: Trial, classes: int, device: torch.device, tdir: Path):
     amp_dtype = train._amp_dtype(recipe, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     mixup, criterion = train._build_mixing(recipe, classes)
-    loaders = _SyntheticLoaders(recipe.batch_size, trial.config.data.img_size, classes, 1)
+    per_worker = recipe.batch_size // trial.resources.workers  # one worker's share
+    loaders = _SyntheticLoaders(per_worker, trial.config.data.img_size, classes, 1)
     return train._Run(trial=trial, tdir=tdir, device=device, loaders=loaders,
                       prep=BatchPrep(recipe, device), model=model, optimizer=optimizer,
                       scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, mixup=mixup,

@@ -118,6 +118,30 @@ def test_measured_steps_scale_to_each_trial_and_each_model_is_timed_once(sweep_f
     assert cost.device_hours == {"CPU": pytest.approx(4 * (2 + 3 * 7.25) / 3600)}
 
 
+def test_a_data_parallel_trial_holds_every_workers_cores_and_is_timed_as_one_worker(
+        sweep_file, monkeypatch):
+    _, trials = load_plan(sweep_file)
+    two = dataclasses.replace(trials[0], resources=Resources(workers=2, cpus_per_worker=2))
+    batches = []
+    real = estimate._SyntheticLoaders
+
+    def loaders(batch, *args):
+        batches.append(batch)
+        return real(batch, *args)
+
+    monkeypatch.setattr(estimate, "_SyntheticLoaders", loaders)
+    monkeypatch.setattr(estimate, "_threads", lambda trial, device: 1)  # 2 cores, shared
+    sizes = {two.id: DataSize(train=100, val=30, classes=4)}
+    cost = estimate.estimate_sweep([two], sizes, steps=1, machine=(4, 0))
+    assert batches == [8]  # each worker's share of the global batch of 16
+    [r] = cost.trials
+    # both workers take every one of the 6 global steps; each validates 15 images in 2 of
+    # its batches of 8; the trial holds 2 x 2 cores
+    assert (r.steps_per_epoch, r.eval_steps, r.amount) == (6, 2, 4.0)
+    with pytest.raises(EstimateError, match="asks for 4 CPUs"):
+        estimate.estimate_sweep([two], sizes, machine=(2, 0))
+
+
 def test_a_gpu_trial_on_a_machine_without_one_is_refused(sweep_file):
     _, trials = load_plan(sweep_file)
     gpu_trial = dataclasses.replace(trials[0], resources=Resources(cpus=1, gpus=1))
