@@ -424,7 +424,30 @@ def _check_models(sweep: Sweep, kept: list[_Candidate]) -> None:
                             hint=e.hint, **sweep.where(*_source(c, key))) from None
         cache.put("valid", config, True)
     _check_kernels(sweep, kept, cache)
+    _check_input_sizes(sweep, kept, cache)
     cache.save()
+
+
+def _check_input_sizes(sweep: Sweep, kept: list[_Candidate], cache: Any) -> None:
+    """Each model runs a forward pass (shapes only) at its trial's image size: a timm model
+    built for another size (Swin's windows, a ViT's position table) is refused here, not in
+    the first step of a trial."""
+    seen: set = set()
+    for c in kept:
+        model, img = c.config.model, c.config.data.img_size
+        config = {"model": dataclasses.asdict(model), "img_size": img}
+        if (model, img) in seen or cache.get("runs_at", config):
+            continue
+        seen.add((model, img))
+        from ablate.models import input_error
+
+        why = input_error(model.arch, img_size=img, **model.axes())
+        if why is not None:
+            raise sweep.error(f"{model.arch} cannot take {img}x{img} images: {why} "
+                              f"(trial '{c.label}')", *_source(c, "data.img_size"),
+                              hint="use an image size the model is built for (a timm model's "
+                              "own, such as 224), or one of ablate's models")
+        cache.put("runs_at", config, True)
 
 
 def _check_kernels(sweep: Sweep, kept: list[_Candidate], cache: Any) -> None:

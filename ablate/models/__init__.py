@@ -17,7 +17,13 @@ from torch import nn
 
 from ablate.errors import ModelConfigError, closest
 from ablate.models.blocks import BLOCKS
-from ablate.models.counts import ModelStats, count_flops, count_params, model_stats
+from ablate.models.counts import (
+    ModelStats,
+    count_flops,
+    count_params,
+    input_error,
+    model_stats,
+)
 from ablate.models.mixers import (
     MIXER_TABLE,
     MIXERS,
@@ -116,6 +122,7 @@ def create_model(arch: str, *, num_classes: int, in_chans: int = 3, **axes: Any)
 
 __all__ = [
     "MIXERS", "MIXER_TABLE", "MODEL_NAMES", "Mixer", "ModelSpec", "ModelStats", "axis_values",
-    "count_flops", "count_params", "create_model", "is_ablate_model", "model_stats",
+    "count_flops", "count_params", "create_model", "input_error", "is_ablate_model",
+    "model_stats",
     "register_arch", "register_block", "register_mixer", "validate_model",
 ]

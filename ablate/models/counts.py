@@ -56,6 +56,24 @@ def _stats(arch: str, num_classes: int, img_size: int, in_chans: int, axes: tupl
     return ModelStats(params=count_params(model), flops=count_flops(model, img_size, in_chans))
 
 
+def input_error(arch: str, *, img_size: int, in_chans: int = 3, **axes) -> str | None:
+    """Why ``arch`` with ``axes`` cannot run on ``img_size`` images (the first line of what its
+    forward raised), or None when it can. Shapes only, on the meta device: no memory, no
+    compute. A timm model built for one input size (Swin's windows, ViT's position table) is
+    the usual case; ablate's models pad their windows and take any size their stages allow.
+    """
+    from ablate.models import create_model
+
+    with torch.device("meta"):
+        model = create_model(arch, num_classes=2, in_chans=in_chans, **axes)
+    try:
+        count_flops(model, img_size, in_chans)
+    except Exception as e:  # noqa: BLE001 - whatever the model's code raises is the answer
+        text = str(e).strip().splitlines()
+        return text[0].rstrip(".") if text else type(e).__name__
+    return None
+
+
 def model_stats(arch: str, *, num_classes: int, img_size: int, in_chans: int = 3,
                 **axes) -> ModelStats:
     """Parameters and multiply-adds of ``arch`` with ``axes`` at ``img_size``; cached.
