@@ -402,6 +402,16 @@ def _first_per(kept: list[_Candidate], section: str) -> Iterator[_Candidate]:
             yield c
 
 
+def _first_per_model_at_size(kept: list[_Candidate]) -> Iterator[_Candidate]:
+    """The first trial of each distinct (model config, image size), as :func:`_first_per`."""
+    seen: set = set()
+    for c in kept:
+        pair = (c.config.model, c.config.data.img_size)
+        if pair not in seen:
+            seen.add(pair)
+            yield c
+
+
 def _check_models(sweep: Sweep, kept: list[_Candidate]) -> None:
     from ablate.modelcache import ModelCache
     from ablate.plugins import loaded_plugins
@@ -432,13 +442,11 @@ def _check_input_sizes(sweep: Sweep, kept: list[_Candidate], cache: Any) -> None
     """Each model runs a forward pass (shapes only) at its trial's image size: a timm model
     built for another size (Swin's windows, a ViT's position table) is refused here, not in
     the first step of a trial."""
-    seen: set = set()
-    for c in kept:
+    for c in _first_per_model_at_size(kept):
         model, img = c.config.model, c.config.data.img_size
         config = {"model": dataclasses.asdict(model), "img_size": img}
-        if (model, img) in seen or cache.get("runs_at", config):
+        if cache.get("runs_at", config):
             continue
-        seen.add((model, img))
         from ablate.models import input_error
 
         why = input_error(model.arch, img_size=img, **model.axes())
@@ -453,13 +461,11 @@ def _check_input_sizes(sweep: Sweep, kept: list[_Candidate], cache: Any) -> None
 def _check_kernels(sweep: Sweep, kept: list[_Candidate], cache: Any) -> None:
     """A kernel wider than 2M - 1, M the first stage's map side, has taps that never reach
     an image position: refuse it rather than train parameters that stay zero-input."""
-    seen: set = set()
-    for c in kept:
+    for c in _first_per_model_at_size(kept):
         model, img = c.config.model, c.config.data.img_size
-        config = {"model": dataclasses.asdict(model), "img_size": img}
-        if (model, img) in seen or model.kernel_size is None:
+        if model.kernel_size is None:
             continue
-        seen.add((model, img))
+        config = {"model": dataclasses.asdict(model), "img_size": img}
         side = cache.get("stage1", config)
         if side is None:
             from ablate.models import is_ablate_model
