@@ -7,6 +7,7 @@ reason a trial fails. ``ray`` is looked up by its installed metadata and never i
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import platform
 import socket
@@ -36,6 +37,16 @@ def git_state(src: Path = PACKAGE_DIR) -> tuple[str | None, bool | None]:
     return commit.strip(), (bool(status.strip()) if status is not None else None)
 
 
+def source_digest(src: Path = PACKAGE_DIR) -> str:
+    """12 hex digits of SHA-256 over the package's Python sources (each file's path relative
+    to ``src`` and its bytes): the same code gives the same digest wherever it is installed,
+    a git checkout or not, and any edit changes it."""
+    h = hashlib.sha256()
+    for f in sorted(src.rglob("*.py")):
+        h.update(f.relative_to(src).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
 def package_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)
@@ -61,6 +72,7 @@ def collect_provenance(*, device: torch.device, data_fingerprint: str, seed: int
         "timm": package_version("timm"),
         "ray": package_version("ray"),
         "ablate": package_version("ablate"),
+        "ablate_source": source_digest(),
         "device": device_name(device),
         "host": socket.gethostname(),
         "data_fingerprint": data_fingerprint,

@@ -55,6 +55,8 @@ class RayBackend:
 
     def check_fits(self, todo: list[Trial]) -> None:
         _check_fits(todo)
+        if self.address:  # a local Ray's workers run this interpreter on this sys.path
+            _check_workers_import(self.address_from)
 
     def run(self, todo: list[Trial], results_dir: Path, *, max_concurrent: int | None,
             tracker: Tracker) -> None:
@@ -341,6 +343,52 @@ def _check_fits(todo: list[Trial]) -> None:
                                  f"cluster has {have.get(key, 0.0):g}", key=name,
                                  hint="lower resources in the sweep file, or join a larger "
                                  "cluster with --address")
+
+
+def _check_workers_import(key: str, timeout_s: float = 300.0) -> None:
+    """ClusterError unless a Ray worker on every node with CPUs or GPUs imports the very
+    ablate this driver runs (same version, same source digest) and what its trials import.
+
+    Otherwise each trial's worker would die at its first import, as "worker died", retried;
+    or, worse, train with other code than the plan checked, under this run's provenance.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from ablate import __version__
+    from ablate.provenance import source_digest
+
+    def probe() -> tuple[str, str]:  # a local function: sent by value, unpickled without ablate
+        import ablate
+        import ablate.train  # noqa: F401  (torch, timm and ablate's models, as a trial does)
+        from ablate.provenance import source_digest
+
+        return ablate.__version__, source_digest()
+
+    remote = ray.remote(num_cpus=0, max_retries=0)(probe)
+    nodes = [n for n in ray.nodes() if n.get("Alive") and (
+        n["Resources"].get("CPU", 0) > 0 or n["Resources"].get("GPU", 0) > 0)]
+    asked = [(n["NodeManagerAddress"], remote.options(scheduling_strategy=(
+        NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))).remote()) for n in nodes]
+    want = (__version__, source_digest())
+    hint = ("install this ablate (and its dependencies) in the Python environment of every "
+            "node, e.g. 'pip install -e .' from the same checkout, then run again")
+    for ip, ref in asked:
+        try:
+            got = ray.get(ref, timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise ClusterError(f"the Ray workers on node {ip} did not answer in {timeout_s:g} "
+                               "s", key=key, hint="check the node with 'ray status'") from None
+        except ray.exceptions.RayError as e:
+            cause = getattr(e, "cause", None) or e
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise ClusterError(f"the Ray workers on node {ip} cannot import ablate "
+                               f"({type(cause).__name__}: {first})", key=key,
+                               hint=hint) from None
+        if tuple(got) != want:
+            raise ClusterError(f"the Ray workers on node {ip} import ablate {got[0]} with "
+                               f"source {got[1]}, not this driver's {want[0]} with source "
+                               f"{want[1]}", key=key, hint=hint)
 
 
 def _tune_name(tune_trial: Any) -> str:

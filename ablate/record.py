@@ -10,7 +10,8 @@ A results folder (``results/<sweep>/``) holds ``trials/<trial id>/`` per trial::
     result.json       {"schema", "final": {...last epoch...}, "best": {... "epoch"}, "epochs",
                        "wall_time_s", ...}; written once, when the trial is done (or diverged)
     provenance.json   {"schema", "git_commit", "git_dirty", "python", "torch", "timm", "ray",
-                       "device", "host", "data_fingerprint", "seed", "params", "flops", ...}
+                       "ablate", "ablate_source" (a digest of ablate's code), "device", "host",
+                       "data_fingerprint", "seed", "params", "flops", ...}
     checkpoints/      epoch_NNNN.pt (the last few) and best.pt; written atomically
 
 Beside ``trials/``, ``sweep.json`` holds the plan (ablate.bookkeeping) and ``.driver.lock`` is

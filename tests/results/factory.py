@@ -19,6 +19,7 @@ from ablate.config import DataConfig, ModelConfig, RecipeConfig, Trial, TrialCon
 
 PROVENANCE = {"git_commit": "0123abc", "git_dirty": False, "python": "3.11.7",
               "torch": "2.14.1", "timm": "1.0.31", "ray": "2.60.0", "ablate": "0.1.0",
+              "ablate_source": "4b1d0e5c9a2f",
               "device": "cpu", "host": "testhost", "data_fingerprint": "digits-5f3e"}
 
 

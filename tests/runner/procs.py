@@ -115,7 +115,7 @@ class Head:
 
 
 @contextmanager
-def ray_head(num_cpus: int) -> Iterator[Head]:
+def ray_head(num_cpus: int, env: dict[str, str] | None = None) -> Iterator[Head]:
     """A one-node Ray cluster started the way a user starts one: ``ray start --head``.
 
     It is the test's own and ends with it, whatever else runs on the machine: a temp dir of
@@ -123,11 +123,12 @@ def ray_head(num_cpus: int) -> Iterator[Head]:
     would otherwise take a fixed default (another Ray may hold those), no RAY_ADDRESS, and
     ``--block`` in a new session, so that ending the session ends exactly this head and its
     processes (``ray stop``, even without --force, would stop every Ray on the machine).
+    ``env``: more environment for the head, and so for every worker it starts.
     """
     ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
     temp_dir = tempfile.mkdtemp(prefix="ablt-", dir="/tmp")
     port = free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
     env.pop("RAY_ADDRESS", None)
     ports = {f"--{name}": free_port() for name in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",

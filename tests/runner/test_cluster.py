@@ -65,3 +65,33 @@ def test_an_unreachable_or_malformed_address_is_one_line_and_nothing_runs(
                                      "start the cluster ('ray start --head') or check the "
                                      "address with 'ray status --address ADDRESS'"))
     assert record.list_trial_dirs(results) == []
+
+
+# A node set up without this ablate: a sitecustomize on the head's PYTHONPATH runs in every
+# worker it starts (not in the driver), before any trial code.
+NODE_WITHOUT = {
+    "no ablate": ("import sys; sys.modules['ablate'] = None\n",
+                  "cannot import ablate (ModuleNotFoundError: import of ablate halted"),
+    "another ablate": ("import ablate; ablate.__version__ = '0.0.9'\n",
+                       "import ablate 0.0.9 with source "),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NODE_WITHOUT))
+def test_a_node_whose_workers_lack_this_ablate_is_one_line_and_nothing_runs(tmp_path, case):
+    site, message = NODE_WITHOUT[case]
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(site)
+    path = os.pathsep.join([str(tmp_path / "site"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    sweep = write_sweep(tmp_path / "tiny.yaml", seeds=[0])
+    results = tmp_path / "results"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    with procs.ray_head(num_cpus=2, env={"PYTHONPATH": path}) as head:
+        out = _ablate("run", str(sweep), "--results", str(results), "--address", head.address,
+                      env=env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1, out.stderr
+    assert line.startswith("ablate: error: --address: the Ray workers on node "), line
+    assert message in line and line.endswith("then run again"), line
+    assert record.list_trial_dirs(results) == [] and not (results / "sweep.json").exists()

@@ -33,3 +33,22 @@ def test_versions_and_device():
     assert prov["torch"] == torch.__version__ and prov["seed"] == 3
     assert prov["device"].startswith("cpu") and prov["host"]
     assert provenance.package_version("no-such-package-xyz") is None
+
+
+def test_the_source_digest_follows_the_code_not_where_it_is_installed(tmp_path):
+    import shutil
+
+    copy = tmp_path / "elsewhere" / "ablate"
+    shutil.copytree(provenance.PACKAGE_DIR, copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    here = provenance.source_digest()
+    assert len(here) == 12 and provenance.source_digest(copy) == here
+    (copy / "__pycache__").mkdir(exist_ok=True)
+    (copy / "__pycache__" / "x.pyc").write_bytes(b"compiled")  # not source
+    assert provenance.source_digest(copy) == here
+    edited = copy / "models" / "layers.py"
+    edited.write_text(edited.read_text() + "\n# an edit\n")
+    edited_digest = provenance.source_digest(copy)
+    assert edited_digest != here
+    (copy / "errors.py").rename(copy / "errs.py")  # the same bytes under another name
+    assert provenance.source_digest(copy) not in (here, edited_digest)

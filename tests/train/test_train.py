@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from ablate import checkpoint, models, record, train
+from ablate import checkpoint, models, provenance, record, train
 from ablate.config import Trial
 from ablate.errors import TrialError
 
@@ -45,10 +45,11 @@ def test_record_of_a_finished_trial(tmp_path, make_trial):
                                                  img_size=32).flops > 0
     assert record.read_trial(tmp_path).id == trial.id
     prov = record.read_provenance(tmp_path)
-    for key in ("git_commit", "git_dirty", "python", "torch", "timm", "ray", "device", "host",
-                "data_fingerprint", "seed", "params", "flops", "wall_time_s"):
+    for key in ("git_commit", "git_dirty", "python", "torch", "timm", "ray", "ablate", "ablate_source",
+                "device", "host", "data_fingerprint", "seed", "params", "flops", "wall_time_s"):
         assert key in prov, key
     assert prov["torch"] == torch.__version__ and prov["ray"] and prov["timm"]
+    assert prov["ablate_source"] == provenance.source_digest()
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["best.pt", "epoch_0003.pt"]  # keep_checkpoints=1: the rest were pruned
 
