@@ -393,3 +393,34 @@ def _folder_classes(cfg: DataConfig) -> dict[str, list[str]]:
                         file=root, key="data.root",
                         hint=f"give both splits the same classes; layout: {_LAYOUT['imagefolder']}")
     return found
+
+
+def check_data_unchanged(trials: list[Any]) -> None:
+    """DataError unless each trial's data folder is there, laid out as its loader needs, with
+    the content its id was planned with (``Trial.data_fingerprint``, from sweep.json).
+
+    For a resumed run, which does not plan again: a folder gone or changed since would be met
+    by the trials one by one, or, changed, would silently continue them on other data under
+    the old ids.
+    """
+    seen: set[tuple[DataConfig, str]] = set()
+    for t in trials:
+        data, planned = t.config.data, t.data_fingerprint
+        if not data.root or planned is None or (data, planned) in seen:
+            continue
+        seen.add((data, planned))
+        try:
+            validate_data(data)
+            now = data_fingerprint(data)
+        except OSError as e:
+            raise DataError(f"cannot read the data folder ({e.strerror or e})", file=data.root,
+                            key="data.root", hint="check the folder's permissions") from None
+        except DataError as e:
+            e.what = f"the run's data: {e.what}"
+            e.hint = "restore the folder the run was planned with, then resume again"
+            raise
+        if now != planned:
+            raise DataError(f"the folder's content changed since the run was planned (files "
+                            f"fingerprint {planned}, now {now})", file=data.root,
+                            key="data.root", hint="restore it as it was to resume, or run "
+                            "the sweep file again: other data gives new trial ids")

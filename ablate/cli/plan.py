@@ -59,9 +59,13 @@ def add_deep_check_option(p: argparse.ArgumentParser) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from ablate.errors import AblateError
     from ablate.plan import load_plan
 
     steps = _estimate_steps(args)
+    if args.deep_data_check and args.no_data_check:
+        raise AblateError("--deep-data-check decodes the data folders that --no-data-check "
+                          "skips", key="--deep-data-check", hint="drop one of the two")
     sweep, trials = load_plan(args.sweep, confirm=args.yes, check_data=not args.no_data_check,
                               plugins=tuple(args.plugin), **plan_options(args))
     if args.deep_data_check:

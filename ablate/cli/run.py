@@ -52,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _ray_options(p)
     _retry_option(p)
     _debug_option(p)
+    add_deep_check_option(p)
     p.set_defaults(func=resume_command)
 
     p = sub.add_parser("status", help="show every trial's state (also during a run)")
@@ -129,11 +130,27 @@ def resume_command(args: argparse.Namespace) -> int:
     results = Path(args.results)
     check_results_folder(results, "RESULTS_DIR")
     manifest = bookkeeping.read_manifest(results)
+    _check_resumed_data(manifest["trials"], results, retry_failed=args.retry_failed,
+                        deep=args.deep_data_check)
     return _execute(manifest["trials"], results, name=manifest["name"],
                     source=manifest.get("source"), description=manifest.get("description"),
                     max_concurrent=args.max_concurrent or manifest.get("max_concurrent"),
                     address=args.address, retry_failed=args.retry_failed,
                     callbacks=callbacks, debug=args.debug)
+
+
+def _check_resumed_data(trials: list, results: Path, *, retry_failed: bool,
+                        deep: bool) -> None:
+    """The data of the trials a resume would run is still there, unchanged (and, ``deep``,
+    decodes); a resume does not plan again, so this is its data check before launch."""
+    from ablate.cli.plan import deep_check_data
+    from ablate.datafiles import check_data_unchanged
+    from ablate.runner import triage
+
+    left = triage(trials, results, retry_failed=retry_failed).todo
+    check_data_unchanged(left)
+    if deep:
+        deep_check_data(left)
 
 
 def _load_callbacks(args: argparse.Namespace) -> list:

@@ -220,3 +220,49 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(capsys):
             assert f"[{'#' * 30}] 4/4" in err
         else:
             assert err == ""
+
+
+def test_resume_checks_the_runs_data_before_launch(tmp_path, capsys):
+    """A resume does not plan again: the folder its unfinished trials were planned with must
+    still be there, unchanged, or it is one line and nothing runs."""
+    from ablate.record import list_trial_dirs
+
+    root = image_folder(tmp_path / "data")
+    sweep = sweep_file(tmp_path, root)
+    results = tmp_path / "results"
+    assert main(["run", str(sweep), "--debug", "--results", str(results)]) == 0
+    assert main(["reset", str(results), "--arm", "baseline", "--yes"]) == 0  # to run again
+    capsys.readouterr()
+
+    def refused(*flags):
+        status = main(["resume", str(results), "--debug", *flags])
+        err = capsys.readouterr().err
+        assert status == 2 and err.count("\n") == 1, err
+        assert list_trial_dirs(results) == []  # nothing ran, nothing was written
+        return err
+
+    extra = root / "train/cat/9.jpg"
+    extra.write_bytes((root / "train/cat/0.jpg").read_bytes())
+    err = refused()
+    assert f"{root}: data.root: the folder's content changed since the run was planned" in err
+    extra.unlink()
+    bad = root / "val/dog/1.jpg"
+    saved = bad.read_bytes()
+    truncate(bad)  # same listing, so only the deep check sees it
+    assert str(bad) in refused("--deep-data-check")
+    bad.write_bytes(saved)
+    (tmp_path / "data").rename(tmp_path / "elsewhere")
+    assert refused() == (f"ablate: error: {root}: data.root: the run's data: data folder does "
+                         "not exist; restore the folder the run was planned with, then resume "
+                         "again\n")
+    (tmp_path / "elsewhere").rename(tmp_path / "data")
+    assert main(["resume", str(results), "--debug", "--deep-data-check"]) == 0
+    assert len(list_trial_dirs(results)) == 1
+
+
+def test_deep_data_check_with_no_data_check_is_refused(tmp_path, capsys):
+    sweep = sweep_file(tmp_path, tmp_path / "absent")
+    status, out, err = plan(capsys, sweep, "--deep-data-check", "--no-data-check")
+    assert status == 2 and out == ""
+    assert err == ("ablate: error: --deep-data-check: --deep-data-check decodes the data "
+                   "folders that --no-data-check skips; drop one of the two\n")
