@@ -10,6 +10,7 @@ running trial from an interrupted one; the status rows are each trial's state as
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -279,6 +280,36 @@ def config_changes(results_dir: Path, trial: Trial) -> dict[str, tuple[Any, Any]
         return {}
     planned = trial.config.result_fields()
     return {k: (stored.get(k), v) for k, v in planned.items() if stored.get(k) != v}
+
+
+LABELS = ("sweep", "arm", "varied", "role", "expected")  # what the sweep file calls a trial
+
+
+def relabel(results_dir: Path, trials: list[Trial]) -> list[Trial]:
+    """Give the stored records of ``trials`` the plan's names for them; the relabelled ones.
+
+    Call with the driver lock held. A trial's id leaves out its labels (``LABELS``), so a
+    renamed arm or sweep, or an edited ``expected``, keeps its finished trials; their
+    trial.json (which the tables read) and TensorBoard run then take the new names. The stored
+    configuration and resources are kept as they ran.
+    """
+    from ablate import curves
+
+    done = []
+    for t in trials:
+        tdir = record.trial_folder(results_dir, t)
+        if not (tdir / "trial.json").exists():
+            continue
+        try:
+            stored = record.read_trial(tdir)
+        except RecordError:
+            continue  # triage has reported it, or a rerun rewrites it
+        planned = {k: getattr(t, k) for k in LABELS}
+        if {k: getattr(stored, k) for k in LABELS} != planned:
+            record.write_trial(tdir, dataclasses.replace(stored, **planned))
+            curves.follow_label(tdir, t)
+            done.append(t)
+    return done
 
 
 def set_aside(results_dir: Path, trial: Trial) -> Path:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,18 @@ def curves_dir(tdir: Path, trial: Trial) -> Path:
     """The folder (a TensorBoard run) that holds ``trial``'s event files."""
     label = re.sub(r"[^A-Za-z0-9._=+,-]+", "_", trial.arm)[:100] or "arm"
     return Path(tdir) / FOLDER / f"{label}.seed{trial.config.seed}"
+
+
+def follow_label(tdir: Path, trial: Trial) -> None:
+    """Rename a trial's TensorBoard run to its current label, after its arm was renamed (the
+    id stays, so a finished trial is not run again and would keep showing the old name)."""
+    want = curves_dir(tdir, trial)
+    try:
+        runs = [d for d in want.parent.iterdir() if d.is_dir()] if want.parent.is_dir() else []
+        if len(runs) == 1 and runs[0] != want:
+            os.replace(runs[0], want)
+    except OSError as e:
+        log.warning("trial %s: TensorBoard run not renamed (%s)", trial.id, e)
 
 
 def add_epoch(tdir: Path, trial: Trial, row: dict[str, Any]) -> None:
@@ -93,6 +107,10 @@ def _start_file(tdir: Path, trial: Trial, folder: Path) -> _Open:
     if folder.is_dir():
         for old in folder.glob("events.out.tfevents.*"):
             old.unlink(missing_ok=True)
+    if folder.parent.is_dir():  # runs under a label the trial had before (an arm renamed)
+        for stale in folder.parent.iterdir():
+            if stale != folder and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
     writer = SummaryWriter(str(folder), purge_step=1, flush_secs=10)
     writer.add_text("trial", f"arm **{trial.arm}**, seed {trial.config.seed}, trial "
                     f"`{trial.id}`, sweep {trial.sweep}", global_step=0)

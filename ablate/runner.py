@@ -35,6 +35,7 @@ from ablate.bookkeeping import (
     driver_lock,
     held_failures,
     migrate_legacy,
+    relabel,
     set_aside,
     split_finished,
     write_manifest,
@@ -274,6 +275,7 @@ def _write_plan(results_dir: Path, trials: list[Trial], changed: list[Trial],
                 manifest: dict[str, Any]) -> None:
     """The run's first writes, once its plan is accepted: renames, set-asides, sweep.json."""
     migrate_legacy(results_dir, trials)
+    relabel(results_dir, trials)
     for t in changed:
         set_aside(results_dir, t)
     write_manifest(results_dir, trials=trials, **manifest)

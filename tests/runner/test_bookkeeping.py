@@ -237,3 +237,32 @@ def test_plan_run_and_status_derive_the_same_state(tmp_path, monkeypatch, capsys
     assert main(["run", str(sweep), "--results", str(results)]) == 2
     err = capsys.readouterr().err.strip()
     assert launched == [] and f"{damaged / 'metrics.jsonl'}:2: unreadable" in err
+
+
+def test_a_renamed_arm_relabels_its_finished_trials_tables_and_curves(tmp_path, capsys):
+    """The label is not in the id: the finished trial is kept, and what the tables and
+    TensorBoard call it follows the sweep file (its configuration stays as it ran)."""
+    import pandas as pd
+
+    from tests.runner.conftest import TINY_TRAIN, write_sweep
+
+    sweep = write_sweep(tmp_path / "s.yaml", seeds=[0], train={**TINY_TRAIN, "epochs": 1},
+                        arms="arms:\n  k3: {model.kernel_size: 3}\nexpected:\n  k3: {val/top1: 10}\n")
+    results = tmp_path / "results"
+    assert main(["run", str(sweep), "--debug", "--results", str(results)]) == 0
+    tables = pd.read_parquet(results / "trials.parquet").set_index("arm")
+    tid = tables.loc["k3", "id"]
+    tdir = record.trial_dir(results, tid)
+    before = record.read_trial(tdir)
+    metrics = (tdir / "metrics.jsonl").read_bytes()
+    sweep.write_text(sweep.read_text().replace("k3:", "small kernel:").replace(
+        "val/top1: 10", "val/top1: 12"))
+    assert main(["run", str(sweep), "--debug", "--results", str(results)]) == 0
+    assert "0 to run" in capsys.readouterr().out  # nothing recomputed
+    after = record.read_trial(tdir)
+    assert (after.arm, after.expected, after.id) == ("small kernel", {"val/top1": 12}, tid)
+    assert (after.config, after.resources) == (before.config, before.resources)
+    assert (tdir / "metrics.jsonl").read_bytes() == metrics
+    tables = pd.read_parquet(results / "trials.parquet")
+    assert sorted(tables["arm"]) == ["baseline", "small kernel"]
+    assert [d.name for d in (tdir / "tensorboard").iterdir()] == ["small_kernel.seed0"]
