@@ -9,6 +9,7 @@
     error_type, error_message (str)  for failed trials
     model.*, data.*, train.*, seed   every TrialConfig field as a dotted column, typed from
                                      ablate.config (nullable int64 / float64 / bool / string)
+    resources.workers (int64)        the trial's data-parallel workers (1: one process)
     epochs (int64)                   epochs recorded in metrics.jsonl
     params, flops (int64)            from result.json, else provenance.json
     wall_time_s (float64)
@@ -35,12 +36,13 @@ import pyarrow as pa
 
 from ablate.config import DataConfig, ModelConfig, RecipeConfig
 
-TABLE_SCHEMA = 3  # 2: model.mixer and model.block columns; 3: train.accum_steps
+TABLE_SCHEMA = 4  # 2: model.mixer and model.block columns; 3: train.accum_steps;
+#                  4: resources.workers
 HEAD_COLUMNS = {"id": pa.string(), "sweep": pa.string(), "arm": pa.string(), "role": pa.string(),
                 "varied": pa.string(), "expected": pa.string(), "record_schema": pa.int64(),
                 "state": pa.string(), "attempt": pa.int64(), "error_type": pa.string(),
                 "error_message": pa.string()}
-RUN_COLUMNS = {"epochs": pa.int64(), "params": pa.int64(), "flops": pa.int64(),
+RUN_COLUMNS = {"resources.workers": pa.int64(), "epochs": pa.int64(), "params": pa.int64(), "flops": pa.int64(),
                "wall_time_s": pa.float64(), "throughput_img_per_s": pa.float64()}
 _ARROW_OF = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
 

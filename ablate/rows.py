@@ -55,6 +55,7 @@ def read_trial_row(tdir: Path) -> dict[str, Any]:
         "state": state.get("state", record.NEW), "attempt": state.get("attempt"),
         "error_type": error.get("type"), "error_message": error.get("message"),
         **_config_row(trial.config),
+        "resources.workers": trial.resources.workers,
         "params": result.get("params", prov.get("params")),
         "flops": result.get("flops", prov.get("flops")),
         "wall_time_s": result.get("wall_time_s", prov.get("wall_time_s")),

@@ -268,3 +268,19 @@ def test_a_state_json_of_no_known_state_is_refused_like_a_corrupt_one(group_swee
     summary = collect_results(group_sweep)
     assert summary.skipped == 1 and "unknown state 'finished'" in summary.warnings[0]
     assert str(tdir / "state.json") in summary.warnings[0]
+
+
+def test_a_data_parallel_trial_has_its_workers_in_the_table(tmp_path):
+    import dataclasses
+
+    from ablate.config import Resources
+    from tests.results.factory import make_trial, write_record
+
+    one = make_trial("a")
+    two = dataclasses.replace(one, resources=Resources(workers=2, cpus_per_worker=1))
+    assert one.id != two.id  # per-device BatchNorm statistics: another experiment
+    for t in (one, two):
+        write_record(tmp_path, t, top1=50.0)
+    collect_results(tmp_path)
+    trials, _ = load_tables(tmp_path)
+    assert dict(zip(trials["id"], trials["resources.workers"])) == {one.id: 1, two.id: 2}
