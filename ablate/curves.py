@@ -81,7 +81,7 @@ def add_epoch(tdir: Path, trial: Trial, row: dict[str, Any]) -> None:
         else:
             close_curves()
             _open = _start_file(Path(tdir), trial, folder)
-    except OSError as e:
+    except (OSError, ImportError) as e:  # a file in the way; tensorboardX not installed
         log.warning("trial %s: TensorBoard curves not written (%s)", trial.id, e)
         _open = None
         return

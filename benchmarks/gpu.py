@@ -279,8 +279,10 @@ def import_row() -> Row:
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_child_env(),
                           capture_output=True, text=True, timeout=300)
     found = proc.stdout.strip()
-    return ("ablate.models, ablate.train, ablate.cli import without ray",
-            found or proc.stderr[-200:], "[]", _met(proc.returncode == 0 and found == "[]"))
+    ok = proc.returncode == 0 and found == "[]"
+    result = "no ray module loaded" if ok else (found or proc.stderr.strip()[-200:])
+    return ("ablate.models, ablate.train, ablate.cli import without ray", result,
+            "no ray module", _met(ok))
 
 
 def print_table(rows: list[Row]) -> None:

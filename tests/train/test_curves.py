@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,10 @@ def test_a_failure_to_write_curves_does_not_fail_the_trial(tmp_path, make_trial)
     (tmp_path / "tensorboard").write_text("a file where the folder goes")
     result = train.train_trial(trial, tmp_path)
     assert result["state"] == record.DONE and result["epochs"] == 1
+
+
+def test_without_tensorboardx_the_trial_still_runs(tmp_path, make_trial, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # 'import tensorboardX' now fails
+    result = train.train_trial(make_trial(epochs=1), tmp_path)
+    assert result["state"] == record.DONE and result["epochs"] == 1
+    assert "TensorBoard curves not written" in caplog.text
