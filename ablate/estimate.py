@@ -313,36 +313,29 @@ def _measure(trial: Trial, classes: int, device: torch.device, steps: int,
     train_s = _timed(device, steps, lambda n: _train_steps(train, run, n))
     eval_s = _timed(device, steps, lambda n: _eval_steps(train, run, n))
     t0 = _now(device)
-    train._record_epoch(run, {"epoch": 1, "val/top1": 0.0}, 0.0)
+    train.record_epoch(run, {"epoch": 1, "val/top1": 0.0}, 0.0)
     return StepCost(build_s=build_s, train_step_s=train_s, eval_step_s=eval_s,
                     checkpoint_s=_now(device) - t0)
 
 
 def _build_run(trial: Trial, classes: int, device: torch.device, tdir: Path):
-    """A ``train._Run`` made by train's own builders, with synthetic loaders."""
+    """A ``train.Run`` assembled as a trial's, with synthetic loaders of one worker's share
+    of the batch; its schedule is built for epochs of 100 steps, of which each timing call
+    runs one."""
     from ablate import train
-    from ablate.augment import BatchPrep
 
-    recipe = trial.config.train
-    model, params, flops = train._build_model(trial, classes, device)
-    optimizer, scheduler = train._build_optimisation(model, recipe, steps_per_epoch=100)
-    amp_dtype = train._amp_dtype(recipe, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    mixup, criterion = train._build_mixing(recipe, classes)
-    per_worker = recipe.batch_size // trial.resources.workers  # one worker's share
+    per_worker = trial.config.train.batch_size // trial.resources.workers
     loaders = _SyntheticLoaders(per_worker, trial.config.data.img_size, classes, 1)
-    return train._Run(trial=trial, tdir=tdir, device=device, loaders=loaders,
-                      prep=BatchPrep(recipe, device), model=model, optimizer=optimizer,
-                      scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, mixup=mixup,
-                      criterion=criterion, steps_per_epoch=1, params=params, flops=flops,
-                      provenance={}, best={"val/top1": None, "epoch": None}, elapsed_s=0.0)
+    run = train.assemble_run(trial, tdir, device, loaders, classes, steps_per_epoch=100)
+    run.steps_per_epoch = 1
+    return run
 
 
 def _train_steps(train: Any, run: Any, n: int) -> None:
     run.loaders.count, run.steps_per_epoch = n, n
     try:
-        train._train_one_epoch(run, 1)
-    except train._Diverged as d:  # the timing would stop short: say so instead
+        train.train_one_epoch(run, 1)
+    except train.Diverged as d:  # the timing would stop short: say so instead
         raise EstimateError(f"trial {run.trial.id} [{run.trial.arm}]: the loss became "
                             f"{d.args[0]['loss']} within a few steps on synthetic data, so its "
                             "steps cannot be timed", key="train.lr",
@@ -351,7 +344,7 @@ def _train_steps(train: Any, run: Any, n: int) -> None:
 
 def _eval_steps(train: Any, run: Any, n: int) -> None:
     run.loaders.count = n
-    train._evaluate(run)
+    train.evaluate(run)
 
 
 def _timed(device: torch.device, steps: int, call: Any) -> float:

@@ -63,8 +63,8 @@ Report = Callable[[dict[str, Any]], None]
 
 
 @dataclass
-class _Run:
-    """Everything one attempt at a trial trains with (internal; never crosses a boundary)."""
+class Run:
+    """Everything one attempt at a trial trains with (within a process; never pickled)."""
 
     trial: Trial
     tdir: Path
@@ -153,7 +153,7 @@ def _error_record(e: BaseException) -> dict[str, str]:
 # -- setup -------------------------------------------------------------------------------------
 
 
-def _setup(trial: Trial, tdir: Path, device_arg: str | None, ranks: Ranks = Ranks()) -> _Run:
+def _setup(trial: Trial, tdir: Path, device_arg: str | None, ranks: Ranks = Ranks()) -> Run:
     """Seed, then build data, model, optimisation and provenance for one attempt."""
     cfg = trial.config
     why, key = batch_split_error(cfg.train, ranks.world)
@@ -165,24 +165,34 @@ def _setup(trial: Trial, tdir: Path, device_arg: str | None, ranks: Ranks = Rank
     splits = load_splits(cfg.data, cfg.train)
     loaders = build_loaders(splits, cfg.train, seed=cfg.seed, pin_memory=device.type == "cuda",
                             rank=ranks.rank, world=ranks.world)
-    model, params, flops = _build_model(trial, splits.num_classes, device)
-    if not ranks.main:  # same weights as rank 0, but its own dropout and Mixup draws
-        _seed_everything(mix_seeds(cfg.seed, ranks.rank) % 2**32)
-    steps = len(loaders.train)
-    optimizer, scheduler = _build_optimisation(model, cfg.train, steps)
-    amp_dtype = _amp_dtype(cfg.train, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    mixup, criterion = _build_mixing(cfg.train, splits.num_classes)
-    prov = collect_provenance(device=device, data_fingerprint=splits.fingerprint, seed=cfg.seed,
-                              params=params, flops=flops)
+    run = assemble_run(trial, tdir, device, loaders, splits.num_classes,
+                       steps_per_epoch=len(loaders.train), ranks=ranks)
+    run.provenance = collect_provenance(device=device, data_fingerprint=splits.fingerprint,
+                                        seed=cfg.seed, params=run.params, flops=run.flops)
     if ranks.main:
-        record.write_provenance(tdir, prov)
-    return _Run(trial=trial, tdir=tdir, device=device, loaders=loaders,
-                prep=BatchPrep(cfg.train, device), model=model, optimizer=optimizer,
-                scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, mixup=mixup,
-                criterion=criterion, steps_per_epoch=steps, params=params, flops=flops,
-                provenance=prov, best={"val/top1": None, "epoch": None}, elapsed_s=0.0,
-                ranks=ranks)
+        record.write_provenance(tdir, run.provenance)
+    return run
+
+
+def assemble_run(trial: Trial, tdir: Path, device: torch.device, loaders: Any,
+                 num_classes: int, *, steps_per_epoch: int, ranks: Ranks = Ranks()) -> Run:
+    """The model, optimiser, schedule, precision and mixing of ``trial`` on ``device``, with
+    ``loaders`` (anything with ``train``/``val`` iterables and ``close()``), as one attempt
+    trains with; no provenance yet. ``ablate.estimate`` times these same pieces."""
+    recipe = trial.config.train
+    model, params, flops = _build_model(trial, num_classes, device)
+    if not ranks.main:  # same weights as rank 0, but its own dropout and Mixup draws
+        _seed_everything(mix_seeds(trial.config.seed, ranks.rank) % 2**32)
+    optimizer, scheduler = _build_optimisation(model, recipe, steps_per_epoch)
+    amp_dtype = _amp_dtype(recipe, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    mixup, criterion = _build_mixing(recipe, num_classes)
+    return Run(trial=trial, tdir=tdir, device=device, loaders=loaders,
+               prep=BatchPrep(recipe, device), model=model, optimizer=optimizer,
+               scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype, mixup=mixup,
+               criterion=criterion, steps_per_epoch=steps_per_epoch, params=params,
+               flops=flops, provenance={}, best={"val/top1": None, "epoch": None},
+               elapsed_s=0.0, ranks=ranks)
 
 
 def _seed_everything(seed: int) -> None:
@@ -244,7 +254,7 @@ def _build_mixing(recipe: RecipeConfig, num_classes: int):
     return None, torch.nn.CrossEntropyLoss()
 
 
-def _resume(run: _Run) -> int:
+def _resume(run: Run) -> int:
     """Load the latest valid checkpoint into ``run``; return the number of finished epochs.
 
     Every rank reads the same checkpoint (the main rank's) and restores its own RNG states.
@@ -276,34 +286,34 @@ def _resume(run: _Run) -> int:
 # -- the epoch loop ----------------------------------------------------------------------------
 
 
-class _Diverged(Exception):
+class Diverged(Exception):
     """The training loss became NaN or infinite at (epoch, step)."""
 
 
-def _train_epochs(run: _Run, start_epoch: int, report: Report | None) -> dict[str, Any]:
+def _train_epochs(run: Run, start_epoch: int, report: Report | None) -> dict[str, Any]:
     """Per epoch: train, evaluate, record, checkpoint, report; then write the result."""
     recipe, t_start = run.trial.config.train, time.perf_counter()
     for epoch in range(start_epoch + 1, recipe.epochs + 1):
         t_epoch = time.perf_counter()
         _reset_peak_memory(run.device)
         try:
-            row = {"epoch": epoch, **_train_one_epoch(run, epoch)}
-        except _Diverged as d:
+            row = {"epoch": epoch, **train_one_epoch(run, epoch)}
+        except Diverged as d:
             log.warning("trial %s diverged: %s", run.trial.id, d)
             return _finish(run, record.DIVERGED, t_start, diverged=d.args[0])
-        row.update(_evaluate(run))
+        row.update(evaluate(run))
         row["time/epoch_s"] = time.perf_counter() - t_epoch
         row["mem/peak_mb"] = _peak_memory_mb(run.device)
         run.rank_rngs = dist.gather_objects(checkpoint.capture_rng())
         if run.ranks.main:
-            _record_epoch(run, row, time.perf_counter() - t_start)
+            record_epoch(run, row, time.perf_counter() - t_start)
         log.debug("trial %s epoch %d: %s", run.trial.id, epoch, row)
         if report is not None:
             report(dict(row))
     return _finish(run, record.DONE, t_start)
 
 
-def _train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
+def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
     """One pass over the training data; time spent blocked on the loader is measured apart."""
     run.model.train()
     run.loaders.set_epoch(epoch)
@@ -317,7 +327,7 @@ def _train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
         wait += time.perf_counter() - t_wait  # loading and preparing the batch
         loss = _train_step(run, x, y)
         if not math.isfinite(loss):
-            raise _Diverged({"epoch": epoch, "step": step + 1, "loss": str(loss)})
+            raise Diverged({"epoch": epoch, "step": step + 1, "loss": str(loss)})
         loss_sum += loss
         run.scheduler.step_update(num_updates=(epoch - 1) * run.steps_per_epoch + step + 1)
     if run.device.type == "cuda":
@@ -329,7 +339,7 @@ def _train_one_epoch(run: _Run, epoch: int) -> dict[str, float]:
             "train/data_wait_frac": wait / seconds}
 
 
-def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> float:
+def _train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
     """One optimizer step on this rank's share ``x, y`` of a global batch: forward and
     backward per micro-batch (``train.accum_steps`` of them), gradients summed over the ranks
     once, then clip and step. Returns the mean loss over the global batch; when it is NaN or
@@ -359,7 +369,7 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> float:
     return value
 
 
-def _clip_and_step(run: _Run) -> None:
+def _clip_and_step(run: Run) -> None:
     clip = run.trial.config.train.clip_grad
     if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)
@@ -373,7 +383,7 @@ def _clip_and_step(run: _Run) -> None:
 
 
 @torch.no_grad()
-def _evaluate(run: _Run) -> dict[str, float]:
+def evaluate(run: Run) -> dict[str, float]:
     """Loss, top-1 and top-5 (percent, timm's convention) on the whole validation set.
 
     Each rank evaluates its share; the counts of correct predictions and the loss sums are
@@ -411,7 +421,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 # -- record: the main rank's job ----------------------------------------------------------------
 
 
-def _record_epoch(run: _Run, row: dict[str, Any], attempt_s: float) -> None:
+def record_epoch(run: Run, row: dict[str, Any], attempt_s: float) -> None:
     """Append the row, then checkpoint: a crash in between only re-runs this epoch.
 
     The checkpoint holds every rank's RNG states (``run.rank_rngs``), so that each rank of a
@@ -432,7 +442,7 @@ def _record_epoch(run: _Run, row: dict[str, Any], attempt_s: float) -> None:
                                keep=run.trial.config.train.keep_checkpoints)
 
 
-def _finish(run: _Run, state: str, t_start: float, **extra: Any) -> dict[str, Any]:
+def _finish(run: Run, state: str, t_start: float, **extra: Any) -> dict[str, Any]:
     """Write result.json, the wall time into provenance.json, and the final state (the main
     rank; the others only say how the trial ended)."""
     if not run.ranks.main:

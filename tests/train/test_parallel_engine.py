@@ -100,7 +100,7 @@ def test_gathered_evaluation_equals_one_process_on_the_same_checkpoint(tmp_path)
     single = _uneven_val(_ln_trial())
     run = train._setup(single, tmp_path / "eval", "cpu")
     run.model.load_state_dict(state)
-    alone = train._evaluate(run)
+    alone = train.evaluate(run)
     run.loaders.close()
     gathered = ranks[0]["rows"][-1]
     assert gathered["val/top1"] == alone["val/top1"]
