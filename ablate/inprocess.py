@@ -78,7 +78,7 @@ class InProcessBackend:
     def session(self) -> Iterator[float]:
         yield 0.0  # nothing to connect
 
-    def check_fits(self, todo: list[Trial]) -> None:
+    def check_fits(self, todo: list[Trial], results_dir: Path) -> None:
         """TrialError for a data-parallel trial: its workers are Ray Train's to start; this
         process runs any other trial of the plan, one at a time."""
         for t in todo:

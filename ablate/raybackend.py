@@ -53,10 +53,10 @@ class RayBackend:
     def session(self) -> Any:
         return ray_session(self.address, self.num_cpus, address_from=self.address_from)
 
-    def check_fits(self, todo: list[Trial]) -> None:
+    def check_fits(self, todo: list[Trial], results_dir: Path) -> None:
         _check_fits(todo)
-        if self.address:  # a local Ray's workers run this interpreter on this sys.path
-            _check_workers_import(self.address_from)
+        if self.address:  # a local Ray's workers run this interpreter, on this machine
+            _check_nodes(results_dir, self.address_from)
 
     def run(self, todo: list[Trial], results_dir: Path, *, max_concurrent: int | None,
             tracker: Tracker) -> None:
@@ -345,25 +345,48 @@ def _check_fits(todo: list[Trial]) -> None:
                                  "cluster with --address")
 
 
-def _check_workers_import(key: str, timeout_s: float = 300.0) -> None:
+def _check_nodes(results_dir: Path, key: str, timeout_s: float = 300.0) -> None:
     """ClusterError unless a Ray worker on every node with CPUs or GPUs imports the very
-    ablate this driver runs (same version, same source digest) and what its trials import.
+    ablate this driver runs (same version, same source digest) and what its trials import,
+    and sees and may write the results folder.
 
     Otherwise each trial's worker would die at its first import, as "worker died", retried;
-    or, worse, train with other code than the plan checked, under this run's provenance.
+    or train with other code than the plan checked, under this run's provenance; or write
+    its record where the driver never looks. The folder is seen when a file the driver
+    writes there (and removes after) reads back on the node with the driver's random token.
     """
+    import secrets
+
+    token = secrets.token_hex(8)
+    marker = Path(results_dir).resolve() / f".node-check-{token}"
+    marker.write_text(token)
+    try:
+        _ask_nodes(str(marker), token, key, timeout_s)
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _ask_nodes(marker: str, token: str, key: str, timeout_s: float) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from ablate import __version__
     from ablate.provenance import source_digest
 
-    def probe() -> tuple[str, str]:  # a local function: sent by value, unpickled without ablate
+    def probe() -> tuple[str, str, bool, bool]:  # a local function: sent by value, so it
+        import os  # unpickles on a node without ablate, and says so there
+        from pathlib import Path
+
         import ablate
         import ablate.train  # noqa: F401  (torch, timm and ablate's models, as a trial does)
         from ablate.provenance import source_digest
 
-        return ablate.__version__, source_digest()
+        try:
+            seen = Path(marker).read_text() == token
+        except OSError:
+            seen = False
+        writable = os.access(Path(marker).parent, os.W_OK | os.X_OK)
+        return ablate.__version__, source_digest(), seen, writable
 
     remote = ray.remote(num_cpus=0, max_retries=0)(probe)
     nodes = [n for n in ray.nodes() if n.get("Alive") and (
@@ -385,10 +408,17 @@ def _check_workers_import(key: str, timeout_s: float = 300.0) -> None:
             raise ClusterError(f"the Ray workers on node {ip} cannot import ablate "
                                f"({type(cause).__name__}: {first})", key=key,
                                hint=hint) from None
-        if tuple(got) != want:
+        if tuple(got[:2]) != want:
             raise ClusterError(f"the Ray workers on node {ip} import ablate {got[0]} with "
                                f"source {got[1]}, not this driver's {want[0]} with source "
                                f"{want[1]}", key=key, hint=hint)
+        folder = Path(marker).parent
+        if not got[2] or not got[3]:
+            raise ClusterError(f"the Ray workers on node {ip} "
+                               + ("cannot write" if got[2] else "do not see")
+                               + f" the results folder {folder}", key=key,
+                               hint="put it on a file system every node mounts at the same "
+                               "path, writable by the user Ray runs as")
 
 
 def _tune_name(tune_trial: Any) -> str:

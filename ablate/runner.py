@@ -162,7 +162,7 @@ class Backend(Protocol):
 
     ``session()`` is entered before anything but the lock is written and yields the seconds
     it took to be ready; inside it ``check_fits`` refuses (with our error) a plan the backend
-    can never run, then ``run`` runs ``todo``, reporting each start, epoch and end to the
+    can never run (it may write only files it removes again before it returns), then ``run`` runs ``todo``, reporting each start, epoch and end to the
     tracker and recording each failure in the trial's folder (:func:`record_failure`).
     ``request_stop()`` is called on the first SIGINT/SIGTERM: True when the backend will stop
     gracefully by itself, False to stop at once (KeyboardInterrupt where the run is).
@@ -173,7 +173,7 @@ class Backend(Protocol):
 
     def session(self) -> AbstractContextManager[float]: ...
 
-    def check_fits(self, todo: list[Trial]) -> None: ...
+    def check_fits(self, todo: list[Trial], results_dir: Path) -> None: ...
 
     def run(self, todo: list[Trial], results_dir: Path, *, max_concurrent: int | None,
             tracker: Tracker) -> None: ...
@@ -253,7 +253,7 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
                                      num_cpus=num_cpus, callbacks=callbacks)
             tracker, stop = Tracker(len(work.todo), on_event), _Stop(backend)
             with backend.session() as start_s:
-                backend.check_fits(work.todo)
+                backend.check_fits(work.todo, results_dir)
                 _write_plan(results_dir, trials, changed, manifest)
                 with stop.catching():
                     backend.run(work.todo, results_dir, max_concurrent=max_concurrent,
