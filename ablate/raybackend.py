@@ -1,4 +1,4 @@
-"""The Ray backend of the runner: trials as Ray Tune trials; the only module that imports Ray.
+"""The Ray backend of the runner: trials as Ray Tune trials.
 
 Ray Tune schedules (resources, the concurrency cap, the planner's order) and retries what may
 succeed on a second attempt (a killed worker, out of memory); each attempt calls
@@ -6,12 +6,11 @@ succeed on a second attempt (a killed worker, out of memory); each attempt calls
 retry nor a rerun after a killed driver recomputes finished epochs. Deterministic failures
 (code, configuration, data) are recorded and end the Tune trial quietly, so Tune does not
 retry them. The neutral part of a run (lock, sweep.json, skipping, the summary) is
-``ablate.runner``'s.
+``ablate.runner``'s; connecting to Ray and the checks before launch are
+``ablate.raycluster``'s.
 
-A local Ray is always a new one, private to the run, listening on the loopback interface only;
-a joined cluster is left running. The first SIGINT or SIGTERM of a run goes through Tune's own
-graceful stop. Ray is imported only inside the functions that use it, so importing this module
-stays light.
+The first SIGINT or SIGTERM of a run goes through Tune's own graceful stop. Ray is imported
+only inside the functions that use it, so importing this module stays light.
 """
 
 from __future__ import annotations
@@ -19,18 +18,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ablate import record
 from ablate.config import Trial
-from ablate.errors import ClusterError, TrialError
 from ablate.failures import classify_exception
+from ablate.raycluster import check_fits, check_nodes, ray_session
 from ablate.runner import Tracker, record_failure
 
 RAY_DIR = ".ray"  # Tune's own files; never read back, wiped at each run
@@ -54,9 +52,9 @@ class RayBackend:
         return ray_session(self.address, self.num_cpus, address_from=self.address_from)
 
     def check_fits(self, todo: list[Trial], results_dir: Path) -> None:
-        _check_fits(todo)
+        check_fits(todo)
         if self.address:  # a local Ray's workers run this interpreter, on this machine
-            _check_nodes(results_dir, self.address_from)
+            check_nodes(results_dir, self.address_from)
 
     def run(self, todo: list[Trial], results_dir: Path, *, max_concurrent: int | None,
             tracker: Tracker) -> None:
@@ -159,7 +157,7 @@ def run_one(config: dict[str, Any]) -> None:
             raise
 
 
-# ---------------------------------------------------------------------------- connecting
+# ---------------------------------------------------------------------------- the experiment
 
 
 @contextmanager
@@ -181,121 +179,6 @@ def _quiet_tune() -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _check_reachable(address: str, key: str, timeout_s: float = 5.0) -> None:
-    """Fail fast when nothing listens at ``address``: ray.init would retry for minutes."""
-    if address == "auto":  # Ray finds the local cluster itself, and says so quickly if none
-        return
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not port.isdigit():
-        raise ClusterError(f"malformed cluster address {address!r}", key=key,
-                           hint="write HOST:PORT, ray://HOST:PORT or auto")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
-    except OSError as e:
-        raise ClusterError(f"nothing answers at {address!r} ({e.strerror or e})",
-                           key=key, hint="start the cluster ('ray start --head') or "
-                           "check the address with 'ray status --address ADDRESS'") from None
-
-
-def _join_cluster(ray: Any, address: str, key: str, options: dict[str, Any]) -> None:
-    """ray.init on an existing cluster; any failure to join is the user's setup, not a bug."""
-    _check_reachable(address, key)
-    try:
-        ray.init(address=address, **options)
-    except Exception as e:  # ConnectionError, auth and address-format errors alike
-        ray.shutdown()
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ClusterError(f"cannot join the Ray cluster at {address!r} ({first})", key=key,
-                           hint="check it with 'ray status --address ADDRESS', "
-                                "or leave out --address to start a local Ray") from None
-
-
-@contextmanager
-def _local_ray(ray: Any, num_cpus: int | None, options: dict[str, Any]) -> Iterator[None]:
-    """A new Ray of this process's own, reachable from this machine only, for the block.
-
-    ``address="local"``: never join another Ray of the machine (one that ``ray start`` left,
-    or RAY_ADDRESS). Ray binds its servers to every interface unless the node's address is
-    the loopback one, and it turns 127.0.0.1 into the machine's address unless multi-node
-    clusters are off: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 turns them off on Linux too, for the
-    processes ray.init starts (they keep it; ours gets its old value back at once) and, by
-    its constant, for this process until the block ends.
-    """
-    from ray._private import ray_constants
-
-    flag, saved_flag = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", os.environ.get(
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
-    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[flag] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(),
-                 include_dashboard=False, _node_ip_address="127.0.0.1", **options)
-    finally:
-        if saved_flag is None:
-            os.environ.pop(flag, None)
-        else:
-            os.environ[flag] = saved_flag
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
-
-
-def _silence_raylet_messages() -> None:
-    """Keep Ray's raylet error messages (a worker died, in colour) off the user's terminal.
-
-    Ray prints them on the driver's stdout from a thread of its own, whatever
-    ``log_to_driver`` says; the run's summary says what they meant. They stay in Ray's logs
-    and in this module's debug log.
-    """
-    from ray._private import worker
-
-    printer = worker.print_to_stdstream
-    if getattr(printer, "_ablate_quiet", False):
-        return
-
-    def quiet(data: dict[str, Any], ignore_prefix: bool) -> None:
-        if data.get("pid") == "raylet":
-            logging.getLogger(__name__).debug("ray: %s", " ".join(data.get("lines", [])))
-        else:
-            printer(data, ignore_prefix)
-
-    quiet._ablate_quiet = True  # type: ignore[attr-defined]
-    worker.print_to_stdstream = quiet
-
-
-@contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None, *,
-                address_from: str = "--address") -> Iterator[float]:
-    """Be connected to Ray inside the block; yields the seconds it took to connect.
-
-    An existing connection is used and kept; otherwise this joins ``address`` (errors name
-    ``address_from``) or starts a new local Ray (``num_cpus``, default all; loopback only; no
-    dashboard) and disconnects at the end, which stops a local Ray but leaves a joined cluster
-    running.
-    """
-    import ray
-
-    if ray.is_initialized():
-        yield 0.0
-        return
-    t0 = time.time()
-    common = {"logging_level": logging.ERROR, "log_to_driver": False}
-    with ExitStack() as stack:
-        if address:
-            _join_cluster(ray, address, address_from, common)
-            stack.callback(ray.shutdown)
-        else:
-            stack.enter_context(_local_ray(ray, num_cpus, common))
-        _silence_raylet_messages()
-        yield time.time() - t0
-
-
-# ---------------------------------------------------------------------------- the experiment
 
 
 def _run_on_ray(todo: list[Trial], results_dir: Path, *, max_concurrent: int | None,
@@ -323,102 +206,6 @@ def _run_on_ray(todo: list[Trial], results_dir: Path, *, max_concurrent: int | N
                     max_failures=max(t.resources.max_retries for t in todo)),
                 callbacks=[_progress_callback(tracker, results_dir), *(callbacks or [])]),
         ).fit()
-
-
-def _check_fits(todo: list[Trial]) -> None:
-    """TrialError for a trial asking more than the whole cluster has (Tune would wait forever)."""
-    import ray
-
-    have = ray.cluster_resources()
-    for t in todo:
-        r = t.resources
-        many = r.workers > 1 or r.cpus_per_worker is not None or r.gpus_per_worker is not None
-        for key, per in (("CPU", r.worker_cpus), ("GPU", r.worker_gpus)):
-            need, name = per * r.workers, f"resources.{key.lower()}s"
-            if many:
-                name += "_per_worker"
-            if need > have.get(key, 0.0):
-                asks = f"{r.workers} workers x {per:g} {key}s" if many else f"{need:g} {key}s"
-                raise TrialError(f"trial {t.id} [{t.arm}] asks for {asks} but the Ray "
-                                 f"cluster has {have.get(key, 0.0):g}", key=name,
-                                 hint="lower resources in the sweep file, or join a larger "
-                                 "cluster with --address")
-
-
-def _check_nodes(results_dir: Path, key: str, timeout_s: float = 300.0) -> None:
-    """ClusterError unless a Ray worker on every node with CPUs or GPUs imports the very
-    ablate this driver runs (same version, same source digest) and what its trials import,
-    and sees and may write the results folder.
-
-    Otherwise each trial's worker would die at its first import, as "worker died", retried;
-    or train with other code than the plan checked, under this run's provenance; or write
-    its record where the driver never looks. The folder is seen when a file the driver
-    writes there (and removes after) reads back on the node with the driver's random token.
-    """
-    import secrets
-
-    token = secrets.token_hex(8)
-    marker = Path(results_dir).resolve() / f".node-check-{token}"
-    marker.write_text(token)
-    try:
-        _ask_nodes(str(marker), token, key, timeout_s)
-    finally:
-        marker.unlink(missing_ok=True)
-
-
-def _ask_nodes(marker: str, token: str, key: str, timeout_s: float) -> None:
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from ablate import __version__
-    from ablate.provenance import source_digest
-
-    def probe() -> tuple[str, str, bool, bool]:  # a local function: sent by value, so it
-        import os  # unpickles on a node without ablate, and says so there
-        from pathlib import Path
-
-        import ablate
-        import ablate.train  # noqa: F401  (torch, timm and ablate's models, as a trial does)
-        from ablate.provenance import source_digest
-
-        try:
-            seen = Path(marker).read_text() == token
-        except OSError:
-            seen = False
-        writable = os.access(Path(marker).parent, os.W_OK | os.X_OK)
-        return ablate.__version__, source_digest(), seen, writable
-
-    remote = ray.remote(num_cpus=0, max_retries=0)(probe)
-    nodes = [n for n in ray.nodes() if n.get("Alive") and (
-        n["Resources"].get("CPU", 0) > 0 or n["Resources"].get("GPU", 0) > 0)]
-    asked = [(n["NodeManagerAddress"], remote.options(scheduling_strategy=(
-        NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))).remote()) for n in nodes]
-    want = (__version__, source_digest())
-    hint = ("install this ablate (and its dependencies) in the Python environment of every "
-            "node, e.g. 'pip install -e .' from the same checkout, then run again")
-    for ip, ref in asked:
-        try:
-            got = ray.get(ref, timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise ClusterError(f"the Ray workers on node {ip} did not answer in {timeout_s:g} "
-                               "s", key=key, hint="check the node with 'ray status'") from None
-        except ray.exceptions.RayError as e:
-            cause = getattr(e, "cause", None) or e
-            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-            raise ClusterError(f"the Ray workers on node {ip} cannot import ablate "
-                               f"({type(cause).__name__}: {first})", key=key,
-                               hint=hint) from None
-        if tuple(got[:2]) != want:
-            raise ClusterError(f"the Ray workers on node {ip} import ablate {got[0]} with "
-                               f"source {got[1]}, not this driver's {want[0]} with source "
-                               f"{want[1]}", key=key, hint=hint)
-        folder = Path(marker).parent
-        if not got[2] or not got[3]:
-            raise ClusterError(f"the Ray workers on node {ip} "
-                               + ("cannot write" if got[2] else "do not see")
-                               + f" the results folder {folder}", key=key,
-                               hint="put it on a file system every node mounts at the same "
-                               "path, writable by the user Ray runs as")
 
 
 def _tune_name(tune_trial: Any) -> str:

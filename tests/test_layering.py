@@ -5,7 +5,7 @@
     sweep    sweepfile, spec: reading a sweep file
     plan     plan: a sweep file becomes trials (checks models and data, so it builds on build)
     run      train, distributed, curves, bookkeeping, estimate, runner and its backends
-             (raybackend with raytrain, inprocess): trials run (on one process or several
+             (raybackend with raycluster and raytrain, inprocess): trials run (on one process or several
              data-parallel ones) and are recorded (never re-planned here), or a few of their
              steps are timed
     results  rows, columns, collect, stats, claims, setting, report, figures: records become
@@ -34,7 +34,7 @@ LAYERS = {
     "sweep": ["ablate.sweepfile", "ablate.spec"],
     "plan": ["ablate.plan"],
     "run": ["ablate.train", "ablate.distributed", "ablate.curves", "ablate.bookkeeping",
-            "ablate.runner", "ablate.raybackend", "ablate.raytrain", "ablate.inprocess",
+            "ablate.runner", "ablate.raybackend", "ablate.raycluster", "ablate.raytrain", "ablate.inprocess",
             "ablate.estimate"],
     "results": ["ablate.rows", "ablate.columns", "ablate.collect", "ablate.stats",
                 "ablate.claims", "ablate.setting", "ablate.report", "ablate.figures"],

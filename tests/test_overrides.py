@@ -13,7 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ablate import bookkeeping, raybackend, record
+from ablate import bookkeeping, raycluster, record
 from ablate.cli import main
 from ablate.errors import SpecError
 from ablate.plan import load_plan
@@ -246,7 +246,7 @@ def test_a_smoke_run_of_one_arm_then_a_reset_trial_runs_again_alone(tmp_path, sw
     assert (base.arm, se.arm) == ("baseline", "se")
     write_record(results, base, top1=40.0)  # the rest of the plan, finished
     before = (record.trial_dir(results, base.id) / "metrics.jsonl").read_bytes()
-    with raybackend.ray_session(num_cpus=2):
+    with raycluster.ray_session(num_cpus=2):
         assert main(["run", str(sweep), *smoke, "--only", "se"]) == 0
         assert "1 trials, 0 already finished, 1 to run" in capsys.readouterr().out
         assert len(record.read_metrics(record.trial_dir(results, se.id))) == 1

@@ -1,5 +1,6 @@
-"""Only the Ray backend may import ray (ablate.raybackend, and ablate.raytrain, its Ray Train
-glue for data-parallel trials): everything else, the neutral runner and the in-process backend
+"""Only the Ray backend may import ray (ablate.raybackend, ablate.raycluster, its connection and
+checks before launch, and ablate.raytrain, its Ray Train glue for data-parallel trials):
+everything else, the neutral runner and the in-process backend
 included, must work (and import fast) without it."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import ablate
 
 PACKAGE = Path(ablate.__file__).parent
-ALLOWED = {"ablate.raybackend", "ablate.raytrain"}
+ALLOWED = {"ablate.raybackend", "ablate.raycluster", "ablate.raytrain"}
 NOT_IMPORTABLE = {"ablate.__main__"}  # runs the CLI on import
 
 
@@ -68,7 +69,7 @@ def test_importing_every_other_module_does_not_load_ray():
 
 
 def test_the_ray_backend_itself_imports_ray_only_when_it_runs():
-    code = ("import sys, ablate.raybackend, ablate.runner\n"
+    code = ("import sys, ablate.raybackend, ablate.raycluster, ablate.runner\n"
             "sys.exit(1 if 'ray' in sys.modules else 0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from ablate import bookkeeping, curves, raybackend, record, runner
+from ablate import bookkeeping, curves, raycluster, record, runner
 from ablate.cli import main
 from tests.runner.conftest import TINY_TRAIN, write_sweep
 from tests.train.test_curves import read_events, scalars
@@ -143,7 +143,7 @@ def test_a_real_run_and_its_resume_feed_the_callback_and_the_curves(tmp_path, pl
     sweep = write_sweep(tmp_path / "s.yaml", seeds=[0],
                         train={**TINY_TRAIN, "epochs": 2, "keep_checkpoints": 2})
     results = tmp_path / "results"
-    with raybackend.ray_session(num_cpus=2):
+    with raycluster.ray_session(num_cpus=2):
         assert main(["run", str(sweep), "--results", str(results),
                      "--callback", f"{name}:make"]) == 0
         [trial] = bookkeeping.read_manifest(results)["trials"]

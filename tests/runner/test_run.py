@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from ablate import bookkeeping, raybackend, record, runner
+from ablate import bookkeeping, raybackend, raycluster, record, runner
 from ablate.cli import main
 from ablate.config import Resources
 from ablate.errors import TrialError
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow  # a real Ray
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_on_two_cpus():
-    with raybackend.ray_session(num_cpus=2):
+    with raycluster.ray_session(num_cpus=2):
         yield
 
 
