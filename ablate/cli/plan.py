@@ -128,7 +128,7 @@ def _data_size(data: Any) -> tuple[int, int, int] | None:
         except OSError:
             return None
         folder = (len(listing["train"]), len(listing["val"]))
-    sizes = plan._split_sizes(data, folder)
+    sizes = plan.split_sizes(data, folder)
     classes = plan.num_classes(data) or 4  # synthetic's default (ablate.data)
     return (*sizes[0], classes) if sizes is not None else None
 
