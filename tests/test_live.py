@@ -11,7 +11,7 @@ from rich.console import Console
 
 from ablate import record, runner
 from ablate.cli import main
-from ablate.cli.run import _Progress
+from ablate.cli.display import RunDisplay
 from tests.runner.conftest import tiny_trial, write_sweep
 
 P = runner.Progress
@@ -37,7 +37,7 @@ def row_of(frame: str, trial_id: str) -> list[str]:
 def test_the_table_shows_running_trials_with_epoch_and_metric_and_the_totals():
     a, b = tiny_trial(seed=0), tiny_trial(seed=1)
     console, out = terminal()
-    display = _Progress(tty=True, trials=[a, b], console=console)
+    display = RunDisplay(tty=True, trials=[a, b], console=console)
     now = [100.0]
     display.live.clock = lambda: now[0]
     display.show("starting Ray and the first trials ...")
@@ -72,7 +72,7 @@ def test_a_failure_prints_its_first_line_above_the_table(tmp_path):
     tdir.mkdir(parents=True)
     record.write_state(tdir, record.FAILED, error={"type": "ValueError", "message": "boom\nmore"})
     console, out = terminal()
-    display = _Progress(tty=True, trials=[t], results=tmp_path, console=console)
+    display = RunDisplay(tty=True, trials=[t], results=tmp_path, console=console)
     display.on_event(runner.Event("start", t.id, P(1, running=1)))
     display.on_event(runner.Event("failed", t.id, P(1, failed=1)))
     display.close()
@@ -122,7 +122,7 @@ def test_a_live_display_can_be_pickled_as_tune_pickles_its_callbacks():
     """Tune saves its callbacks (ours reports to the display) with pickle at the start."""
     t = tiny_trial(seed=0)
     console, _ = terminal()
-    display = _Progress(tty=True, trials=[t], console=console)
+    display = RunDisplay(tty=True, trials=[t], console=console)
     display.on_event(runner.Event("start", t.id, P(1, running=1)))
     try:
         copy = pickle.loads(pickle.dumps(display.on_event)).__self__

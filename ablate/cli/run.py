@@ -1,10 +1,11 @@
 """``ablate run``, ``ablate resume`` and ``ablate status``: run a sweep on Ray and watch it.
 
-The runner (``ablate.runner``) does the work and reports through events; this module turns them
-into a live table on a terminal (``ablate.cli.live``; a line per event otherwise), the end-of-run
-summary, and the status table. ``run`` and ``resume`` exit 0 when every trial finished, 1 when
-some failed or are unfinished, 2 on a user's mistake (nothing written), and 130 or 143 after
-the summary when stopped by SIGINT (Ctrl-C) or SIGTERM.
+The runner (``ablate.runner``) does the work and reports through events, which
+``ablate.cli.display`` shows (a live table on a terminal, a line per event otherwise, and the
+summary); this module holds the commands, their checks before launch and the status table.
+``run`` and ``resume`` exit 0 when every trial finished, 1 when some failed or are unfinished,
+2 on a user's mistake (nothing written), and 130 or 143 after the summary when stopped by
+SIGINT (Ctrl-C) or SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ablate.cli import add_override_options, add_plugin_option, override_flags, plan_options
 from ablate.cli.live import duration as _duration
@@ -108,10 +108,6 @@ def run_command(args: argparse.Namespace) -> int:
     callbacks = _load_callbacks(args)
     sweep, trials = load_plan(args.sweep, confirm=args.yes, plugins=tuple(args.plugin),
                               **plan_options(args))
-    if args.deep_data_check:
-        from ablate.cli.plan import deep_check_data
-
-        deep_check_data(trials)
     results = Path(args.results) if args.results else Path(sweep.results_dir)
     check_results_folder(results, "--results" if args.results else "results_dir")
     _check_folder_owner(results, sweep.name, args.yes)
@@ -120,7 +116,8 @@ def run_command(args: argparse.Namespace) -> int:
                     max_concurrent=args.max_concurrent or sweep.max_concurrent,
                     address=args.address, rerun_changed=args.rerun_changed,
                     retry_failed=args.retry_failed, overrides=override_flags(args),
-                    callbacks=callbacks, debug=args.debug)
+                    callbacks=callbacks, debug=args.debug,
+                    check_data=_data_check(unchanged=False, deep=args.deep_data_check))
 
 
 def resume_command(args: argparse.Namespace) -> int:
@@ -130,27 +127,34 @@ def resume_command(args: argparse.Namespace) -> int:
     results = Path(args.results)
     check_results_folder(results, "RESULTS_DIR")
     manifest = bookkeeping.read_manifest(results)
-    _check_resumed_data(manifest["trials"], results, retry_failed=args.retry_failed,
-                        deep=args.deep_data_check)
     return _execute(manifest["trials"], results, name=manifest["name"],
                     source=manifest.get("source"), description=manifest.get("description"),
                     max_concurrent=args.max_concurrent or manifest.get("max_concurrent"),
                     address=args.address, retry_failed=args.retry_failed,
-                    callbacks=callbacks, debug=args.debug)
+                    callbacks=callbacks, debug=args.debug,
+                    check_data=_data_check(unchanged=True, deep=args.deep_data_check))
 
 
-def _check_resumed_data(trials: list, results: Path, *, retry_failed: bool,
-                        deep: bool) -> None:
-    """The data of the trials a resume would run is still there, unchanged (and, ``deep``,
-    decodes); a resume does not plan again, so this is its data check before launch."""
-    from ablate.cli.plan import deep_check_data
-    from ablate.datafiles import check_data_unchanged
-    from ablate.runner import triage
+def _data_check(*, unchanged: bool, deep: bool) -> Callable[[list], None] | None:
+    """The data check of the trials a run is about to start, once it knows which they are.
 
-    left = triage(trials, results, retry_failed=retry_failed).todo
-    check_data_unchanged(left)
-    if deep:
-        deep_check_data(left)
+    ``unchanged`` (resume, which does not plan again): each data folder still exists with the
+    file list its trials' ids were planned with. ``deep`` (``--deep-data-check``): every image
+    of those folders decodes. Finished trials are not checked: nothing reads their data again.
+    """
+    if not (unchanged or deep):
+        return None
+
+    def check(todo: list) -> None:
+        from ablate.cli.plan import deep_check_data
+        from ablate.datafiles import check_data_unchanged
+
+        if unchanged:
+            check_data_unchanged(todo)
+        if deep:
+            deep_check_data(todo)
+
+    return check
 
 
 def _load_callbacks(args: argparse.Namespace) -> list:
@@ -214,19 +218,6 @@ def _announce_join(address: str) -> None:
           "start a local Ray instead)", flush=True)
 
 
-def _print_triage(work: Any, trials: list, results: Path, *, name: str) -> None:
-    """What the run found: finished, held and to-run counts, and trials run under another
-    configuration than the plan's now."""
-    print(f"ablate: sweep {name}: {len(trials)} trials, {len(work.finished)} already finished, "
-          + (f"{len(work.held)} held (failed before), " if work.held else "")
-          + f"{len(work.todo)} to run; results in {results}", flush=True)
-    if work.changes:
-        print(f"ablate: {len(work.changes)} finished trials were run with another configuration "
-              f"than the plan's now ({_describe_changes(work.changes)}): "
-              + ("rerunning them; their old records go to replaced/" if work.rerun_changed
-                 else "kept; rerun them with --rerun-changed"), flush=True)
-
-
 def _check_folder_owner(results: Path, name: str, yes: bool) -> None:
     from ablate import bookkeeping
     from ablate.errors import TrialError
@@ -240,12 +231,16 @@ def _check_folder_owner(results: Path, name: str, yes: bool) -> None:
                          "this sweep's trials to it")
 
 
-def _execute(trials: list, results: Path, debug: bool = False, **kw: Any) -> int:
+def _execute(trials: list, results: Path, debug: bool = False,
+             check_data: Callable[[list], None] | None = None, **kw: Any) -> int:
     """Run the plan with a progress display, print the summary, then tables and figures.
 
     ``debug``: the in-process backend, errors propagating (for pdb), instead of Ray.
+    ``check_data``: called with the trials to run once the runner has sorted the plan (under
+    its lock, before any backend starts); its error stops the run with nothing launched.
     """
     from ablate import runner
+    from ablate.cli.display import RunDisplay, print_summary, print_triage
 
     if debug:
         from ablate.inprocess import InProcessBackend
@@ -255,10 +250,12 @@ def _execute(trials: list, results: Path, debug: bool = False, **kw: Any) -> int
     else:
         kw["address"], kw["address_from"] = _join_from_env(kw.get("address"), announce=False)
         joining = kw["address"] if kw["address_from"] == "RAY_ADDRESS" else None
-    display = _Progress(tty=sys.stdout.isatty(), trials=trials, results=results)
+    display = RunDisplay(tty=sys.stdout.isatty(), trials=trials, results=results)
 
     def on_triage(work: Any) -> None:  # the runner's sorting of the plan, before anything runs
-        _print_triage(work, trials, results, name=kw["name"])
+        print_triage(work, trials, results, name=kw["name"])
+        if work.todo and check_data is not None:
+            check_data(work.todo)
         if work.todo and joining:
             _announce_join(joining)
         if work.todo and display.tty:
@@ -270,7 +267,7 @@ def _execute(trials: list, results: Path, debug: bool = False, **kw: Any) -> int
                                   on_triage=on_triage, **kw)
     finally:
         display.close()
-    _print_summary(summary, trials, results)
+    print_summary(summary, trials, results)
     if summary.interrupted:
         print(f"ablate: stopped by {signal.Signals(summary.interrupted).name}; tables and "
               "figures not updated", flush=True)
@@ -280,127 +277,6 @@ def _execute(trials: list, results: Path, debug: bool = False, **kw: Any) -> int
     elif summary.skipped:
         print(f"ablate: tables and figures in {results} are up to date")
     return 1 if summary.failed or summary.unfinished else 0
-
-
-class _Progress:
-    """On a terminal, a live table of the running trials and the totals. Elsewhere (a log file
-    under nohup, sbatch or CI), one line per event: a trial's start, each epoch, its end and
-    any failure or retry, so the log shows progress as it happens."""
-
-    def __init__(self, tty: bool, trials: list | None = None, results: Path | None = None,
-                 console: Any = None):
-        from ablate.cli.live import LiveTable
-
-        self.tty = tty
-        self.trials = {t.id: t for t in trials or []}
-        self.results = results
-        self.live = LiveTable(self.trials, console) if tty else None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks, and so this display, into state files ablate never reads
-        # back; a live table (locks, a thread) cannot be pickled and need not be.
-        return {**self.__dict__, "live": None}
-
-    def on_event(self, event: Any) -> None:
-        if self.live is None:
-            self._log(event)
-            return
-        who = self._who(event.trial_id)
-        if event.kind == "failed":
-            self.live.note(f"ablate: trial {who} failed: {self._error_line(event.trial_id)}")
-        elif event.kind == "retry":
-            self.live.note(f"ablate: trial {who}: worker lost, retrying from its checkpoint")
-        self.live.update(event)
-
-    def _who(self, trial_id: str) -> str:
-        t = self.trials.get(trial_id)
-        return f"{trial_id} [{t.arm}] seed {t.config.seed}" if t else trial_id
-
-    def _log(self, event: Any) -> None:
-        t, who = self.trials.get(event.trial_id), self._who(event.trial_id)
-        p, m = event.progress, event.metrics
-        counts = f"({p.done} done, {p.running} running, {p.failed} failed, {p.left} waiting)"
-        if event.kind == "start":
-            line = f"start {who} {counts}"
-        elif event.kind == "result" and "epoch" in m:
-            of = f"/{t.config.train.epochs}" if t else ""
-            top1 = m.get("val/top1")
-            speed = m.get("train/img_per_s")
-            line = (f"epoch {who}: {m['epoch']}{of}"
-                    + (f", val/top1 {top1:.2f}" if isinstance(top1, (int, float)) else "")
-                    + (f", {speed:.0f} img/s" if isinstance(speed, (int, float)) else ""))
-        elif event.kind == "done":
-            line = f"end   {who} {counts}"
-        elif event.kind == "failed":
-            line = f"fail  {who}: {self._error_line(event.trial_id)} {counts}"
-        elif event.kind == "retry":
-            line = f"retry {who}: worker lost, resuming from its last checkpoint"
-        else:
-            return
-        print(f"ablate: {line}", flush=True)
-
-    def _error_line(self, trial_id: str) -> str:
-        from ablate import record
-
-        raw = record.read_state_raw(record.trial_dir(self.results, trial_id)) \
-            if self.results else None
-        error = (raw or {}).get("error") or {}
-        message = str(error.get("message") or "").strip().splitlines()
-        return f"{error.get('type', 'error')}: {message[0] if message else ''}".strip()
-
-    def show(self, line: str) -> None:
-        """A passing message on a terminal (Ray is starting); nothing elsewhere."""
-        if self.live is not None:
-            self.live.status(line)
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-
-
-def _print_summary(summary: Any, trials: list, results: Path) -> None:
-    from ablate.failures import RECURRING, group_by_first_line
-
-    n_done = len(summary.done) + len(summary.skipped)
-    print(f"ablate: {n_done} of {len(trials)} trials finished ({len(summary.done)} in this run), "
-          f"{len(summary.failed)} failed, {len(summary.unfinished)} unfinished, in "
-          f"{_duration(summary.wall_s)}")
-    arms = {t.id: t.arm for t in trials}
-    if summary.retried:
-        print(f"  {summary.retried} attempts lost their worker (killed, or out of memory) and "
-              "were retried from their last checkpoint")
-    if summary.diverged:
-        print(f"  {len(summary.diverged)} diverged (a finished result, recorded as such): "
-              + ", ".join(f"{i} [{arms.get(i, '?')}]" for i in summary.diverged[:5]))
-    groups = group_by_first_line(summary.failed)
-    for line, ids in groups:
-        kind = summary.failed[ids[0]].kind
-        if len(ids) == 1:
-            print(f"  failed ({kind}): {ids[0]} [{arms.get(ids[0], '?')}]: {line}")
-        else:
-            shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
-            print(f"  {len(ids)} trials failed ({kind}) with: {line}\n    {shown}")
-        if summary.failed[ids[0]].hint:
-            print(f"    {summary.failed[ids[0]].hint}")
-    recurring = [i for i, f in summary.failed.items() if f.kind in RECURRING]
-    if recurring:
-        held = f" ({len(summary.held)} failed before and were not started again)" \
-            if summary.held else ""
-        print(f"  {len(recurring)} trials failed with an error that will recur (code, "
-              f"configuration or data){held}: the next run holds them; fix the cause, then "
-              f"'ablate reset {shlex.quote(str(results))} --failed', or run with --retry-failed")
-    if summary.failed or summary.unfinished:
-        print(f"  details: ablate status {shlex.quote(str(results))}")
-        if len(recurring) < len(summary.failed) or summary.unfinished:
-            print(f"  resume with: ablate resume {shlex.quote(str(results))}")
-
-
-def _describe_changes(changed: dict[str, dict]) -> str:
-    """The distinct field changes of several trials, e.g. 'train.lr 0.0005 -> 0.001'."""
-    seen = dict.fromkeys(f"{k} {old!r} -> {new!r}" for c in changed.values()
-                         for k, (old, new) in sorted(c.items()))
-    shown = list(seen)[:3]
-    return "; ".join(shown) + ("; ..." if len(seen) > 3 else "")
 
 
 def _results_up_to_date(results: Path) -> bool:

@@ -260,6 +260,30 @@ def test_resume_checks_the_runs_data_before_launch(tmp_path, capsys):
     assert len(list_trial_dirs(results)) == 1
 
 
+def test_run_decodes_only_the_data_of_the_trials_it_starts(tmp_path, capsys):
+    """Finished trials never read their data again, so a run with nothing left to do decodes
+    nothing; once a trial is to run again, its folder is decoded, before anything launches."""
+    from ablate.record import list_trial_dirs
+
+    root = image_folder(tmp_path / "data")
+    sweep = sweep_file(tmp_path, root)
+    results = tmp_path / "results"
+    assert main(["run", str(sweep), "--debug", "--results", str(results)]) == 0
+    truncate(root / "val/dog/1.jpg")  # the listing is unchanged: only decoding sees it
+    capsys.readouterr()
+    flags = ["--debug", "--deep-data-check", "--results", str(results)]
+    assert main(["run", str(sweep), *flags]) == 0
+    out, err = capsys.readouterr()
+    assert "1 already finished, 0 to run" in out and "decod" not in err, err
+    assert main(["reset", str(results), "--arm", "baseline", "--yes"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(sweep), *flags]) == 2
+    out, err = capsys.readouterr()
+    assert "0 already finished, 1 to run" in out  # the plan's sorting, then the refusal
+    assert err.count("\n") == 1 and str(root / "val/dog/1.jpg") in err, err
+    assert list_trial_dirs(results) == []
+
+
 def test_deep_data_check_with_no_data_check_is_refused(tmp_path, capsys):
     sweep = sweep_file(tmp_path, tmp_path / "absent")
     status, out, err = plan(capsys, sweep, "--deep-data-check", "--no-data-check")

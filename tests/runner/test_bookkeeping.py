@@ -106,11 +106,11 @@ def test_status_table_and_json(tmp_path, capsys):
 
 def test_a_line_per_event_off_a_terminal(capsys):
     # the live table of a terminal: tests/test_live.py
-    from ablate.cli.run import _Progress
+    from ablate.cli.display import RunDisplay
 
     p = runner.Progress(total=5, done=2, failed=1, running=1, elapsed_s=65, eta_s=130)
     assert p.left == 1
-    _Progress(tty=False).on_event(runner.Event("done", "abc", p))
+    RunDisplay(tty=False).on_event(runner.Event("done", "abc", p))
     assert capsys.readouterr().out == "ablate: end   abc (2 done, 1 running, 1 failed, 1 waiting)\n"
 
 
