@@ -9,7 +9,6 @@ counted, as in the papers' counters.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from torch import nn
@@ -47,30 +46,29 @@ def count_flops(model: nn.Module, img_size: int, in_chans: int = 3) -> int:
     return counter.get_total_flops() // 2
 
 
-@lru_cache(maxsize=256)
-def _stats(arch: str, num_classes: int, img_size: int, in_chans: int, axes: tuple) -> ModelStats:
-    from ablate.models import create_model
-
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = create_model(arch, num_classes=num_classes, in_chans=in_chans, **dict(axes))
-    return ModelStats(params=count_params(model), flops=count_flops(model, img_size, in_chans))
-
-
-def input_error(arch: str, *, img_size: int, in_chans: int = 3, **axes) -> str | None:
+def input_error(arch: str, *, img_size: int, num_classes: int = 2, in_chans: int = 3,
+                **axes) -> str | None:
     """Why ``arch`` with ``axes`` cannot run on ``img_size`` images (the first line of what its
     forward raised), or None when it can. Shapes only, on the meta device: no memory, no
     compute. A timm model built for one input size (Swin's windows, ViT's position table) is
     the usual case; ablate's models pad their windows and take any size their stages allow.
+
+    The pass that answers also counts the model, so :func:`model_stats` of the same model,
+    ``num_classes`` and size is then free (``ablate plan`` checks, then reports its counts).
     """
     from ablate.models import create_model
 
+    key = _key(arch, num_classes, img_size, in_chans, axes)
+    if key in _STATS:
+        return None
     with torch.device("meta"):
-        model = create_model(arch, num_classes=2, in_chans=in_chans, **axes)
+        model = create_model(arch, num_classes=num_classes, in_chans=in_chans, **axes)
     try:
-        count_flops(model, img_size, in_chans)
+        flops = count_flops(model, img_size, in_chans)
     except Exception as e:  # noqa: BLE001 - whatever the model's code raises is the answer
         text = str(e).strip().splitlines()
         return text[0].rstrip(".") if text else type(e).__name__
+    _remember(key, ModelStats(params=count_params(model), flops=flops))
     return None
 
 
@@ -83,5 +81,26 @@ def model_stats(arch: str, *, num_classes: int, img_size: int, in_chans: int = 3
     from ablate.models import validate_model
 
     validate_model(arch, **axes)  # our error, before an unhashable value reaches the cache
-    axes = tuple(sorted((k, v) for k, v in axes.items() if v is not None))
-    return _stats(arch, num_classes, img_size, in_chans, axes)
+    key = _key(arch, num_classes, img_size, in_chans, axes)
+    if key not in _STATS:
+        from ablate.models import create_model
+
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            model = create_model(arch, num_classes=num_classes, in_chans=in_chans, **axes)
+        _remember(key, ModelStats(params=count_params(model),
+                                  flops=count_flops(model, img_size, in_chans)))
+    return _STATS[key]
+
+
+_STATS: dict[tuple, ModelStats] = {}  # the counts of this process's models, oldest first
+
+
+def _key(arch: str, num_classes: int, img_size: int, in_chans: int, axes: dict) -> tuple:
+    return (arch, num_classes, img_size, in_chans,
+            tuple(sorted((k, v) for k, v in axes.items() if v is not None)))
+
+
+def _remember(key: tuple, stats: ModelStats, most: int = 256) -> None:
+    _STATS[key] = stats
+    while len(_STATS) > most:
+        del _STATS[next(iter(_STATS))]

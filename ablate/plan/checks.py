@@ -218,7 +218,8 @@ def _check_input_sizes(sweep: Sweep, kept: list[Candidate], cache: Any) -> None:
             continue
         from ablate.models import input_error
 
-        why = input_error(model.arch, img_size=img, **model.axes())
+        why = input_error(model.arch, img_size=img, num_classes=num_classes(c.config.data) or 2,
+                          **model.axes())
         if why is not None:
             raise sweep.error(f"{model.arch} cannot take {img}x{img} images: {why} "
                               f"(trial '{c.label}')", *_source(c, "data.img_size"),

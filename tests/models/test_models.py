@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import ablate  # noqa: F401  (registers the models)
+import ablate  # registers the models
+import ablate.models
 from ablate.errors import ModelConfigError
 from ablate.models import (
     MIXER_TABLE,
@@ -18,14 +19,15 @@ from ablate.models import (
     count_flops,
     count_params,
     create_model,
+    input_error,
     model_stats,
     validate_model,
 )
-from ablate.models.counts import _stats
 from ablate.models.mixers import MIXERS
 from ablate.models.registry import AXES, resolve
 
 NANO = [n for n in MODEL_NAMES if n.endswith("_nano")]
+
 
 def test_contract_names_are_registered_with_timm():
     expected = {"ablate_swin_tiny", "ablate_swin_base", "dwnet_tiny", "dwnet_base",
@@ -144,14 +146,23 @@ def test_pretrained_weights_are_refused():
         timm.create_model("dwnet_nano", pretrained=True)
 
 
-def test_model_stats_match_a_real_model_and_are_cached():
+def test_model_stats_match_a_real_model_and_are_cached(monkeypatch):
     model = create_model("idynamic_dwnet_nano", num_classes=7, group_size=4)
     stats = model_stats("idynamic_dwnet_nano", num_classes=7, img_size=32, group_size=4)
     assert stats.params == count_params(model)
     assert stats.flops == count_flops(model, 32)
-    hits = _stats.cache_info().hits
     assert model_stats("idynamic_dwnet_nano", num_classes=7, img_size=32, group_size=4) is stats
-    assert _stats.cache_info().hits == hits + 1
+    # The plan's input check counts the model it runs, so its counts then build nothing.
+    model = create_model("dwnet_nano", num_classes=5, kernel_size=5)
+    expected = (count_params(model), count_flops(model, 48))
+    assert input_error("dwnet_nano", img_size=48, num_classes=5, kernel_size=5) is None
+
+    def no_second_build(*args, **kwargs):
+        raise AssertionError("the model was built again")
+
+    monkeypatch.setattr(ablate.models, "create_model", no_second_build)
+    again = model_stats("dwnet_nano", num_classes=5, img_size=48, kernel_size=5)
+    assert (again.params, again.flops) == expected
 
 
 def test_flops_scale_with_the_map_and_count_the_custom_ops():
