@@ -20,6 +20,13 @@ GPU rows:
 Targets (yes/NO in the table): DWNet-T >= 1.2x Swin-T images/s, idynamic DWNet-T >= 0.6x
 Swin-T (eager), Triton aggregation >= 5x faster than the gather at no more peak memory.
 
+``--dry-run`` runs every GPU row's code on the CPU instead, at toy sizes (nano models, 32x32,
+batch 4, interpreted Triton kernels, GPU tests collected rather than run): its figures mean
+nothing, but a script that gets through it will not stop on a GPU for a typo, so a lent GPU's
+few minutes are not lost. A row that raises becomes a NO row with the error and the rest go
+on; each row is printed (and written to ``--json``) as soon as it is measured, so a run cut
+short by a time limit keeps what it had.
+
 ``--check`` runs the same checks where a CPU can: the Triton kernels (interpreted) against the
 slow reference and the gather, forward and gradients, at small shapes (the test file
 tests/models/test_triton_ops.py); the nano models' logits and gradients with the Triton kernels
@@ -32,7 +39,7 @@ from __future__ import annotations
 import os
 import sys
 
-if __name__ == "__main__" and "--check" in sys.argv:
+if __name__ == "__main__" and ("--check" in sys.argv or "--dry-run" in sys.argv):
     os.environ["TRITON_INTERPRET"] = "1"  # must precede the kernels' definition
 
 import argparse
@@ -41,7 +48,9 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -63,6 +72,66 @@ NO_RAY = "import sys; sys.modules['ray'] = None; "  # any 'import ray' now raise
 Row = tuple[str, str, str, str]  # (check, result, target, met)
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """What the GPU rows run on: the device and the shapes (the real run, or the dry run)."""
+
+    device: str = "cuda"
+    logit_models: tuple[str, ...] = tuple(PAPER)
+    logit_img: int = 224
+    speed_models: dict[str, str] = field(default_factory=lambda: dict(SPEED))
+    img: int = 224
+    batch: int = 128
+    steps: int = 10
+    warmup: int = 3
+    kernel: dict[str, int] = field(default_factory=lambda: dict(b=128, h=56, c=96, k=7, g=32))
+    kernel_repeats: int = 10
+    train_arch: str = "dwnet_tiny"
+    train_data: dict = field(default_factory=lambda: {
+        "name": "synthetic", "img_size": 224, "num_train": 1024, "num_val": 256,
+        "num_classes": 1000})
+    train_train: dict = field(default_factory=lambda: {
+        "epochs": 2, "batch_size": 128, "warmup_epochs": 1, "workers": 8})
+
+
+GPU = Sizes()
+DRY = Sizes(device="cpu", logit_models=("dwnet_nano", "idynamic_dwnet_nano"), logit_img=32,
+            speed_models={name: arch.replace("_tiny", "_nano") for name, arch in SPEED.items()},
+            img=32, batch=4, steps=1, warmup=1, kernel=dict(b=2, h=6, c=12, k=3, g=4),
+            kernel_repeats=1, train_arch="dwnet_nano",
+            train_data={"name": "synthetic", "img_size": 32, "num_train": 16, "num_val": 8,
+                        "num_classes": 10},
+            train_train={"epochs": 2, "batch_size": 4, "warmup_epochs": 1, "workers": 0})
+
+
+class Table:
+    """The rows so far: each printed as it comes (and the JSON file rewritten), so a run cut
+    short still shows, and keeps, what it measured."""
+
+    def __init__(self, json_path: Path | None = None) -> None:
+        self.rows: list[Row] = []
+        self.json_path = json_path
+
+    def add(self, rows: Iterable[Row]) -> None:
+        for row in rows:
+            self.rows.append(row)
+            print("  ".join(row).rstrip(), flush=True)
+            if self.json_path is not None:
+                self.json_path.write_text(json.dumps(self.rows, indent=1))
+
+    def run(self, label: str, make: Callable[[], Iterable[Row]]) -> None:
+        """The rows ``make`` gives, or one NO row with its error: one failing check (an out of
+        memory, a compiler error) does not cost the rows after it."""
+        try:
+            self.add(list(make()))
+        except Exception as e:  # noqa: BLE001 - reported in the table, the run goes on
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            self.add([(label, f"error: {type(e).__name__}: {first}", "no error", "NO")])
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
 def _child_env() -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "PYTHONPATH": path}
@@ -72,15 +141,29 @@ def _met(ok: bool | None) -> str:
     return "" if ok is None else ("yes" if ok else "NO")
 
 
-def run_pytest(args: list[str], label: str, timeout: int) -> Row:
-    """Run pytest in a child process (Ray blocked); one row with its counts."""
+def _judged(ok: bool | None, sizes: Sizes) -> str:
+    """A speed target's verdict; none in the dry run, whose toy figures on a CPU judge nothing."""
+    return "" if sizes.device == "cpu" else _met(ok)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_pytest(args: list[str], label: str, timeout: int, collect_only: bool = False) -> Row:
+    """Run pytest in a child process (Ray blocked); one row with its counts. ``collect_only``
+    (the dry run, whose CPU skips the GPU tests): they must be collected, not run."""
     code = NO_RAY + "import pytest; sys.exit(pytest.main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, "-q", "-p", "no:cacheprovider", *args],
-                          cwd=ROOT, env=_child_env(), capture_output=True, text=True,
+    extra = ["--collect-only"] if collect_only else []
+    proc = subprocess.run([sys.executable, "-c", code, "-q", "-p", "no:cacheprovider", *extra,
+                           *args], cwd=ROOT, env=_child_env(), capture_output=True, text=True,
                           timeout=timeout)
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-200:]
     if proc.returncode not in (0, 5):
         print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n")
+    if collect_only:
+        return label, tail.strip("= "), "collected", _met(proc.returncode == 0)
     # all skipped is a failure too: on a GPU machine the GPU tests must run
     return label, tail.strip("= "), "all pass", _met(proc.returncode == 0 and "passed" in tail)
 
@@ -95,7 +178,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def logits_rows(archs: list[str], size: int, run_other: Callable, label: str) -> list[Row]:
+def logits_rows(archs: Iterable[str], size: int, run_other: Callable, label: str) -> list[Row]:
     """One row per model: relative error of its logits computed two ways (same weights)."""
     rows = []
     for arch in archs:
@@ -110,52 +193,66 @@ def logits_rows(archs: list[str], size: int, run_other: Callable, label: str) ->
     return rows
 
 
-def on_cuda(model, x):
-    with torch.no_grad():
-        return model.cuda()(x.cuda())
+def on_device(device: str) -> Callable:
+    def run(model, x):
+        with torch.no_grad():
+            return model.to(device)(x.to(device))
+    return run
 
 
-def train_speed(arch: str, compile_: bool, steps: int = 10, batch: int = 128) -> float:
-    """Images/s of forward+backward+AdamW under bf16 autocast, synthetic 224x224 batches."""
+def train_speed(arch: str, compile_: bool, sizes: Sizes) -> float:
+    """Images/s of forward+backward+AdamW under bf16 autocast, synthetic square batches."""
+    dev = sizes.device
     torch.manual_seed(0)
-    model = create_model(arch, num_classes=1000).cuda().to(memory_format=torch.channels_last)
+    model = create_model(arch, num_classes=1000).to(dev).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    step_fn = torch.compile(model) if compile_ else model
-    x = torch.randn(batch, 3, 224, 224, device="cuda").to(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch,), device="cuda")
+    if compile_:
+        # Each model compiles afresh and for its one shape: the blocks' code is shared by the
+        # four models, and what dynamo kept from the one before would recompile it with
+        # symbolic shapes (torch 2.14's inductor then failed on the window models' padding).
+        torch._dynamo.reset()
+        step_fn = torch.compile(model, dynamic=False)
+        # dynamo traces through the windows' lru_cache helpers, whose results depend only on
+        # the (fixed) shapes, and says so once per helper: a page of noise above the table
+        warnings.filterwarnings("ignore", message=".*functools.lru_cache.*wrapped function")
+    else:
+        step_fn = model
+    x = torch.randn(sizes.batch, 3, sizes.img, sizes.img, device=dev)
+    x = x.to(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (sizes.batch,), device=dev)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev, dtype=torch.bfloat16):
             loss = F.cross_entropy(step_fn(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(3):  # warm-up (and compilation)
+    for _ in range(sizes.warmup):  # warm-up (and compilation)
         step()
-    torch.cuda.synchronize()
+    _sync(dev)
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(sizes.steps):
         step()
-    torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
+    _sync(dev)
+    return sizes.steps * sizes.batch / (time.perf_counter() - start)
 
 
-def speed_rows(compile_modes: list[bool]) -> list[Row]:
-    rows, ips = [], {}
-    for compile_ in compile_modes:
-        mode = "compile" if compile_ else "eager"
-        for name, arch in SPEED.items():
-            ips[name, mode] = train_speed(arch, compile_)
+def speed_rows(compile_: bool, sizes: Sizes) -> list[Row]:
+    mode = "compile" if compile_ else "eager"
+    ips = {}
+    for name, arch in sizes.speed_models.items():
+        ips[name] = train_speed(arch, compile_, sizes)
+        if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        swin = ips["Swin-T", mode]
-        for name in SPEED:
-            ratio = ips[name, mode] / swin
-            target, ok = {"DWNet-T": (">= 1.2x Swin-T", ratio >= 1.2),
-                          "idynamic DWNet-T": (">= 0.6x Swin-T", ratio >= 0.6)}.get(
-                              name, ("", None))
-            rows.append((f"train img/s {mode}: {name}",
-                         f"{ips[name, mode]:.0f} ({ratio:.2f}x Swin-T)", target, _met(ok)))
+    swin = ips["Swin-T"]
+    rows = []
+    for name, value in ips.items():
+        ratio = value / swin
+        target, ok = {"DWNet-T": (">= 1.2x Swin-T", ratio >= 1.2),
+                      "idynamic DWNet-T": (">= 0.6x Swin-T", ratio >= 0.6)}.get(name, ("", None))
+        rows.append((f"train img/s {mode}: {name}", f"{value:.0f} ({ratio:.2f}x Swin-T)",
+                     target, _judged(ok, sizes)))
     return rows
 
 
@@ -170,38 +267,51 @@ class _GatherOnly:
         local_ops._triton = self._saved
 
 
-def _aggregate_cost(x, w, k, repeats: int = 10) -> tuple[float, float]:
-    """(median ms, peak MiB above the inputs) of local_aggregate forward+backward."""
+def _aggregate_cost(x, w, k, repeats: int) -> tuple[float, float | None]:
+    """(median ms, peak MiB above the inputs, None off CUDA) of local_aggregate fwd+bwd."""
+    cuda = x.device.type == "cuda"
     gy = torch.randn_like(x)
-    times = []
+    times, peak = [], None
     for i in range(repeats + 2):
         xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+        _sync(x.device.type)
+        if cuda:
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         local_ops.local_aggregate(xg, wg, k).backward(gy)
-        torch.cuda.synchronize()
+        _sync(x.device.type)
         if i >= 2:
             times.append(time.perf_counter() - start)
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        if cuda:
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
         del xg, wg
     return 1e3 * sorted(times)[len(times) // 2], peak
 
 
-def kernel_rows(b=128, h=56, c=96, k=7, g=32) -> list[Row]:
+def kernel_rows(sizes: Sizes) -> list[Row]:
+    b, h, c, k, g = (sizes.kernel[n] for n in "bhckg")
+    dev = sizes.device
     torch.manual_seed(0)
-    x = torch.randn(b, h, h, c, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(b, k * k, h, h, g, device="cuda", dtype=torch.bfloat16).permute(0, 2, 3, 1, 4)
-    fast_ms, fast_mb = _aggregate_cost(x, w, k)
-    with _GatherOnly():
-        slow_ms, slow_mb = _aggregate_cost(x, w, k)
+    x = torch.randn(b, h, h, c, device=dev, dtype=torch.bfloat16)
+    w = torch.randn(b, k * k, h, h, g, device=dev, dtype=torch.bfloat16).permute(0, 2, 3, 1, 4)
+    if dev == "cpu":  # the dry run: the interpreted kernels, then the gather, on the CPU
+        _cpu_kernels(use_triton=True)
+        fast_ms, fast_mb = _aggregate_cost(x, w, k, sizes.kernel_repeats)
+        _cpu_kernels(use_triton=False)
+        slow_ms, slow_mb = _aggregate_cost(x, w, k, sizes.kernel_repeats)
+    else:
+        fast_ms, fast_mb = _aggregate_cost(x, w, k, sizes.kernel_repeats)
+        with _GatherOnly():
+            slow_ms, slow_mb = _aggregate_cost(x, w, k, sizes.kernel_repeats)
     speedup = slow_ms / fast_ms
     shape = f"B={b} {h}x{h} C={c} K={k} G={g} bf16, fwd+bwd"
+    memory = (f"{fast_mb:.0f} vs {slow_mb:.0f} MiB", _met(fast_mb <= slow_mb)) \
+        if fast_mb is not None and slow_mb is not None else ("not measured off CUDA", "")
     return [(f"aggregate Triton vs gather ({shape})",
-             f"{fast_ms:.1f} ms vs {slow_ms:.1f} ms: {speedup:.1f}x", ">= 5x", _met(speedup >= 5)),
-            ("aggregate peak memory Triton vs gather", f"{fast_mb:.0f} vs {slow_mb:.0f} MiB",
-             "no more", _met(fast_mb <= slow_mb))]
+             f"{fast_ms:.1f} ms vs {slow_ms:.1f} ms: {speedup:.1f}x", ">= 5x",
+             _judged(speedup >= 5, sizes)),
+            ("aggregate peak memory Triton vs gather", memory[0], "no more", memory[1])]
 
 
 def train_row(arch: str, device: str, data: dict, train: dict, timeout: int) -> Row:
@@ -292,57 +402,69 @@ def print_table(rows: list[Row]) -> None:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
-def check_rows() -> list[Row]:
-    return [import_row(),
-            run_pytest(["tests/models/test_triton_ops.py"], "Triton kernels (interpreted) vs "
-                       "reference, fwd + grads (test_triton_ops.py)", timeout=300),
-            *nano_triton_rows(),
-            train_row("idynamic_dwnet_nano", "cpu",
-                      {"name": "synthetic", "img_size": 32, "num_train": 64, "num_val": 32,
-                       "num_classes": 10},
-                      {"epochs": 2, "batch_size": 16, "warmup_epochs": 1, "workers": 0},
-                      timeout=300)]
+def check_rows(table: Table) -> None:
+    table.run("ray-free import", lambda: [import_row()])
+    table.run("Triton kernels (interpreted)", lambda: [run_pytest(
+        ["tests/models/test_triton_ops.py"], "Triton kernels (interpreted) vs reference, fwd + "
+        "grads (test_triton_ops.py)", timeout=300)])
+    table.run("nano models: Triton (interpreted) vs gather", nano_triton_rows)
+    table.run("ablate train idynamic_dwnet_nano", lambda: [train_row(
+        "idynamic_dwnet_nano", "cpu", {"name": "synthetic", "img_size": 32, "num_train": 64,
+                                       "num_val": 32, "num_classes": 10},
+        {"epochs": 2, "batch_size": 16, "warmup_epochs": 1, "workers": 0}, timeout=300)])
 
 
-def gpu_rows(compile_modes: list[bool]) -> list[Row]:
+def gpu_rows(table: Table, compile_modes: list[bool], sizes: Sizes = GPU) -> None:
+    """The GPU run's rows into ``table``; with ``sizes`` = DRY the same code on the CPU."""
+    dry = sizes.device == "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False  # the logits rows compare float32 to float32
     torch.backends.cudnn.allow_tf32 = False
-    rows = [import_row(), run_pytest(["-m", "gpu", *gpu_test_files()], "GPU-marked tests",
-                                     timeout=240)]
-    rows += logits_rows(PAPER, 224, on_cuda, "CPU vs GPU")
+    table.run("ray-free import", lambda: [import_row()])
+    table.run("GPU-marked tests", lambda: [run_pytest(
+        ["-m", "gpu", *gpu_test_files()], "GPU-marked tests", timeout=240, collect_only=dry)])
+    table.run("logits CPU vs GPU", lambda: logits_rows(
+        sizes.logit_models, sizes.logit_img, on_device(sizes.device), "CPU vs GPU"))
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    rows += kernel_rows()
-    torch.cuda.empty_cache()
-    rows += speed_rows(compile_modes)
-    rows.append(train_row("dwnet_tiny", "cuda",
-                          {"name": "synthetic", "img_size": 224, "num_train": 1024,
-                           "num_val": 256, "num_classes": 1000},
-                          {"epochs": 2, "batch_size": 128, "warmup_epochs": 1, "workers": 8},
-                          timeout=300))
-    return rows
+    table.run("aggregate Triton vs gather", lambda: kernel_rows(sizes))
+    if dry:
+        _cpu_kernels(use_triton=False)  # the models' speed rows: the gather, as shipped
+    for compile_ in compile_modes:
+        mode = "compile" if compile_ else "eager"
+        table.run(f"train img/s {mode}", lambda c=compile_: speed_rows(c, sizes))
+    table.run(f"ablate train {sizes.train_arch}", lambda: [train_row(
+        sizes.train_arch, sizes.device, sizes.train_data, sizes.train_train, timeout=300)])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true",
-                    help="CPU only: correctness through Triton's interpreter, small shapes")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="CPU only: correctness through Triton's interpreter, small shapes")
+    mode.add_argument("--dry-run", action="store_true",
+                      help="CPU only: every GPU row's code at toy sizes (its figures mean "
+                      "nothing; it proves the script runs through before a GPU is spent)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile speeds")
-    ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--json", type=Path, help="also write the rows here, as they come")
     args = ap.parse_args()
     start = time.perf_counter()
+    table = Table(args.json)
+    compile_modes = [False] if args.no_compile else [False, True]
     if args.check:
-        rows = check_rows()
+        where = "CPU (interpreter)"
+        check_rows(table)
+    elif args.dry_run:
+        where = "CPU dry run of the GPU rows (toy sizes: figures mean nothing)"
+        gpu_rows(table, compile_modes, DRY)
     elif not torch.cuda.is_available():
-        print("no CUDA device: run with --check for the CPU correctness checks", file=sys.stderr)
+        print("no CUDA device: run with --check for the CPU correctness checks, or --dry-run "
+              "to rehearse the GPU rows", file=sys.stderr)
         return 2
     else:
-        rows = gpu_rows([False] if args.no_compile else [False, True])
-    print(f"\n{torch.cuda.get_device_name() if not args.check else 'CPU (interpreter)'}, "
-          f"torch {torch.__version__}, {time.perf_counter() - start:.0f} s")
-    print_table(rows)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
-    return 0 if all(r[3] != "NO" for r in rows) else 1
+        where = torch.cuda.get_device_name()
+        gpu_rows(table, compile_modes)
+    print(f"\n{where}, torch {torch.__version__}, {time.perf_counter() - start:.0f} s")
+    print_table(table.rows)
+    return 0 if all(r[3] != "NO" for r in table.rows) else 1
 
 
 if __name__ == "__main__":
