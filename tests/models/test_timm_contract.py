@@ -208,6 +208,20 @@ def test_fx_traced_model_trains(arch):
     assert not missing
 
 
+@pytest.mark.parametrize("arch", NANO)
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
+def test_dynamo_captures_the_whole_model_in_one_graph(arch):
+    """torch.compile sees each model whole: a graph break (a data-dependent op, say) would cut
+    it into compiled pieces with eager Python between them, on every step."""
+    model = _nano(arch, num_classes=5).train()
+    x = torch.randn(2, 3, 40, 40)  # a 10x10 first stage: windows padded, shifted and masked
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, [str(b.reason).splitlines()[0]
+                                              for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
 def test_every_mixer_and_the_local_ops_are_fx_leaves():
     assert set(MIXERS.values()) <= set(get_notrace_modules())
 

@@ -58,9 +58,13 @@ def _slots(lay: WindowLayout, device: torch.device) -> tuple[torch.Tensor, torch
     real = (rows < lay.height) & (cols < lay.width)  # (nWh, nWw, ws, ws)
     pos = torch.where(real, rows * lay.width + cols, torch.zeros((), dtype=torch.long))
     src = pos.reshape(-1)  # window-major, then row-major inside a window
-    inv = torch.empty(lay.height * lay.width, dtype=torch.long)
-    inv[src[real.reshape(-1)]] = torch.arange(src.numel())[real.reshape(-1)]
-    return src.to(device), inv.to(device)
+    # Each real position fills one slot; the padding slots all write to a spare last entry,
+    # dropped. A scatter, not a boolean-mask assignment: no op whose output shape depends on
+    # data, so torch.compile traces this without a graph break (it ignores the cache).
+    n = lay.height * lay.width
+    target = torch.where(real.reshape(-1), src, torch.full_like(src, n))
+    inv = torch.zeros(n + 1, dtype=torch.long).scatter_(0, target, torch.arange(src.numel()))
+    return src.to(device), inv[:n].to(device)
 
 
 def partition(x: torch.Tensor, lay: WindowLayout) -> torch.Tensor:
