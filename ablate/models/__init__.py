@@ -23,6 +23,7 @@ from ablate.models.counts import (
     count_params,
     input_error,
     model_stats,
+    single_sample_error,
 )
 from ablate.models.mixers import (
     MIXER_TABLE,
@@ -123,6 +124,6 @@ def create_model(arch: str, *, num_classes: int, in_chans: int = 3, **axes: Any)
 __all__ = [
     "MIXERS", "MIXER_TABLE", "MODEL_NAMES", "Mixer", "ModelSpec", "ModelStats", "axis_values",
     "count_flops", "count_params", "create_model", "input_error", "is_ablate_model",
-    "model_stats",
+    "model_stats", "single_sample_error",
     "register_arch", "register_block", "register_mixer", "validate_model",
 ]

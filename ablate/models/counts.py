@@ -72,6 +72,24 @@ def input_error(arch: str, *, img_size: int, num_classes: int = 2, in_chans: int
     return None
 
 
+def single_sample_error(arch: str, *, img_size: int, in_chans: int = 3, **axes) -> str | None:
+    """Why ``arch`` cannot train on micro-batches of one sample (the first line of what its
+    training-mode forward raised: a BatchNorm with one value per channel, as over a dynamic
+    kernel generator's pooled vector or a 1x1 map), or None when it can. Meta device."""
+    from ablate.models import create_model
+
+    with torch.device("meta"):
+        model = create_model(arch, num_classes=2, in_chans=in_chans, **axes).train()
+        x = torch.zeros(1, in_chans, img_size, img_size)
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as e:  # noqa: BLE001 - whatever the model's code raises is the answer
+        text = str(e).strip().splitlines()
+        return text[0].rstrip(".") if text else type(e).__name__
+    return None
+
+
 def model_stats(arch: str, *, num_classes: int, img_size: int, in_chans: int = 3,
                 **axes) -> ModelStats:
     """Parameters and multiply-adds of ``arch`` with ``axes`` at ``img_size``; cached.

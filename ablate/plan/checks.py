@@ -204,7 +204,32 @@ def check_models(sweep: Sweep, kept: list[Candidate]) -> None:
         cache.put("valid", config, True)
     _check_kernels(sweep, kept, cache)
     _check_input_sizes(sweep, kept, cache)
+    _check_single_samples(sweep, kept, cache)
     cache.save()
+
+
+def _check_single_samples(sweep: Sweep, kept: list[Candidate], cache: Any) -> None:
+    """A micro-batch of one sample trains only a model without BatchNorm over one value per
+    channel (the dynamic DWNets' kernel generators, a 1x1 last map): refused here, not at
+    the trial's first step."""
+    workers = sweep.resources.workers
+    ones = [c for c in kept if c.config.train.batch_size == workers * c.config.train.accum_steps]
+    for c in _first_per_model_at_size(ones):
+        model, img = c.config.model, c.config.data.img_size
+        config = {"model": dataclasses.asdict(model), "img_size": img}
+        if cache.get("trains_on_one", config):
+            continue
+        from ablate.models import single_sample_error
+
+        why = single_sample_error(model.arch, img_size=img, **model.axes())
+        if why is not None:
+            key = "train.accum_steps" if c.config.train.accum_steps > 1 else \
+                "train.batch_size"
+            raise sweep.error(f"{model.arch} cannot train on micro-batches of one sample: {why} "
+                              f"(trial '{c.label}')", *_source(c, key),
+                              hint="use a micro-batch (batch_size / (workers * accum_steps)) "
+                              "of at least 2")
+        cache.put("trains_on_one", config, True)
 
 
 def _check_input_sizes(sweep: Sweep, kept: list[Candidate], cache: Any) -> None:
