@@ -81,10 +81,6 @@ def _expected(raw) -> dict:
     return json.loads(raw) if isinstance(raw, str) and raw else {}
 
 
-def _expected(raw) -> dict:
-    return json.loads(raw) if isinstance(raw, str) and raw else {}
-
-
 def check_claims(trials: pd.DataFrame) -> list[Claim]:
     """Every claim the sweep declared, tested and decided as ablate.stats describes.
 

@@ -133,8 +133,6 @@ def load_trial_file(path: Path, plugins: tuple[str, ...] = (), overrides: tuple[
     checks (models, data, recipe), so ``epochs: 0`` or an unknown mixer fails here too, with
     the file, line and key. ``overrides`` (``--set train.epochs=1``) are set on it first.
     """
-    import dataclasses
-
     from ablate.plan import plan_trials
     from ablate.spec import sweep_from_tree
     from ablate.sweepfile import _read_yaml, apply_overrides
