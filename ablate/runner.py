@@ -41,7 +41,7 @@ from ablate.bookkeeping import (
     write_manifest,
 )
 from ablate.config import Trial
-from ablate.errors import AblateError
+from ablate.errors import AblateError, TrialError
 from ablate.failures import Failure, classify_record
 
 # ---------------------------------------------------------------------------- what a run reports
@@ -253,7 +253,11 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
                                      num_cpus=num_cpus, callbacks=callbacks)
             tracker, stop = Tracker(len(work.todo), on_event), _Stop(backend)
             with backend.session() as start_s:
-                backend.check_fits(work.todo, results_dir)
+                try:
+                    backend.check_fits(work.todo, results_dir)
+                except TrialError as e:  # a trial's resources: they come from the sweep file
+                    e.file = e.file or source
+                    raise
                 _write_plan(results_dir, trials, changed, manifest)
                 with stop.catching():
                     backend.run(work.todo, results_dir, max_concurrent=max_concurrent,

@@ -118,7 +118,8 @@ def test_failing_trial_is_recorded_not_retried_and_the_others_finish(tmp_path,
 
 def test_trial_larger_than_the_cluster_is_refused_before_anything_runs(tmp_path):
     big = dataclasses.replace(tiny_trial(), resources=Resources(cpus=4))
-    with pytest.raises(TrialError, match="asks for 4 CPUs but the Ray cluster has 2"):
-        runner.run_plan([big], tmp_path / "results", name="tiny")
+    with pytest.raises(TrialError, match="asks for 4 CPUs but the Ray cluster has 2") as info:
+        runner.run_plan([big], tmp_path / "results", name="tiny", source="sweeps/tiny.yaml")
+    assert str(info.value).startswith("sweeps/tiny.yaml: resources.cpus: trial ")
     # refused before anything was written: no sweep.json, no lock, not even the folder
     assert not (tmp_path / "results").exists()
