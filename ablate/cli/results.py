@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 
@@ -44,8 +45,8 @@ def _collect(results_dir: Path, quiet: bool = False, full: bool = False) -> None
     from ablate.collect import collect_results
 
     summary = collect_results(results_dir, full=full)
-    for warning in summary.warnings:
-        print(f"warning: {warning}")
+    for warning in summary.warnings:  # on stderr, as ablate run says them: stdout stays data
+        print(f"ablate: warning: {warning}", file=sys.stderr)
     if summary.written or not quiet:
         print(f"collected {summary.rows} trials ({summary.new} new, {summary.updated} updated, "
               f"{summary.unchanged} unchanged, {summary.skipped} skipped), "

@@ -10,10 +10,11 @@ def test_collect_prints_a_summary_and_one_line_per_warning(group_sweep, capsys):
     bad = record.list_trial_dirs(group_sweep)[0] / "state.json"
     bad.write_text(json.dumps({"schema": 7, "state": "done"}))
     assert main(["collect", str(group_sweep)]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert len(out) == 2
-    assert out[0].startswith("warning: skipped trial") and str(bad) in out[0]
-    assert out[1].startswith("collected 17 trials (17 new, 0 updated, 0 unchanged, 1 skipped)")
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1  # the warning, on stderr; the summary alone on stdout
+    assert err.startswith("ablate: warning: skipped trial") and str(bad) in err
+    assert out.startswith("collected 17 trials (17 new, 0 updated, 0 unchanged, 1 skipped)")
+    assert out.count("\n") == 1
 
 
 def test_figures_and_report_collect_first(group_sweep, capsys):
@@ -63,16 +64,16 @@ def test_a_finished_trial_that_lost_an_epoch_is_damaged_in_status_collect_and_re
     assert len(err.strip().splitlines()) == 1 and f"{metrics}:2: unreadable" in err
 
     assert main(["collect", str(group_sweep)]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"warning: skipped trial {tdir.name} (damaged): {metrics}:2: ")
-    assert "1 skipped" in out[1] and len(out) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"ablate: warning: skipped trial {tdir.name} (damaged): {metrics}:2: ")
+    assert "1 skipped" in out and out.count("\n") == 1 and err.count("\n") == 1
     trials, epochs = load_tables(group_sweep)
     assert tdir.name not in set(trials["id"]) and tdir.name not in set(epochs["id"])
     assert list(epochs[epochs["id"] == running.name]["epoch"]) == [1, 2]
 
     assert main(["report", str(group_sweep)]) == 0  # says so again, and leaves it out
-    out = capsys.readouterr().out
-    assert f"warning: skipped trial {tdir.name} (damaged)" in out
+    err = capsys.readouterr().err
+    assert f"ablate: warning: skipped trial {tdir.name} (damaged)" in err
 
 
 def test_every_file_written_follows_the_umask_and_no_temporary_is_left(tmp_path, factory_module,

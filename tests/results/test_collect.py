@@ -148,9 +148,9 @@ def test_a_record_corrupted_in_place_is_seen_by_an_incremental_collect(group_swe
     os.utime(tdir, ns=(folder.st_atime_ns, folder.st_mtime_ns))
     capsys.readouterr()
     assert main(["collect", str(group_sweep)]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"warning: skipped trial {tdir.name}: {state}: corrupt JSON")
-    assert "17 unchanged, 1 skipped" in out[1]
+    out, err = capsys.readouterr()
+    assert err.startswith(f"ablate: warning: skipped trial {tdir.name}: {state}: corrupt JSON")
+    assert err.count("\n") == 1 and "17 unchanged, 1 skipped" in out
     trials, epochs = load_tables(group_sweep)
     assert tdir.name not in set(trials["id"]) and tdir.name not in set(epochs["id"])
 
