@@ -48,7 +48,10 @@ def write_manifest(results_dir: Path, *, name: str, source: str | None, trials: 
     Trials of an earlier plan that this one no longer has stay listed under ``"retired"``: their
     records are kept and shown by ``ablate status``, but they are not run.
     """
-    old = read_manifest(results_dir) if (results_dir / MANIFEST).exists() else None
+    try:
+        old = read_manifest(results_dir) if (results_dir / MANIFEST).exists() else None
+    except RecordError:  # unreadable: 'ablate run --yes' was told to write it anew
+        old = None
     ids = {t.id for t in trials}
     retired: dict[str, Trial] = {}
     if old is not None:
@@ -69,16 +72,23 @@ def write_manifest(results_dir: Path, *, name: str, source: str | None, trials: 
 def read_manifest(results_dir: Path) -> dict[str, Any]:
     """``sweep.json`` with its trials as :class:`Trial` objects; RecordError if absent/bad."""
     path = Path(results_dir) / MANIFEST
-    obj = record.read_json(path)
+    rewrite = (f"rewrite it from the sweep file with 'ablate run SWEEP.yaml --results "
+               f"{results_dir} --yes' (the trials' records are kept)")
+    try:
+        obj = record.read_json(path)
+    except RecordError as e:  # deleting sweep.json, as for a trial's file, would not help
+        raise RecordError(e.what, file=path, hint=rewrite) from None
     if obj is None:
         raise RecordError("no sweep.json: not a results folder of 'ablate run'", file=path,
                           hint="pass the folder 'ablate run' wrote, e.g. results/<sweep name>")
     try:
         return {**obj, "trials": [Trial.from_dict(d) for d in obj["trials"]],
                 "retired": [Trial.from_dict(d) for d in obj.get("retired", [])]}
-    except (KeyError, TypeError, ValueError) as e:
-        raise RecordError(f"malformed sweep.json ({e})", file=path,
-                          hint="rerun 'ablate run SWEEP.yaml' to rewrite it") from None
+    except KeyError as e:
+        raise RecordError(f"malformed sweep.json (no {e} in it or in one of its trials)",
+                          file=path, hint=rewrite) from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise RecordError(f"malformed sweep.json ({e})", file=path, hint=rewrite) from None
 
 
 # ---------------------------------------------------------------------------- driver lock

@@ -266,3 +266,32 @@ def test_a_renamed_arm_relabels_its_finished_trials_tables_and_curves(tmp_path, 
     tables = pd.read_parquet(results / "trials.parquet")
     assert sorted(tables["arm"]) == ["baseline", "small kernel"]
     assert [d.name for d in (tdir / "tensorboard").iterdir()] == ["small_kernel.seed0"]
+
+
+def test_an_unreadable_sweep_json_is_rewritten_by_the_run_its_hint_names(tmp_path, monkeypatch,
+                                                                          capsys):
+    """resume, status and a plain run refuse it in one line that names the command which
+    rewrites it from the sweep file; that command does, keeping the finished trial."""
+    from ablate.cli import run as cli_run
+    from tests.runner.conftest import write_sweep
+
+    sweep = write_sweep(tmp_path / "tiny.yaml", seeds=[0])
+    results = tmp_path / "results"
+    monkeypatch.setattr(cli_run, "_make_results", lambda results: None)
+    assert main(["run", str(sweep), "--results", str(results), "--debug"]) == 0
+    (results / bookkeeping.MANIFEST).write_text('{"name": "tin')
+    capsys.readouterr()
+    rewrite = f"'ablate run SWEEP.yaml --results {results} --yes'"
+    for argv in (["resume", str(results), "--debug"], ["status", str(results)],
+                 ["run", str(sweep), "--results", str(results), "--debug"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "sweep.json: corrupt JSON" in err and rewrite in err
+    launched = []
+    monkeypatch.setattr(raybackend, "_run_on_ray", lambda *a, **k: launched.append(a))
+    assert main(["run", str(sweep), "--results", str(results), "--yes"]) == 0
+    assert launched == []  # the trial stayed finished: nothing to launch
+    assert "1 already finished, 0 to run" in capsys.readouterr().out
+    listed = [t.id for t in bookkeeping.read_manifest(results)["trials"]]
+    assert listed == [d.name for d in record.list_trial_dirs(results)]
+    assert main(["resume", str(results), "--debug"]) == 0
