@@ -1,8 +1,8 @@
 """Being connected to Ray, and checking that the cluster can run a plan, before any trial.
 
 A local Ray is always a new one, private to the run, listening on the loopback interface only;
-a joined cluster is left running, and an address where nothing answers is one line at once
-rather than minutes of Ray's retries. Before launch, :func:`check_fits` refuses a trial larger
+a joined cluster is left running, and an address where nothing answers, or where something
+that is not Ray answers, is one line at once rather than minutes of Ray's retries. Before launch, :func:`check_fits` refuses a trial larger
 than the whole cluster, and on a joined cluster :func:`check_nodes` asks one worker on each
 node whether it runs this driver's ablate and sees the results folder. Ray is imported only
 inside the functions that use it (with :mod:`ablate.raybackend` and :mod:`ablate.raytrain`,
@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -25,7 +27,13 @@ from ablate.errors import ClusterError, TrialError
 
 
 def _check_reachable(address: str, key: str, timeout_s: float = 5.0) -> None:
-    """Fail fast when nothing listens at ``address``: ray.init would retry for minutes."""
+    """Fail fast when no Ray listens at ``address``: ray.init would retry for minutes.
+
+    Nothing listening is one error; something listening that is not Ray another. Ray's
+    cluster port (and Ray Client's) is a gRPC server, which answers the HTTP/2 preface with
+    its SETTINGS frame at once; a dashboard's port (8265: HTTP/1.1), the usual slip, does not,
+    and ray.init kept retrying it for minutes with a warning every few seconds.
+    """
     if address == "auto":  # Ray finds the local cluster itself, and says so quickly if none
         return
     host, _, port = address.split("://", 1)[-1].rpartition(":")
@@ -33,24 +41,88 @@ def _check_reachable(address: str, key: str, timeout_s: float = 5.0) -> None:
         raise ClusterError(f"malformed cluster address {address!r}", key=key,
                            hint="write HOST:PORT, ray://HOST:PORT or auto")
     try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+        with socket.create_connection((host or "127.0.0.1", int(port)),
+                                      timeout=timeout_s) as conn:
+            answer = _http2_answer(conn)
     except OSError as e:
         raise ClusterError(f"nothing answers at {address!r} ({e.strerror or e})",
                            key=key, hint="start the cluster ('ray start --head') or "
                            "check the address with 'ray status --address ADDRESS'") from None
+    if answer is not None:
+        raise ClusterError(f"what answers at {address!r} is not a Ray cluster ({answer})",
+                           key=key, hint="give the head's cluster port, which 'ray start "
+                           "--head' prints (6379 by default; 8265 is the dashboard's)")
+
+
+# An HTTP/2 client's first bytes: the preface, then an empty SETTINGS frame (RFC 9113, 3.4).
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _http2_answer(conn: socket.socket) -> str | None:
+    """None when the server answers as HTTP/2 does (a SETTINGS frame first), else what it
+    did instead, in words. OSError when the connection fails."""
+    conn.sendall(_HTTP2_HELLO)
+    head = b""
+    try:
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except socket.timeout:
+        return "it sent nothing back" if not head else "it stopped answering"
+    if len(head) == 9 and head[3] == 4:  # frame type 4: SETTINGS
+        return None
+    if head.startswith(b"HTTP/1"):
+        return "it answers HTTP/1, as a web server or the dashboard does"
+    return "it closed the connection" if not head else "it answers another protocol"
 
 
 def _join_cluster(ray: Any, address: str, key: str, options: dict[str, Any]) -> None:
     """ray.init on an existing cluster; any failure to join is the user's setup, not a bug."""
     _check_reachable(address, key)
     try:
-        ray.init(address=address, **options)
+        with _stderr_held():
+            try:
+                ray.init(address=address, **options)
+            except Exception:
+                ray.shutdown()
+                raise
     except Exception as e:  # ConnectionError, auth and address-format errors alike
-        ray.shutdown()
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ClusterError(f"cannot join the Ray cluster at {address!r} ({first})", key=key,
                            hint="check it with 'ray status --address ADDRESS', "
                                 "or leave out --address to start a local Ray") from None
+
+
+@contextmanager
+def _stderr_held() -> Iterator[None]:
+    """Hold what is written to file descriptor 2 in the block, and write it out after,
+    unless the block raised: then it goes to the debug log (``ablate -v``) instead.
+
+    Ray's C++ client writes a warning each second while it retries a server it cannot use,
+    before ray.init gives up; a failed join is one line of ours, not a screen of those.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            text = held.read()
+            if failed:
+                if text:
+                    logging.getLogger(__name__).debug("ray.init wrote:\n%s",
+                                                      text.decode(errors="replace"))
+            elif text:
+                os.write(2, text)
 
 
 @contextmanager

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -65,6 +67,54 @@ def test_an_unreachable_or_malformed_address_is_one_line_and_nothing_runs(
                                      "start the cluster ('ray start --head') or check the "
                                      "address with 'ray status --address ADDRESS'"))
     assert record.list_trial_dirs(results) == []
+
+
+@pytest.fixture
+def web_server():
+    """A port where a web server answers (as the dashboard's 8265 does): not Ray's."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1]
+    server.close()
+
+
+def test_an_address_where_a_web_server_answers_is_one_line_at_once(tmp_path, web_server):
+    """Ray's cluster port speaks gRPC; given the dashboard's port, ray.init retried for
+    minutes, a warning every few seconds. Now it is refused before ray.init is called."""
+    sweep = write_sweep(tmp_path / "tiny.yaml", seeds=[0])
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = _ablate("run", str(sweep), "--results", str(tmp_path / "results"),
+                  "--address", f"127.0.0.1:{web_server}", env=env)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"ablate: error: --address: what answers at '127.0.0.1:{web_server}' is not a Ray "
+        "cluster (it answers HTTP/1, as a web server or the dashboard does); give the head's "
+        "cluster port, which 'ray start --head' prints (6379 by default; 8265 is the "
+        "dashboard's)")
+    assert not (tmp_path / "results").exists()
+
+
+def test_what_a_failed_join_writes_to_stderr_is_held_back_and_a_good_ones_is_kept(capfd):
+    from ablate.raycluster import _stderr_held
+
+    with pytest.raises(ConnectionError), _stderr_held():
+        os.write(2, b"[W gcs_client.cc] Failed to get cluster ID\n" * 20)
+        raise ConnectionError("cannot join")
+    assert capfd.readouterr().err == ""
+    with _stderr_held():
+        os.write(2, b"Connected to Ray cluster.\n")
+    assert capfd.readouterr().err == "Connected to Ray cluster.\n"
 
 
 # A node set up without this ablate: a sitecustomize on the head's PYTHONPATH runs in every
