@@ -43,7 +43,9 @@ def _check_reachable(address: str, key: str, timeout_s: float = 5.0) -> None:
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)),
                                       timeout=timeout_s) as conn:
-            answer = _http2_answer(conn)
+            # with TLS on (RAY_USE_TLS), Ray's port answers a TLS handshake, not plain HTTP/2
+            tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+            answer = None if tls else _http2_answer(conn)
     except OSError as e:
         raise ClusterError(f"nothing answers at {address!r} ({e.strerror or e})",
                            key=key, hint="start the cluster ('ray start --head') or "

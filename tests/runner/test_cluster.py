@@ -105,6 +105,17 @@ def test_an_address_where_a_web_server_answers_is_one_line_at_once(tmp_path, web
     assert not (tmp_path / "results").exists()
 
 
+def test_with_tls_on_the_greeting_is_not_sent(web_server, monkeypatch):
+    """Under RAY_USE_TLS Ray's port expects a TLS handshake: only reachability is checked."""
+    from ablate.errors import ClusterError
+    from ablate.raycluster import _check_reachable
+
+    with pytest.raises(ClusterError, match="is not a Ray cluster"):
+        _check_reachable(f"127.0.0.1:{web_server}", "--address")
+    monkeypatch.setenv("RAY_USE_TLS", "1")
+    _check_reachable(f"127.0.0.1:{web_server}", "--address")
+
+
 def test_what_a_failed_join_writes_to_stderr_is_held_back_and_a_good_ones_is_kept(capfd):
     from ablate.raycluster import _stderr_held
 
