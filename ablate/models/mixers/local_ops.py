@@ -23,7 +23,7 @@ aggregation in its input), so each device runs its own implementation of all of 
 
 Devices: the gather code below is the implementation everywhere except CUDA, where the Triton
 kernels of :mod:`ablate.models.mixers.triton_ops` run (same semantics, float32 accumulation);
-without triton installed CUDA falls back to the gather too.
+without triton installed, and for float64 tensors, CUDA runs the gather too.
 """
 
 from __future__ import annotations
@@ -214,22 +214,28 @@ def _triton():
     return triton_ops
 
 
+def _fast(t: torch.Tensor):
+    """The Triton kernels for ``t``'s dtype, or None. They accumulate in float32, so float64
+    (asked for exactness, as in the CPU/GPU agreement tests) keeps the gather's precision."""
+    return None if t.dtype == torch.float64 else _triton()
+
+
 # CUDA runs the Triton kernels; triton is imported on the first CUDA call, not with ablate.
 @_aggregate_op.register_kernel("cuda")
 def _(x, w, k):
-    fast = _triton()
+    fast = _fast(x)
     return fast.aggregate(x, w, k) if fast else _gather_aggregate(x, w, k)
 
 
 @_scatter_op.register_kernel("cuda")
 def _(a, w, k):
-    fast = _triton()
+    fast = _fast(a)
     return fast.scatter(a, w, k) if fast else _gather_scatter(a, w, k)
 
 
 @_correlate_op.register_kernel("cuda")
 def _(q, x, k, groups):
-    fast = _triton()
+    fast = _fast(q)
     return fast.correlate(q, x, k, groups) if fast else _gather_correlate(q, x, k, groups)
 
 
