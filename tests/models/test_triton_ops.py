@@ -16,16 +16,6 @@ from __future__ import annotations
 
 import os
 
-def test_float64_runs_the_gather_on_cuda_too():
-    """The kernels accumulate in float32; float64 is asked for exactness (the CPU/GPU
-    agreement of the nano models is checked in it), so it keeps the gather."""
-    from ablate.models.mixers import local_ops
-
-    assert local_ops._fast(torch.zeros(1, dtype=torch.float64)) is None
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        assert local_ops._fast(torch.zeros(1, dtype=dtype)) is local_ops._triton()
-
-
 if __name__ == "__main__":
     os.environ["TRITON_INTERPRET"] = "1"  # before anything imports the kernels
 
@@ -188,6 +178,18 @@ def test_cuda_runs_the_triton_kernels_and_falls_back_without_triton(monkeypatch)
         assert local_ops._triton() is None
     finally:
         local_ops._triton.cache_clear()
+
+
+def test_float64_runs_the_gather_on_cuda_too(monkeypatch):
+    """The kernels accumulate in float32; float64 is asked for exactness (the CPU/GPU
+    agreement of the nano models is checked in it), so it keeps the gather."""
+    from ablate.models.mixers import local_ops
+
+    kernels = object()  # stands for the triton_ops module (not imported here: see the top)
+    monkeypatch.setattr(local_ops, "_triton", lambda: kernels)
+    assert local_ops._fast(torch.zeros(1, dtype=torch.float64)) is None
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert local_ops._fast(torch.zeros(1, dtype=dtype)) is kernels
 
 
 if __name__ == "__main__":
