@@ -2,6 +2,7 @@
 
     python benchmarks/gpu.py            # on a machine with one CUDA GPU, under 8 minutes
     python benchmarks/gpu.py --check    # the correctness checks on CPU, Triton's interpreter
+    python benchmarks/gpu.py --dry-run  # every GPU row's code on CPU, toy sizes, before a GPU
 
 Needs only torch, timm, triton and ablate's pure-Python dependencies (pytest for the first
 row): Ray is never imported, and every subprocess it starts runs with Ray blocked.
