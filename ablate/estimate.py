@@ -186,19 +186,9 @@ def trial_device(trial: Trial, device: str | None, gpus: float) -> torch.device:
                                 hint="estimate on the machine the sweep will run on, or "
                                 "pass --device cpu to time it on the CPU")
         return torch.device("cuda")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise EstimateError(f"unknown device {device!r}", key="--device",
-                            hint="use cpu, cuda or cuda:N")
-    if dev.type == "cuda" and (not torch.cuda.is_available()
-                               or (dev.index or 0) >= torch.cuda.device_count()):
-        raise EstimateError(f"device {device!r} is not on this machine "
-                            f"({torch.cuda.device_count()} CUDA devices)", key="--device",
-                            hint="use --device cpu, or leave --device out")
-    return dev
+    from ablate.train import local_device
+
+    return local_device(device, error=EstimateError)
 
 
 def step_key(trial: Trial, classes: int, device: torch.device) -> tuple:

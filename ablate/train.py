@@ -52,7 +52,7 @@ from ablate.augment import BatchPrep
 from ablate.config import RecipeConfig, Trial, batch_split_error
 from ablate.data import Loaders, build_loaders, load_splits, mix_seeds
 from ablate.distributed import Ranks
-from ablate.errors import TrialError
+from ablate.errors import AblateError, TrialError
 from ablate.provenance import collect_provenance
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,24 @@ def _error_record(e: BaseException) -> dict[str, str]:
 
 
 # -- setup -------------------------------------------------------------------------------------
+
+
+def local_device(name: str, *, error: type[AblateError] = TrialError,
+                 key: str = "--device") -> torch.device:
+    """The torch device ``name`` (cpu, cuda, cuda:N) if this machine has it, else ``error``
+    in one line: checked before a trial starts, not a traceback from its first tensor."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise error(f"unknown device {name!r}", key=key, hint="use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index or 0) >= torch.cuda.device_count()):
+        raise error(f"device {name!r} is not on this machine "
+                    f"({torch.cuda.device_count()} CUDA devices)", key=key,
+                    hint=f"use {key} cpu, or leave {key} out")
+    return dev
 
 
 def _setup(trial: Trial, tdir: Path, device_arg: str | None, ranks: Ranks = Ranks()) -> Run:

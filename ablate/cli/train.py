@@ -52,7 +52,11 @@ def run_train(args: argparse.Namespace) -> int:
     from ablate.cli.run import check_results_folder
     from ablate.inprocess import train_here
 
+    from ablate.train import local_device
+
     trial, tdir = _resolve(args)
+    if args.device is not None:
+        local_device(args.device)  # one line now, not a traceback from the first tensor
     epochs = trial.config.train.epochs
     from_sweep, results = args.sweep is not None, tdir.parent.parent  # RESULTS/trials/ID
     if from_sweep:  # a sweep's results folder: the same lock as 'ablate run' holds

@@ -63,6 +63,20 @@ def test_missing_file_and_missing_arguments(tmp_path, capsys):
     assert "with --sweep, give --results" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("device, message", [
+    ("tpu", "--device: unknown device 'tpu'; use cpu, cuda or cuda:N"),
+    ("cuda:99", "--device: device 'cuda:99' is not on this machine ("),
+])
+def test_a_device_this_machine_lacks_is_one_line_and_nothing_is_written(tmp_path, capsys,
+                                                                        device, message):
+    cfg = tmp_path / "trial.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "t"), "--device", device]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"ablate: error: {message}") and err.count("\n") == 1
+    assert out == "" and not (tmp_path / "t").exists()
+
+
 def write_sweep(tmp_path):
     sweep = {"name": "tiny", "description": "two seeds of a tiny trial",
              "base": {k: v for k, v in TINY.items() if k != "seed"}, "seeds": [0, 1]}
