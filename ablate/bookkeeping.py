@@ -98,8 +98,13 @@ def read_manifest(results_dir: Path) -> dict[str, Any]:
 def driver_lock(results_dir: Path) -> Iterator[None]:
     """Hold the results folder's driver lock; TrialError if another driver holds it."""
     path = Path(results_dir) / LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a file system that refuses (read-only, /proc, a full disk)
+        raise TrialError(f"cannot write in the results folder ({e.strerror or e})",
+                         file=results_dir, hint="pass a results folder on a writable file "
+                         "system") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -61,6 +61,14 @@ def run_train(args: argparse.Namespace) -> int:
     from_sweep, results = args.sweep is not None, tdir.parent.parent  # RESULTS/trials/ID
     if from_sweep:  # a sweep's results folder: the same lock as 'ablate run' holds
         check_results_folder(results, "--results" if args.results else "results_dir")
+    else:
+        check_results_folder(tdir, "--out" if args.out else "results_dir")
+        try:
+            tdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file system that refuses (read-only, /proc, a full disk)
+            raise TrialError(f"cannot create the trial folder ({e.strerror or e})", file=tdir,
+                             key="--out", hint="pass a folder on a writable file system"
+                             ) from None
     print(f"trial {trial.id} ({trial.config.model.arch}, {trial.config.data.name}) -> {tdir}")
     with driver_lock(results) if from_sweep else nullcontext():
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -75,6 +76,20 @@ def test_a_device_this_machine_lacks_is_one_line_and_nothing_is_written(tmp_path
     out, err = capsys.readouterr()
     assert err.startswith(f"ablate: error: {message}") and err.count("\n") == 1
     assert out == "" and not (tmp_path / "t").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_the_file_system_refuses_is_one_line(tmp_path, capsys):
+    """/proc takes no new folder, even from root (for whom os.access says yes)."""
+    cfg = tmp_path / "trial.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    assert main(["train", str(cfg), "--out", "/proc/ablate-trial"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablate: error: /proc/ablate-trial: --out: ") and err.count("\n") == 1
+    sweep = write_sweep(tmp_path)
+    assert main(["run", str(sweep), "--debug", "--results", "/proc/ablate-results"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablate: error: /proc/ablate-results") and err.count("\n") == 1
 
 
 def write_sweep(tmp_path):
