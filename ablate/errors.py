@@ -87,6 +87,11 @@ class TrialError(AblateError):
     """A trial cannot be started as asked (unknown id, conflicting state)."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of what ``exc`` says, or its type's name when it says nothing."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def closest(name: str, choices: Iterable[str]) -> str | None:
     """Return the valid choice nearest to ``name``, or None when none is close."""
     match = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)

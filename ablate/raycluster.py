@@ -2,9 +2,10 @@
 
 A local Ray is always a new one, private to the run, listening on the loopback interface only;
 a joined cluster is left running, and an address where nothing answers, or where something
-that is not Ray answers, is one line at once rather than minutes of Ray's retries. Before launch, :func:`check_fits` refuses a trial larger
-than the whole cluster, and on a joined cluster :func:`check_nodes` asks one worker on each
-node whether it runs this driver's ablate and sees the results folder. Ray is imported only
+that is not Ray answers, is one line at once rather than minutes of Ray's retries. Before
+launch, :func:`check_fits` refuses a trial larger than the whole cluster, and on a joined
+cluster :func:`check_nodes` asks one worker on each node whether it runs this driver's ablate
+and sees the results folder. Ray is imported only
 inside the functions that use it (with :mod:`ablate.raybackend` and :mod:`ablate.raytrain`,
 the only modules that import it).
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.config import Trial
-from ablate.errors import ClusterError, TrialError
+from ablate.errors import ClusterError, TrialError, first_line
 
 
 def _check_reachable(address: str, key: str, timeout_s: float = 5.0) -> None:
@@ -91,10 +92,9 @@ def _join_cluster(ray: Any, address: str, key: str, options: dict[str, Any]) -> 
                 ray.shutdown()
                 raise
     except Exception as e:  # ConnectionError, auth and address-format errors alike
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ClusterError(f"cannot join the Ray cluster at {address!r} ({first})", key=key,
-                           hint="check it with 'ray status --address ADDRESS', "
-                                "or leave out --address to start a local Ray") from None
+        raise ClusterError(f"cannot join the Ray cluster at {address!r} ({first_line(e)})",
+                           key=key, hint="check it with 'ray status --address ADDRESS', "
+                           "or leave out --address to start a local Ray") from None
 
 
 @contextmanager
@@ -289,9 +289,8 @@ def _ask_nodes(marker: str, token: str, key: str, timeout_s: float) -> None:
                                "s", key=key, hint="check the node with 'ray status'") from None
         except ray.exceptions.RayError as e:
             cause = getattr(e, "cause", None) or e
-            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
             raise ClusterError(f"the Ray workers on node {ip} cannot import ablate "
-                               f"({type(cause).__name__}: {first})", key=key,
+                               f"({type(cause).__name__}: {first_line(cause)})", key=key,
                                hint=hint) from None
         if tuple(got[:2]) != want:
             raise ClusterError(f"the Ray workers on node {ip} import ablate {got[0]} with "

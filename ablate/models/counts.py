@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ablate.errors import first_line
+
 
 @dataclass(frozen=True)
 class ModelStats:
@@ -56,18 +58,14 @@ def input_error(arch: str, *, img_size: int, num_classes: int = 2, in_chans: int
     The pass that answers also counts the model, so :func:`model_stats` of the same model,
     ``num_classes`` and size is then free (``ablate plan`` checks, then reports its counts).
     """
-    from ablate.models import create_model
-
     key = _key(arch, num_classes, img_size, in_chans, axes)
     if key in _STATS:
         return None
-    with torch.device("meta"):
-        model = create_model(arch, num_classes=num_classes, in_chans=in_chans, **axes)
+    model = _meta_model(arch, num_classes, in_chans, axes)
     try:
         flops = count_flops(model, img_size, in_chans)
     except Exception as e:  # noqa: BLE001 - whatever the model's code raises is the answer
-        text = str(e).strip().splitlines()
-        return text[0].rstrip(".") if text else type(e).__name__
+        return first_line(e).rstrip(".")
     _remember(key, ModelStats(params=count_params(model), flops=flops))
     return None
 
@@ -76,17 +74,12 @@ def single_sample_error(arch: str, *, img_size: int, in_chans: int = 3, **axes) 
     """Why ``arch`` cannot train on micro-batches of one sample (the first line of what its
     training-mode forward raised: a BatchNorm with one value per channel, as over a dynamic
     kernel generator's pooled vector or a 1x1 map), or None when it can. Meta device."""
-    from ablate.models import create_model
-
-    with torch.device("meta"):
-        model = create_model(arch, num_classes=2, in_chans=in_chans, **axes).train()
-        x = torch.zeros(1, in_chans, img_size, img_size)
+    model = _meta_model(arch, 2, in_chans, axes).train()
     try:
         with torch.no_grad():
-            model(x)
+            model(torch.zeros(1, in_chans, img_size, img_size, device="meta"))
     except Exception as e:  # noqa: BLE001 - whatever the model's code raises is the answer
-        text = str(e).strip().splitlines()
-        return text[0].rstrip(".") if text else type(e).__name__
+        return first_line(e).rstrip(".")
     return None
 
 
@@ -101,13 +94,18 @@ def model_stats(arch: str, *, num_classes: int, img_size: int, in_chans: int = 3
     validate_model(arch, **axes)  # our error, before an unhashable value reaches the cache
     key = _key(arch, num_classes, img_size, in_chans, axes)
     if key not in _STATS:
-        from ablate.models import create_model
-
-        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-            model = create_model(arch, num_classes=num_classes, in_chans=in_chans, **axes)
+        model = _meta_model(arch, num_classes, in_chans, axes)
         _remember(key, ModelStats(params=count_params(model),
                                   flops=count_flops(model, img_size, in_chans)))
     return _STATS[key]
+
+
+def _meta_model(arch: str, num_classes: int, in_chans: int, axes: dict) -> nn.Module:
+    """``arch`` built on the meta device: shapes only, no memory, no initialisation cost."""
+    from ablate.models import create_model
+
+    with torch.device("meta"):
+        return create_model(arch, num_classes=num_classes, in_chans=in_chans, **axes)
 
 
 _STATS: dict[tuple, ModelStats] = {}  # the counts of this process's models, oldest first
