@@ -186,7 +186,7 @@ def trial_device(trial: Trial, device: str | None, gpus: float) -> torch.device:
                                 hint="estimate on the machine the sweep will run on, or "
                                 "pass --device cpu to time it on the CPU")
         return torch.device("cuda")
-    from ablate.train import local_device
+    from ablate.devices import local_device
 
     return local_device(device, error=EstimateError)
 

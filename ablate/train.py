@@ -9,7 +9,7 @@ the main rank's job alone. The recipe is Swin's (as in the paper) through timm's
 AdamW without decay on norms/biases/1-D parameters, lr scaled by batch/512, cosine schedule
 with warm-up stepped per iteration, gradient clipping, Mixup/CutMix with soft-target loss (or
 label smoothing), stochastic depth through the model's ``drop_path_rate``; AMP and
-channels-last on CUDA only.
+channels-last on CUDA only (ablate.devices).
 
 Data parallelism and accumulation: ``train.batch_size`` is the global batch of one optimizer
 step. Each of ``world`` ranks trains on a disjoint share of every global batch
@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import resource
 import time
 import traceback
 from collections.abc import Callable
@@ -46,13 +45,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ablate import checkpoint, curves, record
+from ablate import checkpoint, curves, devices, record
 from ablate import distributed as dist
 from ablate.augment import BatchPrep
 from ablate.config import RecipeConfig, Trial, batch_split_error
 from ablate.data import Loaders, build_loaders, load_splits, mix_seeds
 from ablate.distributed import Ranks
-from ablate.errors import AblateError, TrialError
+from ablate.errors import TrialError
 from ablate.provenance import collect_provenance
 
 log = logging.getLogger(__name__)
@@ -153,24 +152,6 @@ def _error_record(e: BaseException) -> dict[str, str]:
 # -- setup -------------------------------------------------------------------------------------
 
 
-def local_device(name: str, *, error: type[AblateError] = TrialError,
-                 key: str = "--device") -> torch.device:
-    """The torch device ``name`` (cpu, cuda, cuda:N) if this machine has it, else ``error``
-    in one line: checked before a trial starts, not a traceback from its first tensor."""
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise error(f"unknown device {name!r}", key=key, hint="use cpu, cuda or cuda:N")
-    if dev.type == "cuda" and (not torch.cuda.is_available()
-                               or (dev.index or 0) >= torch.cuda.device_count()):
-        raise error(f"device {name!r} is not on this machine "
-                    f"({torch.cuda.device_count()} CUDA devices)", key=key,
-                    hint=f"use {key} cpu, or leave {key} out")
-    return dev
-
-
 def _setup(trial: Trial, tdir: Path, device_arg: str | None, ranks: Ranks = Ranks()) -> Run:
     """Seed, then build data, model, optimisation and provenance for one attempt."""
     cfg = trial.config
@@ -178,7 +159,7 @@ def _setup(trial: Trial, tdir: Path, device_arg: str | None, ranks: Ranks = Rank
     if why:
         raise TrialError(why, key=key, hint="make train.batch_size a multiple of workers x "
                          "accum_steps (x 2 with Mixup/CutMix)")
-    device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = devices.default_device(device_arg)
     _seed_everything(cfg.seed)
     splits = load_splits(cfg.data, cfg.train)
     loaders = build_loaders(splits, cfg.train, seed=cfg.seed, pin_memory=device.type == "cuda",
@@ -202,7 +183,7 @@ def assemble_run(trial: Trial, tdir: Path, device: torch.device, loaders: Any,
     if not ranks.main:  # same weights as rank 0, but its own dropout and Mixup draws
         _seed_everything(mix_seeds(trial.config.seed, ranks.rank) % 2**32)
     optimizer, scheduler = _build_optimisation(model, recipe, steps_per_epoch)
-    amp_dtype = _amp_dtype(recipe, device)
+    amp_dtype = devices.amp_dtype(recipe, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     mixup, criterion = _build_mixing(recipe, num_classes)
     return Run(trial=trial, tdir=tdir, device=device, loaders=loaders,
@@ -249,12 +230,6 @@ def _build_optimisation(model: torch.nn.Module, recipe: RecipeConfig, steps_per_
                                   warmup_lr_init=recipe.warmup_lr * scale, warmup_prefix=True,
                                   t_in_epochs=False)
     return optimizer, scheduler
-
-
-def _amp_dtype(recipe: RecipeConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or not recipe.amp:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _build_mixing(recipe: RecipeConfig, num_classes: int):
@@ -313,7 +288,7 @@ def _train_epochs(run: Run, start_epoch: int, report: Report | None) -> dict[str
     recipe, t_start = run.trial.config.train, time.perf_counter()
     for epoch in range(start_epoch + 1, recipe.epochs + 1):
         t_epoch = time.perf_counter()
-        _reset_peak_memory(run.device)
+        devices.reset_peak_memory(run.device)
         try:
             row = {"epoch": epoch, **train_one_epoch(run, epoch)}
         except Diverged as d:
@@ -321,7 +296,7 @@ def _train_epochs(run: Run, start_epoch: int, report: Report | None) -> dict[str
             return _finish(run, record.DIVERGED, t_start, diverged=d.args[0])
         row.update(evaluate(run))
         row["time/epoch_s"] = time.perf_counter() - t_epoch
-        row["mem/peak_mb"] = _peak_memory_mb(run.device)
+        row["mem/peak_mb"] = devices.peak_memory_mb(run.device)
         run.rank_rngs = dist.gather_objects(checkpoint.capture_rng())
         if run.ranks.main:
             record_epoch(run, row, time.perf_counter() - t_start)
@@ -422,18 +397,6 @@ def evaluate(run: Run) -> dict[str, float]:
     n, loss_sum, top1, top5 = dist.sum_over_ranks([n, loss_sum, top1, top5], run.device)
     return {"val/loss": loss_sum / n, "val/top1": 100.0 * top1 / n,
             "val/top5": 100.0 * top5 / n}
-
-
-def _reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated this epoch; CPU: the process's peak resident set so far."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 # -- record: the main rank's job ----------------------------------------------------------------

@@ -33,7 +33,7 @@ LAYERS = {
               "ablate.checkpoint", "ablate.modelcache", "ablate.deepcheck"],
     "sweep": ["ablate.sweepfile", "ablate.spec"],
     "plan": ["ablate.plan"],
-    "run": ["ablate.train", "ablate.distributed", "ablate.curves", "ablate.bookkeeping",
+    "run": ["ablate.train", "ablate.devices", "ablate.distributed", "ablate.curves", "ablate.bookkeeping",
             "ablate.runner", "ablate.raybackend", "ablate.raycluster", "ablate.raytrain", "ablate.inprocess",
             "ablate.estimate"],
     "results": ["ablate.rows", "ablate.columns", "ablate.collect", "ablate.stats",

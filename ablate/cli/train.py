@@ -51,7 +51,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ablate.bookkeeping import driver_lock
     from ablate.cli.run import check_results_folder
     from ablate.inprocess import train_here
-    from ablate.train import local_device
+    from ablate.devices import local_device
 
     trial, tdir = _resolve(args)
     if args.device is not None:
