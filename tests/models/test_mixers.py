@@ -102,3 +102,23 @@ def test_local_ops_gradcheck():
     q = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w: local_aggregate(x, w, 3), (x, w))
     assert torch.autograd.gradcheck(lambda q, x: local_correlate(q, x, 3, 3), (q, x))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "permuted"])
+def test_local_ops_pass_torch_opcheck(layout):
+    """torch's own checks of a custom op: schema, autograd registration, and that the fake
+    (meta) implementation gives the real output's shape and strides, which torch.compile
+    relies on; a permuted (dense, not contiguous) input once made the fakes' strides wrong."""
+    torch.manual_seed(0)
+    b, h, w, c, g, k = 2, 4, 5, 6, 3, 3
+    if layout == "permuted":  # channels first in memory, as a plugin's NCHW tensor permuted
+        x, q, a = (torch.randn(b, c, h, w).permute(0, 2, 3, 1) for _ in range(3))
+        wt = torch.randn(b, k * k, g, h, w).permute(0, 3, 4, 1, 2)
+    else:
+        x, q, a = (torch.randn(b, h, w, c) for _ in range(3))
+        wt = torch.randn(b, h, w, k * k, g)
+    ops = torch.ops.ablate
+    for op, args in [(ops.local_aggregate, (x, wt, k)), (ops.local_scatter, (a, wt, k)),
+                     (ops.local_correlate, (q, x, k, g))]:
+        args = tuple(t.requires_grad_() if torch.is_tensor(t) else t for t in args)
+        torch.library.opcheck(op.default, args)

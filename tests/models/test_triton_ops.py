@@ -119,7 +119,30 @@ def interpret_all() -> dict[str, dict[str, float]]:
                      ("local_scatter", triton_ops.scatter),
                      ("local_correlate", triton_ops.correlate)]:
         torch.library.register_kernel(f"ablate::{name}", "cpu", fn)
-    return {case_id(case): _run_case(case, triton_ops) for case in CASES}
+    out = {case_id(case): _run_case(case, triton_ops) for case in CASES}
+    out[REFUSALS] = _refusals(triton_ops)
+    return out
+
+
+REFUSALS = "refused"
+BAD_SHAPES = {  # the kernels read without bounds checks: shapes the gather refuses, refused
+    "aggregate: channels not a multiple of groups": ("aggregate", (1, 4, 4, 7), (1, 4, 4, 9, 2)),
+    "aggregate: weights of another map": ("aggregate", (1, 4, 4, 8), (1, 4, 5, 9, 2)),
+    "correlate: q and x differ": ("correlate", (1, 4, 4, 8), (1, 4, 5, 8)),
+    "correlate: channels not a multiple of groups": ("correlate", (1, 4, 4, 8), (1, 4, 4, 8)),
+}
+
+
+def _refusals(ops) -> dict[str, bool]:
+    refused = {}
+    for name, (op, a, b) in BAD_SHAPES.items():
+        args = (torch.randn(a), torch.randn(b), 3) + ((3,) if op == "correlate" else ())
+        try:
+            getattr(ops, op)(*args)
+            refused[name] = False
+        except ValueError:
+            refused[name] = True
+    return refused
 
 
 # float32 kernels against a float64 reference: a few ulps of float32 over at most 49 * 32 terms.
@@ -151,6 +174,10 @@ def test_triton_kernels_match_the_reference(interpreted, case):
     assert set(errs) == expected
     bad = {name: e for name, e in errs.items() if not e <= TOLERANCE[case[7]]}
     assert not bad, f"relative errors above {TOLERANCE[case[7]]}: {bad}"
+
+
+def test_triton_kernels_refuse_shapes_they_would_read_out_of_bounds(interpreted):
+    assert interpreted[REFUSALS] == {name: True for name in BAD_SHAPES}
 
 
 @pytest.mark.gpu

@@ -158,14 +158,16 @@ def _correlate_op(q: torch.Tensor, x: torch.Tensor, k: int, groups: int) -> torc
     return _gather_correlate(q, x, k, groups)
 
 
+# Both implementations return a new contiguous tensor, whatever the input's strides, and so must
+# the fake ones (empty_like would copy a permuted input's strides, and compile would then fail).
 @_aggregate_op.register_fake
 def _(x, w, k):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 @_scatter_op.register_fake
 def _(a, w, k):
-    return torch.empty_like(a)
+    return a.new_empty(a.shape)
 
 
 @_correlate_op.register_fake
@@ -221,22 +223,33 @@ def _fast(t: torch.Tensor):
 
 
 # CUDA runs the Triton kernels; triton is imported on the first CUDA call, not with ablate.
+# A Triton launch goes to the current CUDA device, so each is made on its tensors' device
+# (cuda:1 under 'ablate train --device cuda:1'; Ray Train sets each worker's device itself).
 @_aggregate_op.register_kernel("cuda")
 def _(x, w, k):
     fast = _fast(x)
-    return fast.aggregate(x, w, k) if fast else _gather_aggregate(x, w, k)
+    if not fast:
+        return _gather_aggregate(x, w, k)
+    with torch.cuda.device(x.device):
+        return fast.aggregate(x, w, k)
 
 
 @_scatter_op.register_kernel("cuda")
 def _(a, w, k):
     fast = _fast(a)
-    return fast.scatter(a, w, k) if fast else _gather_scatter(a, w, k)
+    if not fast:
+        return _gather_scatter(a, w, k)
+    with torch.cuda.device(a.device):
+        return fast.scatter(a, w, k)
 
 
 @_correlate_op.register_kernel("cuda")
 def _(q, x, k, groups):
     fast = _fast(q)
-    return fast.correlate(q, x, k, groups) if fast else _gather_correlate(q, x, k, groups)
+    if not fast:
+        return _gather_correlate(q, x, k, groups)
+    with torch.cuda.device(q.device):
+        return fast.correlate(q, x, k, groups)
 
 
 # The public entry points: plain functions (FX names a node by its target's __name__, which a

@@ -97,8 +97,16 @@ def _correlate_kernel(q_ptr, x_ptr, out_ptr, n_pos, H, W, C, G, CG,
 
 
 def _check(x: torch.Tensor, w: torch.Tensor, k: int) -> None:
-    if x.dim() != 4 or w.dim() != 5 or w.shape[:3] != x.shape[:3] or w.shape[3] != k * k:
+    """The kernels index without bounds checks, so shapes the gather would refuse are refused."""
+    if (x.dim() != 4 or w.dim() != 5 or w.shape[:3] != x.shape[:3] or w.shape[3] != k * k
+            or x.shape[3] % w.shape[4]):
         raise ValueError(f"local op shapes: x {tuple(x.shape)}, w {tuple(w.shape)}, K={k}")
+
+
+def _check_pair(q: torch.Tensor, x: torch.Tensor, groups: int) -> None:
+    if q.dim() != 4 or q.shape != x.shape or groups < 1 or q.shape[3] % groups:
+        raise ValueError(f"local correlate shapes: q {tuple(q.shape)}, x {tuple(x.shape)}, "
+                         f"{groups} groups")
 
 
 def _run_aggregate(a: torch.Tensor, w: torch.Tensor, k: int, transpose: bool) -> torch.Tensor:
@@ -127,6 +135,7 @@ def scatter(a: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
 
 def correlate(q: torch.Tensor, x: torch.Tensor, k: int, groups: int) -> torch.Tensor:
     """``local_correlate``: (B, H, W, C) twice -> (B, H, W, K*K, G) stored offset-major."""
+    _check_pair(q, x, groups)
     q, x = q.contiguous(), x.contiguous()
     b, h, wd, c = q.shape
     out = q.new_empty(b, k * k, h, wd, groups).permute(0, 2, 3, 1, 4)  # as the fake op
