@@ -319,7 +319,9 @@ def build_loaders(splits: DataSplits, recipe: RecipeConfig, *, seed: int,
 
     A training batch is this rank's share of a global batch (``batch_size / world`` samples;
     see :class:`EpochSampler`); the validation loader yields this rank's share of the
-    validation set, so that the ranks together see every image exactly once. Workers are
+    validation set, so that the ranks together see every image exactly once, in batches of
+    one micro-batch (``batch_size / (world * accum_steps)``): accumulation is how a trial fits
+    its device, and evaluation must fit it too. Workers are
     persistent and prefetch several batches, so the next batch is ready while the model
     computes; each loader owns a generator so creating iterators never draws from the global
     torch RNG.
@@ -338,7 +340,7 @@ def build_loaders(splits: DataSplits, recipe: RecipeConfig, *, seed: int,
                              batch=recipe.batch_size, rank=rank, world=world),
         generator=torch.Generator().manual_seed(seed), **common)
     val = torch.utils.data.DataLoader(
-        splits.val, batch_size=per_rank, drop_last=False,
+        splits.val, batch_size=max(1, per_rank // recipe.accum_steps), drop_last=False,
         sampler=EpochSampler(len(splits.val), seed=0, shuffle=False, rank=rank, world=world),
         generator=torch.Generator().manual_seed(0), **common)
     return Loaders(train, val)

@@ -89,6 +89,20 @@ def test_batches_are_identical_with_and_without_workers():
     assert all(torch.equal(a, b) for a, b in zip(*batches))
 
 
+@pytest.mark.parametrize("world,accum,micro", [(1, 1, 8), (1, 4, 2), (2, 2, 2)])
+def test_validation_batches_are_one_micro_batch(world, accum, micro):
+    """Accumulation is how a global batch fits one device; evaluating the rank's whole share
+    at once would need the memory accumulation saved (1024 images for paper_1gpu.yaml)."""
+    recipe = RecipeConfig(batch_size=8, accum_steps=accum, workers=0)
+    seen = []
+    for rank in range(world):
+        loaders = build_loaders(load_splits(SYNTH), recipe, seed=0, rank=rank, world=world)
+        sizes = [len(y) for _, y in loaders.val]
+        assert max(sizes) == micro
+        seen += [int(i) for _, y in loaders.val for i in y]
+    assert len(seen) == SYNTH.num_val  # every image once, over the ranks
+
+
 def test_close_stops_persistent_workers_even_with_a_live_iterator():
     loaders = build_loaders(load_splits(SYNTH), RecipeConfig(batch_size=8, workers=2), seed=0)
     batches = iter(loaders.train)  # as an epoch's iterator kept alive by a traceback
