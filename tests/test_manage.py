@@ -94,6 +94,17 @@ def test_reset_by_arm_and_by_id_prefix(folder, capsys):
     assert _actions(capsys, sweep, results) == {t.id: "start" for t in trials}
 
 
+@pytest.mark.parametrize("label", ["", ",", " ", " , "])
+def test_an_empty_label_deletes_nothing(folder, capsys, label):
+    """An empty shell variable (--arm "$ARM") once selected, and deleted, every trial."""
+    sweep, results, trials = folder
+    assert main(["reset", str(results), "--arm", label, "--yes"]) == 2
+    assert "--arm" in _one_line_error(capsys)
+    assert len(record.list_trial_dirs(results)) == len(trials)
+    assert main(["plan", str(sweep), "--no-stats", "--only", label]) == 2
+    assert "--only" in _one_line_error(capsys)
+
+
 def test_reset_asks_and_a_no_deletes_nothing(folder, capsys, monkeypatch):
     _, results, trials = folder
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)

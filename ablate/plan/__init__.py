@@ -123,6 +123,11 @@ def select_trials(items: list, only: tuple[str, ...], seeds: tuple[int, ...], *,
     """
     labels = {label(i) for i in items}
     names = labels | {p for lab in labels for p in lab.split(", ")}
+    for text in only:  # '' or ',' (an empty shell variable) must not mean "every trial"
+        if not _split_names(text, names):
+            raise SpecError("an empty label selects nothing", key=f"{flag} {text!r}",
+                            hint=f"give {flag} a label ('ablate plan' lists them), or leave "
+                            f"{flag} out")
     wanted = [(text, n) for text in only for n in _split_names(text, names)]
     for text, n in wanted:
         if n not in names:
