@@ -72,7 +72,7 @@ def _import(name: str, source: str | None, load=None) -> None:
     except AblateError as e:  # the plugin's registration was refused: say which plugin
         raise PluginError(f"plugin {name!r} failed to register: {e}", file=source,
                           key="plugins") from e
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a module that calls sys.exit() when imported too
         if isinstance(e, ModuleNotFoundError) and e.name and name.startswith(e.name):
             hint = (f"no module {e.name!r} in the working directory ({Path.cwd()}) or the "
                     "environment: run from the folder that holds it, or install it")

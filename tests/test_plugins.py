@@ -113,6 +113,18 @@ def test_a_plugin_that_raises_names_itself_and_the_line(tmp_path, capsys, monkey
     assert "broken_lab.py:3" in err
 
 
+def test_a_plugin_that_exits_is_one_line_not_its_exit_status(tmp_path, capsys, monkeypatch):
+    (tmp_path / "exiting_lab.py").write_text("import sys\n\nsys.exit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sweep = _sweep(tmp_path / "lab.yaml", "x: {model.se: true}\n",
+                   plugins="plugins: [exiting_lab]")
+    assert main(["plan", str(sweep)]) == 2  # it was 3, with nothing said
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "cannot import plugin 'exiting_lab' (SystemExit: 3)" in err
+
+
 def test_ablate_axes_on_a_timm_model_are_refused_by_name(tmp_path, capsys):
     sweep = _sweep(tmp_path / "lab.yaml", "resnet: {model.arch: resnet18, model.window: "
                    "sliding}\n", plugins="")

@@ -82,7 +82,7 @@ def _factory(spec: str) -> Any:
         raise CallbackError(f"no module {e.name!r} in the working directory ({cwd}) or the "
                             "environment", key=f"{FLAG} {spec}",
                             hint="run from the folder that holds it, or install it") from e
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # sys.exit() at import is the module's error too
         raise _raised(spec, "importing it", e) from e
     factory = getattr(module, attr, None)
     if not callable(factory):
@@ -98,11 +98,11 @@ def _factory(spec: str) -> Any:
 def _call(spec: str, factory: Any) -> Any:
     try:
         return factory()
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # 'sys:exit' as the factory, say
         raise _raised(spec, "calling the factory", e) from e
 
 
-def _raised(spec: str, doing: str, e: Exception) -> CallbackError:
+def _raised(spec: str, doing: str, e: BaseException) -> CallbackError:
     frame = traceback.extract_tb(e.__traceback__)[-1]
     first = (str(e).strip().splitlines() or [""])[0]
     return CallbackError(f"{doing} raised {type(e).__name__}: {first}", key=f"{FLAG} {spec}",

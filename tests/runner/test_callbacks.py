@@ -72,6 +72,7 @@ def plugin(tmp_path, monkeypatch):
     out.mkdir()
     (folder / f"{name}.py").write_text(RECORDER.format(out=str(out)))
     (folder / "crashing_on_import.py").write_text("raise ImportError('needs mlflow>=3')\n")
+    (folder / "exiting_on_import.py").write_text("import sys\nsys.exit(3)\n")
     monkeypatch.chdir(folder)
     return name, out
 
@@ -94,6 +95,8 @@ def no_launch(monkeypatch):
     ("{m}:", "expected MODULE:FACTORY"),
     ("no_such_module_xyz:make", "no module 'no_such_module_xyz' in the working directory"),
     ("crashing_on_import:make", "importing it raised ImportError: needs mlflow>=3"),
+    ("exiting_on_import:make", "importing it raised SystemExit: 3"),
+    ("sys:exit", "calling the factory raised SystemExit"),  # was exit 0, nothing run or said
     ("{m}:nope", "has no function 'nope'"),
     ("{m}:not_a_function", "is not callable"),
     ("{m}:broken", "calling the factory raised RuntimeError: no tracking server"),
