@@ -3,9 +3,9 @@
 A local Ray is always a new one, private to the run, listening on the loopback interface only;
 a joined cluster is left running, and an address where nothing answers, or where something
 that is not Ray answers, is one line at once rather than minutes of Ray's retries. Before
-launch, :func:`check_fits` refuses a trial larger than the whole cluster, and on a joined
-cluster :func:`check_nodes` asks one worker on each node whether it runs this driver's ablate
-and sees the results folder. Ray is imported only
+launch, :func:`check_fits` refuses a trial larger than the whole cluster or a process larger
+than any node, and on a joined cluster :func:`check_nodes` asks one worker on each node
+whether it runs this driver's ablate and sees the results folder. Ray is imported only
 inside the functions that use it (with :mod:`ablate.raybackend` and :mod:`ablate.raytrain`,
 the only modules that import it).
 """
@@ -211,23 +211,43 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, *,
 
 
 def check_fits(todo: list[Trial]) -> None:
-    """TrialError for a trial asking more than the whole cluster has (Tune would wait forever)."""
+    """TrialError for a trial Ray could never place (Tune, or Ray Train's worker group, would
+    wait for it forever): more than the whole cluster has, or a process (the trial's, or one
+    worker's) larger than every node."""
     import ray
 
-    have = ray.cluster_resources()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     for t in todo:
-        r = t.resources
-        many = r.workers > 1 or r.cpus_per_worker is not None or r.gpus_per_worker is not None
-        for key, per in (("CPU", r.worker_cpus), ("GPU", r.worker_gpus)):
-            need, name = per * r.workers, f"resources.{key.lower()}s"
-            if many:
-                name += "_per_worker"
-            if need > have.get(key, 0.0):
-                asks = f"{r.workers} workers x {per:g} {key}s" if many else f"{need:g} {key}s"
-                raise TrialError(f"trial {t.id} [{t.arm}] asks for {asks} but the Ray "
-                                 f"cluster has {have.get(key, 0.0):g}", key=name,
-                                 hint="lower resources in the sweep file, or join a larger "
-                                 "cluster with --address")
+        why = fit_problem(t, ray.cluster_resources(), nodes)
+        if why:
+            what, key = why
+            raise TrialError(f"trial {t.id} [{t.arm}] {what}", key=key,
+                             hint="lower resources in the sweep file, or join a larger "
+                             "cluster with --address")
+
+
+def fit_problem(t: Trial, have: dict[str, float],
+                nodes: list[dict[str, float]]) -> tuple[str, str] | None:
+    """(what, key) when ``t`` cannot be placed on a cluster of ``have`` in all, as ``nodes``."""
+    r = t.resources
+    many = r.workers > 1 or r.cpus_per_worker is not None or r.gpus_per_worker is not None
+    suffix = "_per_worker" if many else ""
+    for key, per in (("CPU", r.worker_cpus), ("GPU", r.worker_gpus)):
+        need = per * r.workers
+        if need > have.get(key, 0.0):
+            asks = f"{r.workers} workers x {per:g} {key}s" if many else f"{need:g} {key}s"
+            return (f"asks for {asks} but the Ray cluster has {have.get(key, 0.0):g}",
+                    f"resources.{key.lower()}s{suffix}")
+    fits = [n for n in nodes
+            if n.get("CPU", 0.0) >= r.worker_cpus and n.get("GPU", 0.0) >= r.worker_gpus]
+    if nodes and not fits:  # a process runs on one node: its CPUs and GPUs must be there
+        most = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)))
+        key = "gpus" if r.worker_gpus > max(n.get("GPU", 0.0) for n in nodes) else "cpus"
+        return (f"needs {r.worker_cpus:g} CPUs and {r.worker_gpus:g} GPUs on one node "
+                f"{'per worker ' if many else ''}but no node has them (the largest has "
+                f"{most.get('CPU', 0.0):g} CPUs, {most.get('GPU', 0.0):g} GPUs)",
+                f"resources.{key}{suffix}")
+    return None
 
 
 def check_nodes(results_dir: Path, key: str, timeout_s: float = 300.0) -> None:

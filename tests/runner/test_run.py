@@ -116,6 +116,29 @@ def test_failing_trial_is_recorded_not_retried_and_the_others_finish(tmp_path,
     # whatever the backend: test_inprocess.py
 
 
+TWO_NODES = [{"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}]
+
+
+@pytest.mark.parametrize("resources, key", [
+    (Resources(cpus=6), "resources.cpus"),  # 8 CPUs in all, but a process is on one node
+    (Resources(cpus=2, gpus=2), "resources.gpus"),
+    (Resources(workers=2, cpus_per_worker=5, gpus_per_worker=1), "resources.cpus_per_worker"),
+    (Resources(workers=4, cpus_per_worker=1, gpus_per_worker=1), "resources.gpus_per_worker"),
+    (Resources(workers=2, cpus_per_worker=4, gpus_per_worker=1), None),  # a node each
+    (Resources(cpus=4, gpus=1), None),
+])
+def test_a_process_larger_than_every_node_is_refused(resources, key):
+    """Ray places a trial's process (or each worker's) on one node; one larger than every
+    node waits forever (Train V2 retries the worker group every minute), though it is
+    smaller than the cluster's total."""
+    have = {"CPU": 8.0, "GPU": 2.0}
+    why = raycluster.fit_problem(dataclasses.replace(tiny_trial(), resources=resources), have,
+                                 TWO_NODES)
+    assert (why and why[1]) == key
+    if why and "one node" in why[0]:
+        assert "the largest has 4 CPUs, 1 GPUs" in why[0]
+
+
 def test_trial_larger_than_the_cluster_is_refused_before_anything_runs(tmp_path):
     big = dataclasses.replace(tiny_trial(), resources=Resources(cpus=4))
     with pytest.raises(TrialError, match="asks for 4 CPUs but the Ray cluster has 2") as info:
