@@ -38,7 +38,7 @@ def _check_reachable(address: str, key: str, timeout_s: float = 5.0) -> None:
     if address == "auto":  # Ray finds the local cluster itself, and says so quickly if none
         return
     host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not port.isdigit():
+    if not (port.isdigit() and 0 < int(port) < 65536):
         raise ClusterError(f"malformed cluster address {address!r}", key=key,
                            hint="write HOST:PORT, ray://HOST:PORT or auto")
     try:

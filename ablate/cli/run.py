@@ -203,6 +203,12 @@ def _exists(path: Path) -> bool:
 
 def _join_from_env(address: str | None, announce: bool = True) -> tuple[str | None, str]:
     """The cluster to join: --address, else RAY_ADDRESS (joined, and said so), else none."""
+    if address is not None and not address.strip():  # an empty shell variable, say
+        from ablate.errors import ClusterError
+
+        raise ClusterError("empty cluster address", key="--address",
+                           hint="give HOST:PORT, ray://HOST:PORT or auto; leave --address out "
+                           "for a local Ray")
     if address:
         return address, "--address"
     env = os.environ.get("RAY_ADDRESS", "").strip()

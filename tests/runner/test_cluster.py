@@ -51,6 +51,8 @@ def test_run_joins_an_existing_cluster_and_leaves_it_running(tmp_path, ray_head)
 @pytest.mark.parametrize("address, message", [
     ("127.0.0.1:{port}", "nothing answers at '127.0.0.1:{port}' (Connection refused)"),
     ("nonsense", "malformed cluster address 'nonsense'"),
+    ("ray://localhost:99999", "malformed cluster address 'ray://localhost:99999'"),
+    ("", "empty cluster address"),  # it started a local Ray as if --address were not given
 ])
 def test_an_unreachable_or_malformed_address_is_one_line_and_nothing_runs(
         tmp_path, address, message):
@@ -63,7 +65,9 @@ def test_an_unreachable_or_malformed_address_is_one_line_and_nothing_runs(
     assert out.returncode == 2
     assert out.stderr.strip() == (f"ablate: error: --address: {message.format(port=port)}; "
                                   + ("write HOST:PORT, ray://HOST:PORT or auto"
-                                     if address == "nonsense" else
+                                     if "malformed" in message else
+                                     "give HOST:PORT, ray://HOST:PORT or auto; leave --address "
+                                     "out for a local Ray" if not address else
                                      "start the cluster ('ray start --head') or check the "
                                      "address with 'ray status --address ADDRESS'"))
     assert record.list_trial_dirs(results) == []
