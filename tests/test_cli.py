@@ -41,6 +41,18 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         cli.main([])
 
 
+def test_a_reader_that_stops_early_is_no_traceback():
+    """'ablate plan ... --json | head' once ended in a BrokenPipeError traceback."""
+    sweep = Path(__file__).resolve().parents[1] / "sweeps" / "main_comparison_cpu.yaml"
+    proc = subprocess.Popen([sys.executable, "-m", "ablate", "plan", str(sweep), "--json",
+                             "--no-stats", "--no-data-check"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child, still importing, writes a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""
+
+
 HEAVY = ("torch", "timm", "ray", "pandas", "matplotlib")
 
 
