@@ -54,6 +54,11 @@ def run_train(args: argparse.Namespace) -> int:
     from ablate.devices import local_device
 
     trial, tdir = _resolve(args)
+    if trial.resources.workers > 1:  # before the folder or the sweep's lock is made
+        raise TrialError(f"trial {trial.id} runs on {trial.resources.workers} data-parallel "
+                         "workers, which only 'ablate run' starts", key="resources.workers",
+                         hint="run it with 'ablate run', or train one worker here with "
+                         "resources.workers: 1 (train.accum_steps keeps the global batch)")
     if args.device is not None:
         local_device(args.device)  # one line now, not a traceback from the first tensor
     epochs = trial.config.train.epochs

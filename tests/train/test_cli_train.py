@@ -115,3 +115,21 @@ def test_trains_one_trial_of_a_sweep(tmp_path, capsys):
     assert main(["train", "--sweep", str(path), "--trial", "fffffff",
                  "--results", str(results)]) == 2
     assert "unknown trial id 'fffffff'" in capsys.readouterr().err
+
+
+
+def test_a_data_parallel_trial_of_a_sweep_is_one_line_and_nothing_is_written(tmp_path, capsys):
+    """Its workers are Ray Train's to start; the refusal came after the sweep's results
+    folder and its lock were made."""
+    from ablate.plan import load_plan
+
+    base = {k: v for k, v in TINY.items() if k != "seed"}
+    path = tmp_path / "dp.yaml"
+    path.write_text(yaml.safe_dump({"description": "two workers", "base": {
+        **base, "resources": {"workers": 2, "cpus_per_worker": 1}}}))
+    results = tmp_path / "results"
+    assert main(["train", "--sweep", str(path), "--trial", load_plan(path)[1][0].id,
+                 "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "resources.workers" in err and "ablate run" in err
+    assert not results.exists()
