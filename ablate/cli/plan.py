@@ -200,6 +200,7 @@ def build_report(sweep: Any, trials: list, results_dir: str, *, stats: bool) -> 
     return {
         "sweep": {"name": sweep.name, "description": sweep.description,
                   "path": str(sweep.path), "results_dir": results_dir,
+                  "folder_holds": _other_sweep(Path(results_dir), sweep.name),
                   "seeds": list(sweep.seeds), "max_trials": sweep.max_trials,
                   "max_concurrent": sweep.max_concurrent, "max_retries": sweep.max_retries,
                   "resources": {"cpus": sweep.resources.cpus, "gpus": sweep.resources.gpus,
@@ -259,6 +260,20 @@ def _model_stats(trials: list) -> list[dict[str, Any]]:
     return out
 
 
+def _other_sweep(results: Path, name: str) -> str | None:
+    """The name of the other sweep whose manifest the results folder holds, if it does."""
+    from ablate import bookkeeping
+    from ablate.errors import AblateError
+
+    if not (results / bookkeeping.MANIFEST).is_file():
+        return None
+    try:
+        other = bookkeeping.read_manifest(results)["name"]
+    except AblateError:  # unreadable: status and run say so, and how to rewrite it
+        return None
+    return other if other != name else None
+
+
 def render(report: dict[str, Any]) -> str:
     """The report as text: a header, one line per trial, the totals and the models."""
     s = report["sweep"]
@@ -281,6 +296,9 @@ def render(report: dict[str, Any]) -> str:
               "(* = baseline)",
               "states: " + ", ".join(f"{k} {v}" for k, v in sorted(t["states"].items())),
               "a run would: " + ", ".join(f"{k} {v}" for k, v in sorted(t["actions"].items()))]
+    if s.get("folder_holds"):
+        lines.append(f"  (the results folder holds sweep '{s['folder_holds']}': 'ablate run' "
+                     "adds these trials to it only with --yes)")
     lines += _id_notes(rows)
     lines += _claim_lines(report["claims"])
     if report.get("estimate"):

@@ -82,3 +82,23 @@ def test_paper_sweep_plans_without_its_data(capsys):
     assert "data folder does not exist" in capsys.readouterr().err
     assert main(["plan", path, "--no-stats", "--no-data-check"]) == 0
     assert "8 trials" in capsys.readouterr().out
+
+
+def test_plan_into_another_sweeps_folder_says_run_needs_yes(tmp_path, capsys):
+    """'a run would: start 4' alone misled: 'ablate run' refuses that folder without --yes."""
+    from ablate import bookkeeping
+    from ablate.plan import load_plan
+
+    path, results = tmp_path / "cli.yaml", tmp_path / "res"
+    path.write_text(SWEEP)
+    _, trials = load_plan(path)
+    bookkeeping.write_manifest(results, name="other", source="other.yaml", trials=trials[:1],
+                               max_concurrent=None)
+    argv = ["plan", str(path), "--no-stats", "--results", str(results)]
+    assert main(argv) == 0
+    assert "the results folder holds sweep 'other': 'ablate run' adds these trials to it " \
+           "only with --yes" in capsys.readouterr().out
+    bookkeeping.write_manifest(results, name="cli", source=str(path), trials=trials,
+                               max_concurrent=None)
+    assert main(argv) == 0
+    assert "holds sweep" not in capsys.readouterr().out
