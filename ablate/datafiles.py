@@ -386,6 +386,15 @@ def _folder_classes(cfg: DataConfig) -> dict[str, list[str]]:
         if not classes:
             raise DataError("no class folders", file=d, key="data.root",
                             hint=f"expected layout: {_LAYOUT['imagefolder']}")
+        if len(classes) == 1:  # it would train to 100% and say nothing
+            raise DataError(f"one class folder ({classes[0]}): a classifier needs two or more",
+                            file=d, key="data.root",
+                            hint=f"expected layout: {_LAYOUT['imagefolder']}")
+        stray = _loose_image(d)
+        if stray:  # never read: an image belongs to the class folder it is in
+            raise DataError("an image outside the class folders would be left out", file=stray,
+                            key="data.root", hint="move it into its class folder; "
+                            f"expected layout: {_LAYOUT['imagefolder']}")
         found[split] = classes
     if found["train"] != found["val"]:
         diff = sorted(set(found["train"]) ^ set(found["val"]))
@@ -393,6 +402,15 @@ def _folder_classes(cfg: DataConfig) -> dict[str, list[str]]:
                         file=root, key="data.root",
                         hint=f"give both splits the same classes; layout: {_LAYOUT['imagefolder']}")
     return found
+
+
+def _loose_image(split_dir: Path) -> Path | None:
+    """The first image file directly in a split folder (beside the class folders), if any."""
+    with os.scandir(split_dir) as entries:
+        for e in sorted(entries, key=lambda e: e.name):
+            if not e.name.startswith(".") and is_image_name(e.name) and _is(e.is_file):
+                return Path(e.path)
+    return None
 
 
 def check_data_unchanged(trials: list[Any]) -> None:

@@ -186,6 +186,8 @@ def test_image_folder(tmp_path):
     ("no_classes", "no class folders"),
     ("different_classes", "different class folders"),
     ("no_images", "no images"),
+    ("one_class", "one class folder"),  # trained to 100%, said nothing
+    ("loose_image", "an image outside the class folders"),  # silently left out
 ])
 def test_malformed_image_folder_names_path_and_layout(tmp_path, breakage, message):
     root = tmp_path / "data"
@@ -202,6 +204,14 @@ def test_malformed_image_folder_names_path_and_layout(tmp_path, breakage, messag
             (root / "train" / c).rmdir()
     elif breakage == "different_classes":
         (root / "val" / "dog").rename(root / "val" / "fox")
+    elif breakage == "one_class":
+        for split in ("train", "val"):
+            for p in (root / split / "dog").iterdir():
+                p.unlink()
+            (root / split / "dog").rmdir()
+    elif breakage == "loose_image":
+        (root / "train" / "cat" / "0.png").rename(root / "train" / "0.png")
+        (root / "train" / "notes.txt").write_text("not an image: fine beside the classes")
     cfg = DataConfig(name="imagefolder", root=str(root))
     with pytest.raises(DataError, match=message) as info:
         load_splits(cfg)
