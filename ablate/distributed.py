@@ -84,18 +84,29 @@ def sum_gradients(params: list[torch.nn.Parameter]) -> None:
 def _all_reduce_flat(grads: list[torch.Tensor]) -> None:
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
+    _copy_back(flat, grads)
+
+
+def _copy_back(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
     offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 def broadcast_buffers(model: torch.nn.Module) -> None:
-    """Give every rank rank 0's buffers (BatchNorm running statistics)."""
+    """Give every rank rank 0's buffers (BatchNorm running statistics): one broadcast per
+    dtype, of the buffers flattened together (a DWNet-T has some 180 of them; one call each
+    was a collective launch and a synchronisation apiece, every step)."""
     if not current_ranks().parallel:
         return
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for b in model.buffers():
-        dist.broadcast(b, src=0)
+        groups.setdefault((b.dtype, b.device), []).append(b)
+    for buffers in groups.values():
+        flat = torch.cat([b.reshape(-1) for b in buffers])
+        dist.broadcast(flat, src=0)
+        _copy_back(flat, buffers)
 
 
 def gather_objects(obj: Any) -> list[Any]:

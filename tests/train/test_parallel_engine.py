@@ -114,3 +114,41 @@ def test_a_two_worker_trial_in_one_process_is_refused(tmp_path):
     with pytest.raises(TrialError, match="2 workers, but 1 processes"):
         train.train_trial(_ln_trial(workers=2), tmp_path / "t", device="cpu")
     assert not (tmp_path / "t").exists()
+
+
+
+def _rank_buffers(rank: int) -> torch.nn.Module:
+    """A model whose buffers are this rank's own: BatchNorm statistics of its own batch (and
+    the int64 num_batches_tracked), and one non-contiguous buffer."""
+    torch.manual_seed(rank)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4),
+                                torch.nn.BatchNorm1d(3))
+    model[1](torch.randn(8, 4, 2, 2))
+    model[2].running_var = torch.rand(3, 2)[:, 0]  # stride 2
+    return model
+
+
+def _buffers_main(rank: int, rendezvous: str, out: str) -> None:
+    from ablate import distributed
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}",
+                                         rank=rank, world_size=2)
+    try:
+        model = _rank_buffers(rank)
+        distributed.broadcast_buffers(model)
+        torch.save(dict(model.named_buffers()), f"{out}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_buffers_are_rank_zeros_on_every_rank(tmp_path):
+    out = str(tmp_path / "buffers")
+    mp.start_processes(_buffers_main, args=(str(tmp_path / "rdv"), out), nprocs=2, join=True,
+                       start_method="spawn")
+    want = dict(_rank_buffers(0).named_buffers())
+    assert not torch.equal(want["1.running_mean"], _rank_buffers(1)[1].running_mean)
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}")
+        assert got.keys() == want.keys() and len(want) == 6
+        for name, b in want.items():
+            assert torch.equal(got[name], b) and got[name].dtype == b.dtype, (rank, name)
