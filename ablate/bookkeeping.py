@@ -82,7 +82,14 @@ def read_manifest(results_dir: Path) -> dict[str, Any]:
         raise RecordError("no sweep.json: not a results folder of 'ablate run'", file=path,
                           hint="pass the folder 'ablate run' wrote, e.g. results/<sweep name>")
     try:
-        return {**obj, "trials": [Trial.from_dict(d) for d in obj["trials"]],
+        trials = [Trial.from_dict(d) for d in obj["trials"]]
+        for i, (d, t) in enumerate(zip(obj["trials"], trials)):
+            # a value edited by hand, or of the wrong type (ablate 0.1's ids were another hash)
+            if "id" in d and d["id"] not in (t.id, t.config.legacy_id()):
+                raise RecordError(f"trials[{i}] is not the trial {d['id']} it names: its "
+                                  f"config gives id {t.id} (edited by hand?)", file=path,
+                                  hint=rewrite)
+        return {**obj, "trials": trials,
                 "retired": [Trial.from_dict(d) for d in obj.get("retired", [])]}
     except KeyError as e:
         raise RecordError(f"malformed sweep.json (no {e} in it or in one of its trials)",
