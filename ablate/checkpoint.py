@@ -4,7 +4,8 @@
 is a ``torch.save`` dict (loadable with ``weights_only=True``). An epoch checkpoint holds all
 that resuming needs::
 
-    {"format": 1, "epoch": int, "trial": id, "model": ..., "optimizer": ..., "scheduler": ..., "scaler": ...,
+    {"format": 1, "epoch": int, "trial": id, "model": ..., "optimizer": ..., "scheduler": ...,
+     "scaler": ...,
      "best": {"val/top1", "epoch"}, "elapsed_s": float, "rng": {"torch", "numpy", "python"}}
 
 ``"trial"`` is the id of the trial that wrote it (checkpoints of earlier versions lack it), so
@@ -23,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ from ablate import record
 
 CKPT_FORMAT = 1
 BEST = "best.pt"
-_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +77,7 @@ def best_weights(state: dict[str, Any]) -> dict[str, Any]:
     return {k: state[k] for k in ("format", "epoch", "trial", "model", "best") if k in state}
 
 
-def epoch_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """The epoch checkpoints in ``ckpt_dir``, newest first."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _EPOCH_RE.match(p.name))]
-    return [p for _, p in sorted(found, reverse=True)]
+epoch_checkpoints = record.epoch_checkpoints  # newest first
 
 
 def load_latest(ckpt_dir: Path) -> dict[str, Any] | None:

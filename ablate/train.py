@@ -133,13 +133,17 @@ _RECORD_FILES = ("state.json", "metrics.jsonl", "result.json", "checkpoints")
 def check_folder(tdir: Path, trial: Trial) -> None:
     """TrialError unless ``tdir`` is new, or ``trial``'s record: a folder of another trial, or
     one holding a record with no trial.json (copied, half deleted) is never trained into, since
-    its checkpoints and results would be taken for ``trial``'s. Writes nothing."""
+    its checkpoints and results would be taken for ``trial``'s. RecordError for checkpoints
+    that would fail the trial (``record.check_checkpoints``); a warning for each it will skip.
+    Writes nothing."""
     tdir = Path(tdir)
     if (tdir / "trial.json").exists():
         held = record.read_trial(tdir).id
         if held != trial.id:
             raise TrialError(f"folder holds trial {held}, not {trial.id}", file=tdir,
                              hint="give each trial its own folder")
+        for note in record.check_checkpoints(tdir):  # RecordError for one that is no file
+            log.warning("%s", note)
         return
     found = [name for name in _RECORD_FILES if (tdir / name).exists()]
     if found:
