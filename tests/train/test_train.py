@@ -241,3 +241,24 @@ def test_checkpoints_carry_the_trial_id(tmp_path, make_trial):
     train.train_trial(trial, tmp_path)
     for name in ("epoch_0001.pt", "best.pt"):
         assert torch.load(tmp_path / "checkpoints" / name, weights_only=True)["trial"] == trial.id
+
+
+def test_a_checkpoint_written_before_they_carried_the_trial_id_still_resumes(tmp_path,
+                                                                             make_trial):
+    trial = make_trial(epochs=2)
+    train.train_trial(trial, tmp_path / "whole")
+    cut = tmp_path / "cut"
+    train.train_trial(trial, cut)
+    for name in ("epoch_0001.pt", "epoch_0002.pt"):
+        path = cut / "checkpoints" / name
+        state = torch.load(path, weights_only=True)
+        del state["trial"]
+        checkpoint.save_atomic(state, path)
+    (cut / "checkpoints" / "epoch_0002.pt").unlink()
+    (cut / "result.json").unlink()
+    record.write_state(cut, record.RUNNING)
+    first = record.read_metrics(cut)[0]
+    assert train.train_trial(trial, cut)["epochs"] == 2
+    assert record.read_metrics(cut)[0] == first  # epoch 1 kept, timings and all: resumed
+    assert model_metrics(record.read_metrics(cut)) == \
+        model_metrics(record.read_metrics(tmp_path / "whole"))
