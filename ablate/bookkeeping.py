@@ -77,7 +77,8 @@ def read_manifest(results_dir: Path) -> dict[str, Any]:
     try:
         obj = record.read_json(path)
     except RecordError as e:  # deleting sweep.json, as for a trial's file, would not help
-        raise RecordError(e.what, file=path, hint=rewrite) from None
+        hint = f"delete or move it, then {rewrite}" if path.is_dir() else rewrite
+        raise RecordError(e.what, file=path, hint=hint) from None
     if obj is None:
         raise RecordError("no sweep.json: not a results folder of 'ablate run'", file=path,
                           hint="pass the folder 'ablate run' wrote, e.g. results/<sweep name>")

@@ -4,10 +4,13 @@
 is a ``torch.save`` dict (loadable with ``weights_only=True``). An epoch checkpoint holds all
 that resuming needs::
 
-    {"format": 1, "epoch": int, "model": ..., "optimizer": ..., "scheduler": ..., "scaler": ...,
+    {"format": 1, "epoch": int, "trial": id, "model": ..., "optimizer": ..., "scheduler": ...,
+     "scaler": ...,
      "best": {"val/top1", "epoch"}, "elapsed_s": float, "rng": {"torch", "numpy", "python"}}
 
-``best.pt`` holds the weights only, ``{"format", "epoch", "model", "best"}``: training never
+``"trial"`` is the id of the trial that wrote it (checkpoints of earlier versions lack it), so
+a checkpoint copied into another trial's folder is refused on resume. ``best.pt`` holds the
+weights only, ``{"format", "epoch", "trial", "model", "best"}``: training never
 resumes from it (resume reads the newest epoch checkpoint), and without AdamW's two moment
 buffers it is a third of the size.
 
@@ -21,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,6 @@ from ablate import record
 
 CKPT_FORMAT = 1
 BEST = "best.pt"
-_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +74,20 @@ def save_checkpoint(ckpt_dir: Path, state: dict[str, Any], *, is_best: bool, kee
 
 def best_weights(state: dict[str, Any]) -> dict[str, Any]:
     """What ``best.pt`` keeps of an epoch checkpoint: the model's weights and when they won."""
-    return {k: state[k] for k in ("format", "epoch", "model", "best") if k in state}
+    return {k: state[k] for k in ("format", "epoch", "trial", "model", "best") if k in state}
 
 
-def epoch_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """The epoch checkpoints in ``ckpt_dir``, newest first."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _EPOCH_RE.match(p.name))]
-    return [p for _, p in sorted(found, reverse=True)]
+epoch_checkpoints = record.epoch_checkpoints  # newest first
 
 
 def load_latest(ckpt_dir: Path) -> dict[str, Any] | None:
     """The newest epoch checkpoint that loads and is complete; None when there is none."""
+    return latest(ckpt_dir)[1]
+
+
+def latest(ckpt_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """(path, contents) of the newest epoch checkpoint that loads and is complete, else
+    (None, None). Each newer one skipped is logged as a warning naming it."""
     for path in epoch_checkpoints(ckpt_dir):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -93,9 +95,9 @@ def load_latest(ckpt_dir: Path) -> dict[str, Any] | None:
             log.warning("skipping unreadable checkpoint %s (%s)", path, type(e).__name__)
             continue
         if isinstance(state, dict) and state.get("format") == CKPT_FORMAT and "epoch" in state:
-            return state
+            return path, state
         log.warning("skipping checkpoint %s: not a format-%d checkpoint", path, CKPT_FORMAT)
-    return None
+    return None, None
 
 
 def capture_rng() -> dict[str, Any]:

@@ -63,11 +63,23 @@ class CollectSummary:
 def _trial_dirs(results_dir: Path) -> dict[str, Path]:
     """Trial id -> folder, sorted by id (folder names are the ids the writer gave them)."""
     root = record.trials_root(results_dir)
+    record.check_trials_root(results_dir)
     if not root.is_dir():
         return {}
     with os.scandir(root) as it:  # d_type, not a stat per entry: 10,000 folders in ~10 ms
         names = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
     return {name: root / name for name in names}
+
+
+def _strays(results_dir: Path) -> list[str]:
+    """Warnings for the files in trials/ where only trial folders belong (one that replaced a
+    trial's folder, say): they are no trial's record."""
+    root = record.trials_root(results_dir)
+    if not root.is_dir():
+        return []
+    with os.scandir(root) as it:
+        names = sorted(e.name for e in it if not e.is_dir() and not e.name.startswith("."))
+    return [f"skipped {record.folder_problem(root / name)}" for name in names]
 
 
 def _signature(tdir: Path) -> list[list[Any]]:
@@ -192,7 +204,7 @@ def collect_results(results_dir: str | Path, *, full: bool = False) -> CollectSu
     old = manifest["trials"] if manifest else {}
     sigs = {tid: _signature(d) for tid, d in dirs.items()}
     keep = {tid for tid, sig in sigs.items() if tid in old and old[tid]["sig"] == sig}
-    rows, warnings, read = [], [], {}
+    rows, warnings, read = [], _strays(results_dir), {}
     for tid, d in dirs.items():
         if tid not in keep:
             try:

@@ -424,7 +424,7 @@ def draw_figures(results_dir: str | Path, formats=("png", "pdf")) -> list[Path]:
     results_dir = Path(results_dir)
     trials, epochs = load_tables(results_dir)
     out = results_dir / "figures"
-    out.mkdir(parents=True, exist_ok=True)
+    record.output_dir(out)  # RecordError when a file is in the way
     paths = []
     for name, fig in make_figures(trials, epochs).items():
         paths += [save_figure(fig, out / f"{name}.{fmt}") for fmt in formats]

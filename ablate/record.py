@@ -30,8 +30,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,6 +78,49 @@ def trial_folder(results_dir: str | Path, trial: Trial) -> Path:
     return legacy_dir(results_dir, trial) or trial_dir(results_dir, trial.id)
 
 
+def unreadable(path: Path, e: OSError) -> RecordError:
+    """The RecordError of a record file that cannot be opened: a folder in its place, or an
+    error of the file system."""
+    what = "is a folder, not a file" if isinstance(e, IsADirectoryError) else \
+        f"cannot be read ({e.strerror or e})"
+    return RecordError(what, file=path, hint="delete it or move it away (or delete the trial "
+                       "folder to recompute the trial)")
+
+
+def not_a_folder(path: Path) -> RecordError:
+    return RecordError("is a file, not a folder", file=path,
+                       hint="delete it or move it away, then run the command again")
+
+
+def output_dir(path: Path) -> Path:
+    """Make the folder ``path`` (and its parents); RecordError when a file is in the way."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        bad = next((p for p in (*path.parents[::-1], path) if p.exists() and not p.is_dir()),
+                   path)
+        raise not_a_folder(bad) from None
+    return path
+
+
+def check_trials_root(results_dir: str | Path) -> None:
+    """RecordError when ``results_dir/trials`` exists but is not a folder."""
+    root = trials_root(results_dir)
+    if root.exists() and not root.is_dir():
+        raise RecordError("is a file, not the folder of the trial records", file=root,
+                          hint="move it away (the trials' records are lost if it replaced "
+                          "them), then run the command again")
+
+
+def folder_problem(tdir: Path) -> RecordError | None:
+    """Why ``tdir`` cannot hold a trial's record (a file in its place), else None."""
+    if tdir.exists() and not tdir.is_dir():
+        return RecordError("is a file, not a trial folder", file=tdir,
+                           hint="delete it or move it away; the next run trains the trial "
+                           "afresh")
+    return None
+
+
 def _create_new(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_EXCL, 0o666)
 
@@ -86,7 +131,10 @@ def _open_temp(path: Path, mode: str) -> tuple[Path, IO[Any]]:
     Two writers of the same path (two processes, or two threads) never share a temporary
     file. Created with mode 0o666 less the umask, as ``open`` would make it.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(path.parent)
+    if path.is_dir():  # the rename would fail once everything is written
+        raise RecordError("is a folder, not a file", file=path,
+                          hint="delete it or move it away, then run the command again")
     while True:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
@@ -141,6 +189,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
     try:
         obj = json.loads(path.read_text())
+    except OSError as e:  # a folder where the file should be, or a file the system refuses
+        raise unreadable(path, e) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RecordError(f"corrupt JSON ({e.msg if hasattr(e, 'msg') else e})", file=path,
                           hint="delete the file or the trial folder to recompute it") from None
@@ -255,6 +305,8 @@ def scan_metrics(tdir: Path) -> Metrics:
         lines = path.read_bytes().split(b"\n")
     except FileNotFoundError:
         return Metrics([], None)
+    except OSError as e:  # a folder named metrics.jsonl, or a file where the trial folder is
+        return Metrics([], unreadable(path, e))
     by_epoch: dict[int, dict[str, Any]] = {}
     bad: list[tuple[int, str]] = []
     torn = len(lines)  # the last piece has no newline after it: its write may have been cut
@@ -315,7 +367,54 @@ def read_provenance(tdir: Path) -> dict[str, Any] | None:
     return read_json(tdir / "provenance.json")
 
 
+CHECKPOINTS = "checkpoints"
+_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
+
+
+def epoch_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The epoch checkpoints in ``ckpt_dir`` (``epoch_NNNN.pt``), newest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _EPOCH_RE.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def check_checkpoints(tdir: Path) -> list[str]:
+    """What resuming ``tdir`` will meet in its checkpoints, read without loading any.
+
+    RecordError for what would fail the trial after launch: a ``checkpoints`` that is not a
+    folder, a checkpoint that is not a file. Returns a warning for each newest checkpoint that
+    cannot be a whole one (empty, or cut short: a torch checkpoint is a zip archive, whose
+    directory is at its end), which resuming skips, falling back to an older one or the start.
+    """
+    ckpt = tdir / CHECKPOINTS
+    reset = f"'ablate reset {tdir.parent.parent} --trial {tdir.name}' to start the trial afresh"
+    if ckpt.exists() and not ckpt.is_dir():
+        raise RecordError("is a file, not the trial's checkpoints folder", file=ckpt,
+                          hint=f"delete it (the trial then trains from its first epoch), or "
+                          f"{reset}")
+    if not ckpt.is_dir():
+        return []
+    for path in sorted(ckpt.iterdir()):
+        if (_EPOCH_RE.match(path.name) or path.name == "best.pt") and not path.is_file():
+            raise RecordError("is not a checkpoint file", file=path,
+                              hint=f"delete it (the trial resumes from an older checkpoint or "
+                              f"its first epoch), or {reset}")
+    warnings = []
+    newest = epoch_checkpoints(ckpt)
+    for i, path in enumerate(newest):
+        if zipfile.is_zipfile(path):
+            break
+        then = f"from {newest[i + 1].name}" if i + 1 < len(newest) else "from its first epoch"
+        why = "empty" if path.stat().st_size == 0 else "cut short?"
+        warnings.append(f"{path}: not a whole checkpoint ({why}); trial {tdir.name} skips it "
+                        f"and resumes {then}")
+    return warnings
+
+
 def list_trial_dirs(results_dir: str | Path) -> list[Path]:
+    """The trial folders of ``results_dir``; RecordError when ``trials`` is not a folder."""
+    check_trials_root(results_dir)
     root = trials_root(results_dir)
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
 
@@ -358,7 +457,10 @@ def trial_state(results_dir: str | Path, trial: Trial, *, driver_alive: bool | N
     (``driver_alive``; None: look) and nothing was written for STALE_S seconds; NEW: no
     state.json; else the written state.
     """
+    check_trials_root(results_dir)
     tdir = trial_folder(results_dir, trial)
+    if (err := folder_problem(tdir)) is not None:
+        return TrialState(CORRUPT, {}, [], None, err)
     try:
         raw = check_record(tdir) or {}
     except RecordError as err:

@@ -268,7 +268,7 @@ def write_report(results_dir: str | Path) -> list[Path]:
     results_dir = Path(results_dir)
     trials, _ = load_tables(results_dir)
     out = results_dir / "tables"
-    out.mkdir(parents=True, exist_ok=True)
+    record.output_dir(out)  # RecordError when a file is in the way
     info = sweep_info(results_dir)
     summary, claims = arm_summary(trials, order=list(info.order)), check_claims(trials)
     papers = paper_numbers(summary, trials)

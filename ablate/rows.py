@@ -94,6 +94,9 @@ def read_epochs(dirs: dict[str, Path]) -> tuple[pa.Table, list[tuple[str, int]],
             blob = (tdir / "metrics.jsonl").read_bytes()
         except FileNotFoundError:
             continue
+        except OSError:  # a folder named metrics.jsonl: record.scan_metrics names it
+            slow.append(tid)
+            continue
         if blob.endswith(b"\n") and b"\n\n" not in blob:
             chunk.append((tid, blob))
         elif blob:

@@ -83,6 +83,7 @@ class Triage:
     held: list[Trial]  # failed before with an error that recurs: not started
     changes: dict[str, dict[str, tuple[Any, Any]]]  # finished trials run under another config
     rerun_changed: bool  # whether the changed ones are in ``todo``
+    notes: list[str] = field(default_factory=list)  # checkpoints of ``todo`` resuming skips
 
 
 @dataclass(frozen=True)
@@ -188,16 +189,20 @@ def triage(trials: list[Trial], results_dir: Path, *, rerun_changed: bool = Fals
            retry_failed: bool = False) -> Triage:
     """Sort ``trials`` into finished, held and to-run, as a run would (reads records only).
 
-    RecordError on a trial whose record is corrupt or damaged (``bookkeeping.split_finished``).
+    RecordError on a trial whose record is corrupt or damaged (``bookkeeping.split_finished``),
+    or whose checkpoints would fail it after launch (``record.check_checkpoints``, which also
+    gives the notes: checkpoints it will skip).
     """
     finished, todo = split_finished(trials, results_dir)
     held = [] if retry_failed else held_failures(todo, results_dir)
     todo = [t for t in todo if t not in held]
+    notes = [note for t in todo
+             for note in record.check_checkpoints(record.trial_folder(results_dir, t))]
     changes = {t.id: c for t in finished if (c := config_changes(results_dir, t))}
     if rerun_changed:
         todo += [t for t in finished if t.id in changes]
         finished = [t for t in finished if t.id not in changes]
-    return Triage(finished, todo, held, changes, rerun_changed)
+    return Triage(finished, todo, held, changes, rerun_changed, notes)
 
 
 def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str | None = None,

@@ -51,7 +51,7 @@ from ablate.augment import BatchPrep
 from ablate.config import RecipeConfig, Trial, batch_split_error
 from ablate.data import Loaders, build_loaders, load_splits, mix_seeds
 from ablate.distributed import Ranks
-from ablate.errors import TrialError
+from ablate.errors import TrialError, first_line
 from ablate.provenance import collect_provenance
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,8 @@ def train_trial(trial: Trial, tdir: Path, *, report: Report | None = None,
                          f"{ranks.world} processes run it", key="resources.workers",
                          hint="run a data-parallel trial with 'ablate run', which starts "
                          "its workers")
+    if ranks.main:  # the other ranks would race the main rank's first writes
+        check_folder(tdir, trial)
     finished = _finished_result(tdir, trial)
     if finished is not None:
         return finished
@@ -125,10 +127,34 @@ def train_trial(trial: Trial, tdir: Path, *, report: Report | None = None,
             run.loaders.close()
 
 
+# What a trial's record holds besides trial.json, which is written before any of them.
+_RECORD_FILES = ("state.json", "metrics.jsonl", "result.json", "checkpoints")
+
+
+def check_folder(tdir: Path, trial: Trial) -> None:
+    """TrialError unless ``tdir`` is new, or ``trial``'s record: a folder of another trial, or
+    one holding a record with no trial.json (copied, half deleted) is never trained into, since
+    its checkpoints and results would be taken for ``trial``'s. RecordError for checkpoints
+    that would fail the trial (``record.check_checkpoints``); a warning for each it will skip.
+    Writes nothing."""
+    tdir = Path(tdir)
+    if (tdir / "trial.json").exists():
+        held = record.read_trial(tdir).id
+        if held != trial.id:
+            raise TrialError(f"folder holds trial {held}, not {trial.id}", file=tdir,
+                             hint="give each trial its own folder")
+        for note in record.check_checkpoints(tdir):  # RecordError for one that is no file
+            log.warning("%s", note)
+        return
+    found = [name for name in _RECORD_FILES if (tdir / name).exists()]
+    if found:
+        raise TrialError(f"holds {', '.join(found)} but no trial.json: the files of an unknown "
+                         f"trial, not to be taken for trial {trial.id}'s", file=tdir,
+                         hint="delete the folder (or pass another one) to train afresh; a "
+                         "results folder's trial gets its trial.json back from 'ablate resume'")
+
+
 def _finished_result(tdir: Path, trial: Trial) -> dict[str, Any] | None:
-    if (tdir / "trial.json").exists() and record.read_trial(tdir).id != trial.id:
-        raise TrialError(f"folder holds trial {record.read_trial(tdir).id}, not {trial.id}",
-                         file=tdir, hint="give each trial its own folder")
     if record.read_state(tdir) in record.FINISHED and (result := record.read_result(tdir)):
         log.info("trial %s already %s", trial.id, result.get("state"))
         return result
@@ -252,16 +278,27 @@ def _resume(run: Run) -> int:
 
     Every rank reads the same checkpoint (the main rank's) and restores its own RNG states.
     """
-    state = checkpoint.load_latest(run.tdir / "checkpoints")
+    path, state = checkpoint.latest(run.tdir / "checkpoints")
     if state is None:
         if run.ranks.main:
             record.truncate_metrics(run.tdir, 0)
         return 0
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    if run.scaler is not None and state.get("scaler"):
-        run.scaler.load_state_dict(state["scaler"])
+    owner = state.get("trial", run.trial.id)  # older ones do not say; trial.json did
+    if owner != run.trial.id:
+        raise TrialError(f"checkpoint of trial {owner}, not of {run.trial.id}", file=path,
+                         hint="delete the trial's checkpoints folder to train it from the "
+                         "start, or 'ablate reset' the trial")
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        if run.scaler is not None and state.get("scaler"):
+            run.scaler.load_state_dict(state["scaler"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise TrialError(f"checkpoint does not fit the trial's model ({first_line(e)[:200]})",
+                         file=path, hint="it is another model's: delete the trial's "
+                         "checkpoints folder to train it from the start, or 'ablate reset' "
+                         "the trial") from None
     run.best, run.elapsed_s = dict(state["best"]), float(state["elapsed_s"])
     rank_rngs = state.get("rank_rngs") or [state["rng"]]
     if len(rank_rngs) != run.ranks.world:
@@ -413,7 +450,7 @@ def record_epoch(run: Run, row: dict[str, Any], attempt_s: float) -> None:
         run.best = {"val/top1": row["val/top1"], "epoch": epoch}
     record.append_metrics(run.tdir, row)
     curves.add_epoch(run.tdir, run.trial, row)
-    state = {"epoch": epoch, "model": run.model.state_dict(),
+    state = {"epoch": epoch, "trial": run.trial.id, "model": run.model.state_dict(),
              "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
              "scaler": run.scaler.state_dict() if run.scaler is not None else None,
              "best": run.best, "elapsed_s": run.elapsed_s + attempt_s,

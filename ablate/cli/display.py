@@ -5,6 +5,7 @@ the summary at the end."""
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ def print_triage(work: Any, trials: list, results: Path, *, name: str) -> None:
     print(f"ablate: sweep {name}: {len(trials)} trials, {len(work.finished)} already finished, "
           + (f"{len(work.held)} held (failed before), " if work.held else "")
           + f"{len(work.todo)} to run; results in {results}", flush=True)
+    for note in work.notes:
+        print(f"ablate: warning: {note}", file=sys.stderr, flush=True)
     if work.changes:
         print(f"ablate: {len(work.changes)} finished trials were run with another configuration "
               f"than the plan's now ({describe_changes(work.changes)}): "

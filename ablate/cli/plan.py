@@ -59,6 +59,7 @@ def add_deep_check_option(p: argparse.ArgumentParser) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from ablate.cli.run import check_not_a_file
     from ablate.errors import AblateError
     from ablate.plan import load_plan
 
@@ -71,6 +72,7 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.deep_data_check:
         deep_check_data(trials)
     results = args.results or str(sweep.results_dir)
+    check_not_a_file(Path(results), "--results" if args.results else "results_dir")
     report = build_report(sweep, trials, results, stats=not args.no_stats)
     report["sweep"]["overrides"] = override_flags(args)
     if args.estimate:

@@ -183,15 +183,25 @@ def check_results_folder(results: Path, key: str) -> None:
     if too_long or len(os.fsencode(str(path))) > os.pathconf(existing, "PC_PATH_MAX") - 100:
         raise TrialError(f"name too long for the file system (at most {limit} bytes a name)",
                          file=results, key=key, hint="pass a shorter results folder")
+    check_not_a_file(results, key, existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TrialError(f"{existing} is not writable by this user", file=results, key=key,
+                         hint="pass a results folder you can write to")
+
+
+def check_not_a_file(results: Path, key: str, existing: Path | None = None) -> None:
+    """TrialError when ``results``, or the nearest of its ancestors that exists, is a file."""
+    from ablate.errors import TrialError
+
+    path = Path(os.path.abspath(results))
+    if existing is None:
+        existing = next(p for p in (*path.parents[::-1], path)[::-1] if _exists(p))
     if existing == path and not path.is_dir():
         raise TrialError("is a file, not a results folder", file=results, key=key,
                          hint="pass a folder (it is created if missing)")
     if not existing.is_dir():
         raise TrialError(f"{existing} is a file, so no folder can be made under it",
                          file=results, key=key, hint="pass another results folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise TrialError(f"{existing} is not writable by this user", file=results, key=key,
-                         hint="pass a results folder you can write to")
 
 
 def _exists(path: Path) -> bool:

@@ -50,8 +50,9 @@ def run_train(args: argparse.Namespace) -> int:
     from ablate import record
     from ablate.bookkeeping import driver_lock
     from ablate.cli.run import check_results_folder
-    from ablate.inprocess import train_here
     from ablate.devices import local_device
+    from ablate.inprocess import train_here
+    from ablate.train import check_folder
 
     trial, tdir = _resolve(args)
     if trial.resources.workers > 1:  # before the folder or the sweep's lock is made
@@ -67,6 +68,8 @@ def run_train(args: argparse.Namespace) -> int:
         check_results_folder(results, "--results" if args.results else "results_dir")
     else:
         check_results_folder(tdir, "--out" if args.out else "results_dir")
+    check_folder(tdir, trial)  # another trial's files are never resumed as this one's
+    if not from_sweep:
         try:
             tdir.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # a file system that refuses (read-only, /proc, a full disk)

@@ -40,7 +40,7 @@ def test_by_default_a_finished_trial_keeps_its_last_epoch_and_the_best_weights(t
     ckpt = tmp_path / "checkpoints"
     assert sorted(p.name for p in ckpt.iterdir()) == ["best.pt", "epoch_0003.pt"]
     best = torch.load(ckpt / "best.pt", map_location="cpu", weights_only=True)
-    assert set(best) == {"format", "epoch", "model", "best"}  # no optimiser state, no RNG
+    assert set(best) == {"format", "epoch", "trial", "model", "best"}  # no optimiser, no RNG
     assert best["epoch"] == result["best"]["epoch"] == best["best"]["epoch"]
     # the weights load into a fresh model of the trial's kind and give its best val/top1
     m = trial.config.model

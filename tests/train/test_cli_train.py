@@ -117,7 +117,6 @@ def test_trains_one_trial_of_a_sweep(tmp_path, capsys):
     assert "unknown trial id 'fffffff'" in capsys.readouterr().err
 
 
-
 def test_a_data_parallel_trial_of_a_sweep_is_one_line_and_nothing_is_written(tmp_path, capsys):
     """Its workers are Ray Train's to start; the refusal came after the sweep's results
     folder and its lock were made."""
@@ -133,3 +132,52 @@ def test_a_data_parallel_trial_of_a_sweep_is_one_line_and_nothing_is_written(tmp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "resources.workers" in err and "ablate run" in err
     assert not results.exists()
+
+
+@pytest.mark.parametrize("arch", ["dwnet_nano", "ablate_swin_nano"])
+def test_a_folder_of_files_without_trial_json_is_refused_before_anything_is_written(
+        tmp_path, capsys, arch):
+    """A copied or half-deleted trial folder: checkpoints and records of an unknown trial.
+    Resuming them would record another trial's epochs as this one's (the same architecture)
+    or relabel the folder, then crash (another one)."""
+    import shutil
+
+    cfg = tmp_path / "trial.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "a")]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "a", copy)
+    (copy / "trial.json").unlink()
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**TINY, "model": {"arch": arch}, "seed": 2}))
+    capsys.readouterr()
+    assert main(["train", str(other), "--out", str(copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(copy) in err and "no trial.json" in err
+    assert "checkpoints" in err
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
+
+
+def test_a_checkpoint_of_another_trial_is_refused_on_resume(tmp_path, capsys):
+    """trial.json is this trial's, but its checkpoints were copied from another trial of the
+    same model: resuming them would record the other trial's epochs as this one's."""
+    import shutil
+
+    cfg, other = tmp_path / "trial.yaml", tmp_path / "other.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "epochs": 3}}))
+    other.write_text(yaml.safe_dump({**TINY, "seed": 2}))
+    assert main(["train", str(other), "--out", str(tmp_path / "b")]) == 0
+    out = tmp_path / "a"
+    assert main(["train", str(cfg), "--out", str(out)]) == 0
+    shutil.rmtree(out / "checkpoints")
+    shutil.copytree(tmp_path / "b" / "checkpoints", out / "checkpoints")
+    (out / "result.json").unlink()
+    record.write_state(out, record.RUNNING)  # as if killed after epoch 2
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint of trial" in err
+    assert str(out / "checkpoints" / "epoch_0002.pt") in err
+    assert record.read_state(out) == record.FAILED
+    assert [r["epoch"] for r in record.read_metrics(out)] == [1, 2, 3]  # its own, kept

@@ -216,3 +216,49 @@ def test_cuda_trial_with_amp_and_channels_last(tmp_path, make_trial):
     assert result["state"] == "done"
     assert record.read_provenance(tmp_path)["device"].startswith("cuda:")
     assert 0 < result["final"]["mem/peak_mb"] < 4096  # CUDA allocator peak, not process RSS
+
+
+def test_a_checkpoint_of_another_model_is_a_trial_error_naming_it(tmp_path, make_trial):
+    """A checkpoint without a trial id (as earlier versions wrote them) under this trial's
+    trial.json, but of another architecture: one line naming it, not load_state_dict's
+    RuntimeError."""
+    trial, other = make_trial(epochs=2), make_trial(epochs=1, arch="ablate_swin_nano")
+    train.train_trial(trial, tmp_path / "a")
+    train.train_trial(other, tmp_path / "b")
+    foreign = torch.load(tmp_path / "b" / "checkpoints" / "epoch_0001.pt", weights_only=True)
+    del foreign["trial"]
+    newest = tmp_path / "a" / "checkpoints" / "epoch_0002.pt"
+    checkpoint.save_atomic(foreign, newest)
+    (tmp_path / "a" / "result.json").unlink()
+    record.write_state(tmp_path / "a", record.RUNNING)
+    with pytest.raises(TrialError, match="does not fit the trial's model") as info:
+        train.train_trial(trial, tmp_path / "a")
+    assert info.value.file == str(newest) and "\n" not in str(info.value)
+
+
+def test_checkpoints_carry_the_trial_id(tmp_path, make_trial):
+    trial = make_trial(epochs=1)
+    train.train_trial(trial, tmp_path)
+    for name in ("epoch_0001.pt", "best.pt"):
+        assert torch.load(tmp_path / "checkpoints" / name, weights_only=True)["trial"] == trial.id
+
+
+def test_a_checkpoint_written_before_they_carried_the_trial_id_still_resumes(tmp_path,
+                                                                             make_trial):
+    trial = make_trial(epochs=2)
+    train.train_trial(trial, tmp_path / "whole")
+    cut = tmp_path / "cut"
+    train.train_trial(trial, cut)
+    for name in ("epoch_0001.pt", "epoch_0002.pt"):
+        path = cut / "checkpoints" / name
+        state = torch.load(path, weights_only=True)
+        del state["trial"]
+        checkpoint.save_atomic(state, path)
+    (cut / "checkpoints" / "epoch_0002.pt").unlink()
+    (cut / "result.json").unlink()
+    record.write_state(cut, record.RUNNING)
+    first = record.read_metrics(cut)[0]
+    assert train.train_trial(trial, cut)["epochs"] == 2
+    assert record.read_metrics(cut)[0] == first  # epoch 1 kept, timings and all: resumed
+    assert model_metrics(record.read_metrics(cut)) == \
+        model_metrics(record.read_metrics(tmp_path / "whole"))
