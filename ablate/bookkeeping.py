@@ -72,13 +72,8 @@ def write_manifest(results_dir: Path, *, name: str, source: str | None, trials: 
 def read_manifest(results_dir: Path) -> dict[str, Any]:
     """``sweep.json`` with its trials as :class:`Trial` objects; RecordError if absent/bad."""
     path = Path(results_dir) / MANIFEST
-    rewrite = (f"rewrite it from the sweep file with 'ablate run SWEEP.yaml --results "
-               f"{results_dir} --yes' (the trials' records are kept)")
-    try:
-        obj = record.read_json(path)
-    except RecordError as e:  # deleting sweep.json, as for a trial's file, would not help
-        hint = f"delete or move it, then {rewrite}" if path.is_dir() else rewrite
-        raise RecordError(e.what, file=path, hint=hint) from None
+    rewrite = record.manifest_hint(results_dir)
+    obj = record.read_sweep_json(results_dir)
     if obj is None:
         raise RecordError("no sweep.json: not a results folder of 'ablate run'", file=path,
                           hint="pass the folder 'ablate run' wrote, e.g. results/<sweep name>")

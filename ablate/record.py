@@ -78,6 +78,25 @@ def trial_folder(results_dir: str | Path, trial: Trial) -> Path:
     return legacy_dir(results_dir, trial) or trial_dir(results_dir, trial.id)
 
 
+def read_sweep_json(results_dir: str | Path) -> dict[str, Any] | None:
+    """A results folder's ``sweep.json`` as JSON (None when absent); RecordError naming the
+    command that rewrites it when it cannot be read (deleting it, as a trial's file, would
+    lose the plan that 'ablate resume' runs)."""
+    path = Path(results_dir) / "sweep.json"
+    try:
+        return read_json(path)
+    except RecordError as e:
+        raise RecordError(e.what, file=path, hint=manifest_hint(results_dir)) from None
+
+
+def manifest_hint(results_dir: str | Path) -> str:
+    """How to mend an unreadable sweep.json: write it anew from the sweep file."""
+    rewrite = (f"rewrite it from the sweep file with 'ablate run SWEEP.yaml --results "
+               f"{results_dir} --yes' (the trials' records are kept)")
+    folder = (Path(results_dir) / "sweep.json").is_dir()
+    return f"delete or move it, then {rewrite}" if folder else rewrite
+
+
 def unreadable(path: Path, e: OSError) -> RecordError:
     """The RecordError of a record file that cannot be opened: a folder in its place, or an
     error of the file system."""

@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 
 from ablate import record
-from ablate.errors import RecordError
 
 # The recipe's main knobs, in the order a paper states them: (column, label).
 KNOBS = (("train.lr", "learning rate (per 512 images)"), ("train.weight_decay", "weight decay"),
@@ -40,14 +39,7 @@ def sweep_info(results_dir: Path) -> SweepInfo:
     Every part is optional: a folder without sweep.json (or of an older ablate, which did not
     record the description) gives what is left, and a report is still written.
     """
-    path = results_dir / "sweep.json"
-    try:
-        raw = record.read_json(path) if path.exists() else None
-    except RecordError as e:  # deleting it, as a trial's file, would not help
-        rewrite = (f"rewrite it with 'ablate run SWEEP.yaml --results {results_dir} --yes' "
-                   "(the trials' records are kept)")
-        hint = f"delete or move it, then {rewrite}" if path.is_dir() else rewrite
-        raise RecordError(e.what, file=path, hint=hint) from None
+    raw = record.read_sweep_json(results_dir)
     if not isinstance(raw, dict):
         return SweepInfo(None, None, ())
     order = tuple(dict.fromkeys(t.get("arm") for t in raw.get("trials", [])

@@ -43,6 +43,11 @@ def _folder(path):
     return path
 
 
+def _garbled(path):
+    path.write_text('{"name": "cut sh')
+    return path
+
+
 # name -> (what breaks, given (results, tdir): the path the line must name)
 BREAKS = {
     "trial folder is a file": lambda r, t: _file(t),
@@ -51,6 +56,7 @@ BREAKS = {
     "trial.json is a folder": lambda r, t: _folder(t / "trial.json"),
     "state.json is a folder": lambda r, t: _folder(t / "state.json"),
     "sweep.json is a folder": lambda r, t: _folder(r / "sweep.json"),
+    "sweep.json is not JSON": lambda r, t: _garbled(r / "sweep.json"),
     "figures is a file": lambda r, t: _file(r / "figures"),
     "tables is a file": lambda r, t: _file(r / "tables"),
     "trials.parquet is a folder": lambda r, t: _folder(r / "trials.parquet"),
@@ -66,7 +72,8 @@ CASES = [
     ("trials is a file", "prune", 2),
     ("trials is a file", "collect", 2),
     *[(b, c, "warn") for b in TRIAL_LEVEL for c in ("collect", "report")],
-    *[("sweep.json is a folder", c, 2) for c in ("status", "report", "resume", "run")],
+    *[(b, c, 2) for b in ("sweep.json is a folder", "sweep.json is not JSON")
+      for c in ("status", "report", "resume", "run")],
     ("figures is a file", "figures", 2),
     ("tables is a file", "report", 2),
     ("trials.parquet is a folder", "collect", 2),
@@ -95,6 +102,8 @@ def test_a_file_or_folder_in_the_wrong_place_is_one_line(finished, monkeypatch, 
     if expect == 2:
         assert code == 2 and len(errors) == 1 and str(bad) in errors[0], err
         assert "Traceback" not in err
+        if bad.name == "sweep.json":  # never "delete it": that would lose the plan
+            assert "rewrite it from the sweep file with 'ablate run SWEEP.yaml" in errors[0]
     elif expect == "warn":
         assert code == 0 and errors == [], err
         warnings = [line for line in err.splitlines() if line.startswith("ablate: warning:")]
