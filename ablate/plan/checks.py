@@ -116,8 +116,9 @@ def check_splits(sweep: Sweep, kept: list[Candidate],
             continue
         (n_train, n_val), why = sizes
         if why:
+            way = "raise" if n_val < KNOWN_CLASSES["digits"] else "lower"
             raise sweep.error(f"{why} (trial '{c.label}')", *_source(c, "data.val_fraction"),
-                              hint=f"raise data.val_fraction (the {data.name} set has "
+                              hint=f"{way} data.val_fraction (the {data.name} set has "
                               f"{DIGITS_IMAGES} images in {KNOWN_CLASSES['digits']} classes)")
         if n_train < batch:
             raise sweep.error(f"batch_size {batch} is larger than the training split "
