@@ -87,7 +87,6 @@ def _d(cls: type, name: str) -> Any:
 # Each config field is declared once, in ablate.config, with its default and bounds (and why
 # the bounds are what they are); the section models below are made from those declarations.
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
-_Pos = Annotated[int, Field(ge=1)]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"  # a safe folder name: no "..", no "/"
 _MODULE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # a dotted module name
 
@@ -147,8 +146,8 @@ class _SweepSpec(BaseModel):
     seeds: Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]], Field(min_length=1)] = [0]
     expected: dict[str, dict[str, float | str]] = {}
     alpha: Annotated[float, Field(gt=0, le=0.5)] = ALPHA  # above 0.5 both directions "agree"
-    max_trials: _Pos = 256
-    max_concurrent: _Pos | None = None
+    max_trials: Annotated[int, Field(ge=1, le=10**9)] = 256
+    max_concurrent: Annotated[int, Field(ge=1, le=10**6)] | None = None
     max_retries: _MaxRetries = _d(Resources, "max_retries")
 
 
@@ -240,6 +239,12 @@ def sweep_from_tree(raw: dict[str, Any], locs: dict, path: Path) -> Sweep:
     for key in ("grid", "paired", "arms", "exclude", "expected", "max_concurrent"):
         if key in raw and raw[key] is None:
             del raw[key]
+    base = raw.get("base")
+    if isinstance(base, dict) and isinstance(base.get("resources"), dict):
+        # a null removes the key (an inherited one too), so an extending file can switch from
+        # one resources form to the other: {workers: null, cpus_per_worker: null, cpus: 2}
+        raw["base"] = {**base, "resources": {k: v for k, v in base["resources"].items()
+                                             if v is not None}}
     try:
         spec = _SweepSpec.model_validate(raw)
     except ValidationError as e:
@@ -259,11 +264,15 @@ def _explain(err: dict) -> tuple[str, str | None]:
     """A pydantic error as (what, hint) in our words."""
     kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
     if kind in _EXPECTED:
+        if isinstance(value, str) and re.fullmatch(r"[-+]?[0-9]+(:[0-9]+)+(\.[0-9]*)?", value):
+            return (f"expected {_EXPECTED[kind]}, got {_show(value)}", "write the number "
+                    "itself (YAML 1.1 would read this as a base-60 number; ablate does not)")
         return f"expected {_EXPECTED[kind]}, got {_show(value)}", None
     bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
               "less_than_equal": "<="}
     if kind in bounds:
         limit = next(iter(ctx.values()))
+        limit = f"{limit:g}" if isinstance(limit, float) and abs(limit) >= 1e6 else limit
         return f"must be {bounds[kind]} {limit}, got {_show(value)}", None
     if kind in ("too_short", "string_too_short"):
         return "must not be empty", None
@@ -381,9 +390,31 @@ def _resources(given: BaseModel, max_retries: int, err: Any) -> Resources:
     if one and many:
         raise err(f"'{many[0]}' cannot be combined with '{one[0]}'", "base", "resources",
                   many[0], hint="write either cpus/gpus (a trial of one process) or workers "
-                  "with cpus_per_worker/gpus_per_worker (resources merge with the files this "
-                  "one extends)")
-    return Resources(**{k: getattr(given, k) for k in (*one, *many)}, max_retries=max_retries)
+                  "with cpus_per_worker/gpus_per_worker; resources merge with the files this "
+                  "one extends: to switch forms, set the unwanted form's keys to null ("
+                  f"{', '.join(f'{k}: null' for k in many)}, or {', '.join(f'{k}: null' for k in one)})")
+    for key in (*one, *many):
+        amount = getattr(given, key)
+        if isinstance(amount, float) and amount and not _in_units(amount):
+            raise err(f"{amount!r} is not a multiple of {RESOURCE_UNIT}, the finest fraction "
+                      "of a CPU or GPU Ray schedules", "base", "resources", key,
+                      hint=f"give a multiple of {RESOURCE_UNIT} (Ray refuses a finer one when "
+                      "the run starts)")
+    res = Resources(**{k: getattr(given, k) for k in (*one, *many)}, max_retries=max_retries)
+    if res.workers > 1 and res.worker_gpus != int(res.worker_gpus):
+        raise err(f"{res.workers} workers cannot share GPUs ({res.worker_gpus!r} GPU a "
+                  "worker): two NCCL ranks cannot use one GPU", "base", "resources",
+                  "gpus_per_worker", hint="give each worker a whole GPU, or use one worker")
+    return res
+
+
+RESOURCE_UNIT = 0.0001  # Ray counts CPUs and GPUs in units of 1/10,000
+
+
+def _in_units(amount: float) -> bool:
+    """Whether ``amount`` is a whole number of Ray's resource units (up to float rounding)."""
+    units = amount / RESOURCE_UNIT
+    return round(units) >= 1 and abs(units - round(units)) <= 1e-6 * max(1.0, units)
 
 
 def _resources_to_yaml(r: Resources) -> dict[str, Any]:
