@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.config import DataConfig, batch_split_error
-from ablate.errors import AblateError, SpecError, closest
+from ablate.errors import AblateError, SpecError, closest, first_line
 from ablate.plan.expand import Candidate
 from ablate.spec import Sweep, _dotted
 
@@ -76,8 +76,42 @@ def check_recipes(sweep: Sweep, kept: list[Candidate]) -> None:
             if not _RAND_SECTION.match(section):
                 raise sweep.error(f"randaugment section {section!r} is not one timm knows "
                                   f"(trial '{c.label}')", *_source(c, "train.randaugment"),
-                                  hint="sections are m<magnitude>, n<ops>, mstd<std>, "
-                                  "mmax<max>, inc<0|1>, p<prob>: e.g. rand-m9-mstd0.5-inc1")
+                                  hint=_RAND_HINT)
+    _check_randaugment_values(sweep, kept)
+
+
+_RAND_HINT = ("sections are m<magnitude>, n<ops>, mstd<std>, mmax<max>, inc<0|1>, p<prob>: "
+              "e.g. rand-m9-mstd0.5-inc1")
+
+
+def _check_randaugment_values(sweep: Sweep, kept: list[Candidate]) -> None:
+    """Each RandAugment string parsed by timm's own parser (the one training calls), so that a
+    value it cannot read (``m1.2.3``: int('1.2.3')) is refused here, not in the first epoch.
+    Remembered in the model cache: a second plan imports no timm for it."""
+    from ablate.modelcache import ModelCache
+    from ablate.plugins import loaded_plugins
+
+    cache = None
+    seen: set = set()
+    for c in kept:
+        text = c.config.train.randaugment
+        if not text or text in seen:
+            continue
+        seen.add(text)
+        cache = cache or ModelCache(loaded_plugins())
+        if cache.get("randaugment", {"text": text}):
+            continue
+        from timm.data.auto_augment import rand_augment_transform
+
+        try:
+            rand_augment_transform(text, {})
+        except Exception as e:  # noqa: BLE001 - timm raises ValueError, AssertionError, ...
+            raise sweep.error(f"randaugment {text!r} cannot be read by timm ({first_line(e)}) "
+                              f"(trial '{c.label}')", *_source(c, "train.randaugment"),
+                              hint=_RAND_HINT) from None
+        cache.put("randaugment", {"text": text}, True)
+    if cache is not None:
+        cache.save()
 
 
 def _check_split(sweep: Sweep, c: Candidate, workers: int) -> None:
