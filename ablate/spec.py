@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import typing
 from dataclasses import MISSING, dataclass, field
@@ -70,7 +71,8 @@ from ablate.config import (
     Resources,
     TrialConfig,
 )
-from ablate.errors import SpecError, unknown_name_hint
+from ablate.errors import SpecError, closest, unknown_name_hint
+from ablate.record import METRICS
 from ablate.sweepfile import KeyPath, _dotted, _load_tree, _show, _where, apply_overrides
 
 DIRECTION = re.compile(r"^\s*(>|<|~)\s*(\S.*?)\s*$")
@@ -485,8 +487,15 @@ def _parse_expected(label: str, metrics: dict[str, Any], err: Any,
         if not METRIC.match(metric):
             raise err(f"metric '{metric}' is not of the form split/name", "expected", label,
                       metric, hint="e.g. val/top1")
+        if metric not in METRICS:
+            raise err(f"metric '{metric}' is never recorded", "expected", label, metric,
+                      hint=(f"did you mean '{near}'? " if (near := closest(metric, METRICS))
+                            else "") + f"a trial records {', '.join(METRICS)}")
         out[metric] = _parse_claim(value, err, ("expected", label, metric)) \
             if isinstance(value, str) else value
+        if isinstance(out[metric], dict) and out[metric]["than"] == label:
+            raise err(f"the claim compares '{label}' with itself", "expected", label, metric,
+                      hint="name another trial's label after the operator")
         if isinstance(out[metric], dict) and alpha != ALPHA:
             out[metric]["alpha"] = alpha
     return out
@@ -511,6 +520,9 @@ def _parse_claim(value: str, err: Any, at: KeyPath) -> dict[str, Any]:
     out: dict[str, Any] = {"op": op, "than": than}
     if margin:
         out["margin"] = float(margin.group(2))
+        if not math.isfinite(out["margin"]):
+            raise err(f"the margin must be a finite number, got {_show(value)}", *at,
+                      hint="give the margin in the metric's units, e.g. ± 0.5")
         if out["margin"] <= 0:
             raise err(f"the margin must be > 0, got {_show(value)}", *at)
     return out
