@@ -10,17 +10,20 @@ The language (every key optional unless marked; unknown keys are errors at any d
                                   # deep-merged under this file; name and description are not
                                   # inherited; lists are replaced, not merged; a null in this file
                                   # replaces the inherited value, and removes an inherited grid /
-                                  # paired axis, arm or expected entry
+                                  # paired axis, arm, expected entry or resources key (to switch
+                                  # between the two resources forms)
     base:                         # required: the baseline trial
       model: {arch: dwnet_tiny, group_size: 8, ...}   # arch required; axes = ModelConfig fields
       data: {name: imagefolder, root: /data/imagenet, img_size: 224, num_classes: 1000}
       train: {epochs: 300, lr: 5.0e-4, ...}           # RecipeConfig fields (lr per 512 images)
       resources: {cpus: 8, gpus: 1}                    # per trial; gpus may be a fraction
+                                                       # (a multiple of 0.0001, Ray's unit)
       # or a data-parallel trial (never mixed with cpus/gpus):
       # resources: {workers: 8, cpus_per_worker: 8, gpus_per_worker: 1}
     grid:   {model.group_size: [1, 4, 8]}              # cartesian product of the axes
     paired: {model.arch: [a, b], model.window: [shifted, sliding]}   # advanced together
-    arms:   {dynamic: {model.arch: dynamic_dwnet_tiny}}  # one-factor differences from base
+    arms:   {dynamic: {model.arch: dynamic_dwnet_tiny}}  # one-factor differences from base;
+                                  # labels (and baseline) are letters, digits, '_' and '-'
     baseline: dwnet               # label of the trial that is base unchanged (default "baseline")
     exclude: [{model.window: shifted, model.group_size: [1, 4]}]  # drop a trial matching all
                                   # entries of any condition (a value or a list of values;
@@ -438,9 +441,23 @@ def _axes(axes: dict[str, list[Any]], section: str, err: Any) -> tuple:
     return tuple(out)
 
 
+# An arm label is one part of a trial label ("se, kernel_size=5"): ", " joins the parts and
+# "=" marks a grid value, so --only and reset --arm could not tell them apart; a "." would
+# split --set arms.LABEL.model.se at the wrong place. Letters, digits, "_" and "-" only.
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_LABEL_WHY = "may hold only letters, digits, '_' and '-'"
+_LABEL_HINT = ("rename it, e.g. kernel_size_5 (', ' joins a trial label's parts and '=' marks "
+               "a grid value, so --only and reset --arm could not tell them apart)")
+
+
 def _arms(spec: _SweepSpec, err: Any, axis_keys: set[str]) -> tuple:
     out = []
+    if not _LABEL.match(spec.baseline):
+        raise err(f"the baseline label {spec.baseline!r} {_LABEL_WHY}", "baseline",
+                  hint=_LABEL_HINT)
     for label, overrides in spec.arms.items():
+        if not _LABEL.match(label):
+            raise err(f"arm label {label!r} {_LABEL_WHY}", "arms", label, hint=_LABEL_HINT)
         if label == spec.baseline:
             raise err(f"arm '{label}' has the baseline's label", "arms", label,
                       hint="the baseline is base itself; rename the arm or set baseline:")
