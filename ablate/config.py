@@ -51,9 +51,23 @@ ID_SCHEME = 2  # hashed into every id: a later change of the rule itself cannot 
 # batch is 1,024); img_size <= 4,096 pixels (ImageNet trains at 224); kernel_size <= 63 (the
 # paper uses 7; the planner also refuses a kernel wider than the first stage's map allows);
 # seeds in [0, 2**32 - 1], what numpy's and torch's generators take; workers <= 4,096.
-# Every number is finite.
+# Every other count is bounded too, so that no integer overflows a results table's int64
+# column after the trial ran: channels in a group <= 65,536; images <= 10**9 (ImageNet-1K
+# has 1.3M); classes <= 1,000,000 (ImageNet-21K has 21,841; a million makes a head of ~10**9
+# weights on a 768-wide model); loader processes <= 1,024; checkpoints kept <= MAX_EPOCHS.
+# Every number is finite, and every rate or weight that becomes a float32 tensor is at most
+# MAX_RATE = 1e15: scaled by the batch (at most 65,536 / 512 = 128 for the learning rates)
+# and multiplied by another such factor (lr x weight decay) it stays within float32's 3.4e38,
+# where a larger value is refused by torch ("cannot be converted to type float without
+# overflow"); no run learns at such rates, but a huge one may be set to watch a trial diverge.
 MAX_EPOCHS, MAX_BATCH, MAX_IMG, MAX_KERNEL, MAX_SEED = 10_000, 65_536, 4_096, 63, 2**32 - 1
 MAX_WORKERS = 4_096  # data-parallel workers of one trial (the paper uses 8 GPUs)
+MAX_CHANNELS, MAX_IMAGES, MAX_CLASSES, MAX_LOADERS = 65_536, 10**9, 1_000_000, 1_024
+MAX_RATE = 1e15
+MAX_RETRIES = 1_000
+# CPUs or GPUs one trial's process asks for (Ray counts them in units of 1/10,000, in int64;
+# the sweep file also refuses a fraction finer than that unit)
+MAX_RESOURCE = 1_000_000
 DATA_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
 
 
@@ -79,8 +93,8 @@ class ModelConfig:
     weight_source: str | None = None  # "static" | "dot_product" | "center_linear" | "pooled_linear"
     window: str | None = None  # "shifted" | "sliding"
     sharing: str | None = None  # "spatial" | "channel" | "both" | "none"
-    group_size: int | None = _f(None, ge=1)  # channels sharing one set of spatial weights
-    num_groups: int | None = _f(None, ge=1)  # alternative to group_size: groups per stage
+    group_size: int | None = _f(None, ge=1, le=MAX_CHANNELS)  # channels sharing one set of spatial weights
+    num_groups: int | None = _f(None, ge=1, le=MAX_CHANNELS)  # alternative to group_size: groups per stage
     kernel_size: int | None = _f(None, ge=1, le=MAX_KERNEL)  # K: window / kernel side
     se: bool | None = None  # add squeeze-excitation after the mixer
     drop_path_rate: float | None = _f(None, ge=0, lt=1)
@@ -104,9 +118,9 @@ class DataConfig:
     root: str | None = _f(None, operational=True)
     img_size: int = _f(32, ge=8, le=MAX_IMG)
     val_fraction: float = _f(0.2, gt=0, lt=1)  # digits only: held-out share, stratified
-    num_train: int | None = _f(None, ge=1)  # synthetic size / cap on training images
-    num_val: int | None = _f(None, ge=1)
-    num_classes: int | None = _f(None, ge=2)  # synthetic only; others know their own
+    num_train: int | None = _f(None, ge=1, le=MAX_IMAGES)  # synthetic size / cap on training images
+    num_val: int | None = _f(None, ge=1, le=MAX_IMAGES)
+    num_classes: int | None = _f(None, ge=2, le=MAX_CLASSES)  # synthetic only; others know their own
 
 
 @dataclass(frozen=True)
@@ -118,26 +132,26 @@ class RecipeConfig:
     # micro-batches accumulated per worker and optimizer step: each worker trains on
     # batch_size / (workers * accum_steps) samples at a time
     accum_steps: int = _f(1, ge=1, le=MAX_BATCH)
-    lr: float = _f(5e-4, gt=0)  # per 512 images; scaled linearly with batch_size
-    warmup_lr: float = _f(5e-7, ge=0)  # per 512 images
-    min_lr: float = _f(5e-6, ge=0)  # per 512 images
-    warmup_epochs: float = _f(20, ge=0)
-    weight_decay: float = _f(0.05, ge=0)
-    clip_grad: float | None = _f(5.0, gt=0)
+    lr: float = _f(5e-4, gt=0, le=MAX_RATE)  # per 512 images; scaled linearly with batch_size
+    warmup_lr: float = _f(5e-7, ge=0, le=MAX_RATE)  # per 512 images
+    min_lr: float = _f(5e-6, ge=0, le=MAX_RATE)  # per 512 images
+    warmup_epochs: float = _f(20, ge=0, le=MAX_EPOCHS)
+    weight_decay: float = _f(0.05, ge=0, le=MAX_RATE)
+    clip_grad: float | None = _f(5.0, gt=0, le=MAX_RATE)
     label_smoothing: float = _f(0.1, ge=0, lt=1)
-    mixup: float = _f(0.8, ge=0)
-    cutmix: float = _f(1.0, ge=0)
+    mixup: float = _f(0.8, ge=0, le=MAX_RATE)
+    cutmix: float = _f(1.0, ge=0, le=MAX_RATE)
     mixup_switch_prob: float = _f(0.5, ge=0, le=1)
     randaugment: str | None = _f("rand-m9-mstd0.5-inc1", pattern=r"^rand(-[a-z]+[0-9.]*)*$")
-    color_jitter: float = _f(0.4, ge=0)
+    color_jitter: float = _f(0.4, ge=0, le=MAX_RATE)
     reprob: float = _f(0.25, ge=0, le=1)
-    workers: int = _f(2, ge=0, operational=True)  # loader processes
+    workers: int = _f(2, ge=0, le=MAX_LOADERS, operational=True)  # loader processes
     amp: bool = True  # used only on GPU
     # The last N epoch checkpoints kept, besides best.pt (the best epoch's weights only).
     # Default 1: resuming needs only the newest, and each one holds the weights and AdamW's
     # two moment buffers (about 3x the model); with 2 plus a full best.pt the quickstart's
     # 18 nano trials took 481 MB, with 1 and a weights-only best.pt 215 MB (12 MB a trial).
-    keep_checkpoints: int = _f(1, ge=1, operational=True)
+    keep_checkpoints: int = _f(1, ge=1, le=MAX_EPOCHS, operational=True)
 
 
 def batch_split_error(recipe: RecipeConfig, workers: int = 1) -> tuple[str | None, str]:
@@ -301,12 +315,12 @@ class Resources:
     of one worker are :attr:`worker_cpus` and :attr:`worker_gpus`.
     """
 
-    cpus: float = _f(1.0, gt=0)
-    gpus: float = _f(0.0, ge=0)
-    max_retries: int = _f(2, ge=0)  # retries of non-deterministic failures (OOM, killed worker)
+    cpus: float = _f(1.0, gt=0, le=MAX_RESOURCE)
+    gpus: float = _f(0.0, ge=0, le=MAX_RESOURCE)
+    max_retries: int = _f(2, ge=0, le=MAX_RETRIES)  # retries of non-deterministic failures (OOM, killed worker)
     workers: int = _f(1, ge=1, le=MAX_WORKERS)  # data-parallel processes of one trial
-    cpus_per_worker: float | None = _f(None, gt=0)  # None: cpus
-    gpus_per_worker: float | None = _f(None, ge=0)  # None: gpus
+    cpus_per_worker: float | None = _f(None, gt=0, le=MAX_RESOURCE)  # None: cpus
+    gpus_per_worker: float | None = _f(None, ge=0, le=MAX_RESOURCE)  # None: gpus
 
     @property
     def worker_cpus(self) -> float:

@@ -52,6 +52,10 @@ STATES = (RUNNING, DONE, FAILED, DIVERGED)
 NEW, INTERRUPTED, CORRUPT, DAMAGED = "new", "interrupted", "corrupt", "damaged"
 FINISHED = (DONE, DIVERGED)  # never recomputed
 LOCK = ".driver.lock"
+# The metrics of every epoch row besides "epoch" (ablate.train writes exactly these; plugins
+# add mixers and models, not metrics): what a sweep's ``expected`` entries may name.
+METRICS = ("train/loss", "train/lr", "train/img_per_s", "train/data_wait_frac", "val/loss",
+           "val/top1", "val/top5", "time/epoch_s", "mem/peak_mb")
 STALE_S = 10.0  # a "running" record older than this with no driver holding the lock is stale
 
 

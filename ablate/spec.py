@@ -10,17 +10,20 @@ The language (every key optional unless marked; unknown keys are errors at any d
                                   # deep-merged under this file; name and description are not
                                   # inherited; lists are replaced, not merged; a null in this file
                                   # replaces the inherited value, and removes an inherited grid /
-                                  # paired axis, arm or expected entry
+                                  # paired axis, arm, expected entry or resources key (to switch
+                                  # between the two resources forms)
     base:                         # required: the baseline trial
       model: {arch: dwnet_tiny, group_size: 8, ...}   # arch required; axes = ModelConfig fields
       data: {name: imagefolder, root: /data/imagenet, img_size: 224, num_classes: 1000}
       train: {epochs: 300, lr: 5.0e-4, ...}           # RecipeConfig fields (lr per 512 images)
       resources: {cpus: 8, gpus: 1}                    # per trial; gpus may be a fraction
+                                                       # (a multiple of 0.0001, Ray's unit)
       # or a data-parallel trial (never mixed with cpus/gpus):
       # resources: {workers: 8, cpus_per_worker: 8, gpus_per_worker: 1}
     grid:   {model.group_size: [1, 4, 8]}              # cartesian product of the axes
     paired: {model.arch: [a, b], model.window: [shifted, sliding]}   # advanced together
-    arms:   {dynamic: {model.arch: dynamic_dwnet_tiny}}  # one-factor differences from base
+    arms:   {dynamic: {model.arch: dynamic_dwnet_tiny}}  # one-factor differences from base;
+                                  # labels (and baseline) are letters, digits, '_' and '-'
     baseline: dwnet               # label of the trial that is base unchanged (default "baseline")
     exclude: [{model.window: shifted, model.group_size: [1, 4]}]  # drop a trial matching all
                                   # entries of any condition (a value or a list of values;
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import typing
 from dataclasses import MISSING, dataclass, field
@@ -70,7 +74,8 @@ from ablate.config import (
     Resources,
     TrialConfig,
 )
-from ablate.errors import SpecError, unknown_name_hint
+from ablate.errors import SpecError, closest, unknown_name_hint
+from ablate.record import METRICS
 from ablate.sweepfile import KeyPath, _dotted, _load_tree, _show, _where, apply_overrides
 
 DIRECTION = re.compile(r"^\s*(>|<|~)\s*(\S.*?)\s*$")
@@ -87,7 +92,6 @@ def _d(cls: type, name: str) -> Any:
 # Each config field is declared once, in ablate.config, with its default and bounds (and why
 # the bounds are what they are); the section models below are made from those declarations.
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
-_Pos = Annotated[int, Field(ge=1)]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"  # a safe folder name: no "..", no "/"
 _MODULE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # a dotted module name
 
@@ -147,8 +151,8 @@ class _SweepSpec(BaseModel):
     seeds: Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]], Field(min_length=1)] = [0]
     expected: dict[str, dict[str, float | str]] = {}
     alpha: Annotated[float, Field(gt=0, le=0.5)] = ALPHA  # above 0.5 both directions "agree"
-    max_trials: _Pos = 256
-    max_concurrent: _Pos | None = None
+    max_trials: Annotated[int, Field(ge=1, le=10**9)] = 256
+    max_concurrent: Annotated[int, Field(ge=1, le=10**6)] | None = None
     max_retries: _MaxRetries = _d(Resources, "max_retries")
 
 
@@ -240,6 +244,12 @@ def sweep_from_tree(raw: dict[str, Any], locs: dict, path: Path) -> Sweep:
     for key in ("grid", "paired", "arms", "exclude", "expected", "max_concurrent"):
         if key in raw and raw[key] is None:
             del raw[key]
+    base = raw.get("base")
+    if isinstance(base, dict) and isinstance(base.get("resources"), dict):
+        # a null removes the key (an inherited one too), so an extending file can switch from
+        # one resources form to the other: {workers: null, cpus_per_worker: null, cpus: 2}
+        raw["base"] = {**base, "resources": {k: v for k, v in base["resources"].items()
+                                             if v is not None}}
     try:
         spec = _SweepSpec.model_validate(raw)
     except ValidationError as e:
@@ -259,11 +269,15 @@ def _explain(err: dict) -> tuple[str, str | None]:
     """A pydantic error as (what, hint) in our words."""
     kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
     if kind in _EXPECTED:
+        if isinstance(value, str) and re.fullmatch(r"[-+]?[0-9]+(:[0-9]+)+(\.[0-9]*)?", value):
+            return (f"expected {_EXPECTED[kind]}, got {_show(value)}", "write the number "
+                    "itself (YAML 1.1 would read this as a base-60 number; ablate does not)")
         return f"expected {_EXPECTED[kind]}, got {_show(value)}", None
     bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
               "less_than_equal": "<="}
     if kind in bounds:
         limit = next(iter(ctx.values()))
+        limit = f"{limit:g}" if isinstance(limit, float) and abs(limit) >= 1e6 else limit
         return f"must be {bounds[kind]} {limit}, got {_show(value)}", None
     if kind in ("too_short", "string_too_short"):
         return "must not be empty", None
@@ -381,9 +395,31 @@ def _resources(given: BaseModel, max_retries: int, err: Any) -> Resources:
     if one and many:
         raise err(f"'{many[0]}' cannot be combined with '{one[0]}'", "base", "resources",
                   many[0], hint="write either cpus/gpus (a trial of one process) or workers "
-                  "with cpus_per_worker/gpus_per_worker (resources merge with the files this "
-                  "one extends)")
-    return Resources(**{k: getattr(given, k) for k in (*one, *many)}, max_retries=max_retries)
+                  "with cpus_per_worker/gpus_per_worker; resources merge with the files this "
+                  "one extends: to switch forms, set the unwanted form's keys to null ("
+                  f"{', '.join(f'{k}: null' for k in many)}, or {', '.join(f'{k}: null' for k in one)})")
+    for key in (*one, *many):
+        amount = getattr(given, key)
+        if isinstance(amount, float) and amount and not _in_units(amount):
+            raise err(f"{amount!r} is not a multiple of {RESOURCE_UNIT}, the finest fraction "
+                      "of a CPU or GPU Ray schedules", "base", "resources", key,
+                      hint=f"give a multiple of {RESOURCE_UNIT} (Ray refuses a finer one when "
+                      "the run starts)")
+    res = Resources(**{k: getattr(given, k) for k in (*one, *many)}, max_retries=max_retries)
+    if res.workers > 1 and res.worker_gpus != int(res.worker_gpus):
+        raise err(f"{res.workers} workers cannot share GPUs ({res.worker_gpus!r} GPU a "
+                  "worker): two NCCL ranks cannot use one GPU", "base", "resources",
+                  "gpus_per_worker", hint="give each worker a whole GPU, or use one worker")
+    return res
+
+
+RESOURCE_UNIT = 0.0001  # Ray counts CPUs and GPUs in units of 1/10,000
+
+
+def _in_units(amount: float) -> bool:
+    """Whether ``amount`` is a whole number of Ray's resource units (up to float rounding)."""
+    units = amount / RESOURCE_UNIT
+    return round(units) >= 1 and abs(units - round(units)) <= 1e-6 * max(1.0, units)
 
 
 def _resources_to_yaml(r: Resources) -> dict[str, Any]:
@@ -405,9 +441,23 @@ def _axes(axes: dict[str, list[Any]], section: str, err: Any) -> tuple:
     return tuple(out)
 
 
+# An arm label is one part of a trial label ("se, kernel_size=5"): ", " joins the parts and
+# "=" marks a grid value, so --only and reset --arm could not tell them apart; a "." would
+# split --set arms.LABEL.model.se at the wrong place. Letters, digits, "_" and "-" only.
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_LABEL_WHY = "may hold only letters, digits, '_' and '-'"
+_LABEL_HINT = ("rename it, e.g. kernel_size_5 (', ' joins a trial label's parts and '=' marks "
+               "a grid value, so --only and reset --arm could not tell them apart)")
+
+
 def _arms(spec: _SweepSpec, err: Any, axis_keys: set[str]) -> tuple:
     out = []
+    if not _LABEL.match(spec.baseline):
+        raise err(f"the baseline label {spec.baseline!r} {_LABEL_WHY}", "baseline",
+                  hint=_LABEL_HINT)
     for label, overrides in spec.arms.items():
+        if not _LABEL.match(label):
+            raise err(f"arm label {label!r} {_LABEL_WHY}", "arms", label, hint=_LABEL_HINT)
         if label == spec.baseline:
             raise err(f"arm '{label}' has the baseline's label", "arms", label,
                       hint="the baseline is base itself; rename the arm or set baseline:")
@@ -454,8 +504,15 @@ def _parse_expected(label: str, metrics: dict[str, Any], err: Any,
         if not METRIC.match(metric):
             raise err(f"metric '{metric}' is not of the form split/name", "expected", label,
                       metric, hint="e.g. val/top1")
+        if metric not in METRICS:
+            raise err(f"metric '{metric}' is never recorded", "expected", label, metric,
+                      hint=(f"did you mean '{near}'? " if (near := closest(metric, METRICS))
+                            else "") + f"a trial records {', '.join(METRICS)}")
         out[metric] = _parse_claim(value, err, ("expected", label, metric)) \
             if isinstance(value, str) else value
+        if isinstance(out[metric], dict) and out[metric]["than"] == label:
+            raise err(f"the claim compares '{label}' with itself", "expected", label, metric,
+                      hint="name another trial's label after the operator")
         if isinstance(out[metric], dict) and alpha != ALPHA:
             out[metric]["alpha"] = alpha
     return out
@@ -480,6 +537,9 @@ def _parse_claim(value: str, err: Any, at: KeyPath) -> dict[str, Any]:
     out: dict[str, Any] = {"op": op, "than": than}
     if margin:
         out["margin"] = float(margin.group(2))
+        if not math.isfinite(out["margin"]):
+            raise err(f"the margin must be a finite number, got {_show(value)}", *at,
+                      hint="give the margin in the metric's units, e.g. ± 0.5")
         if out["margin"] <= 0:
             raise err(f"the margin must be > 0, got {_show(value)}", *at)
     return out

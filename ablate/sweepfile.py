@@ -28,9 +28,25 @@ MAX_DEPTH = 32  # deeper nesting is a mistake, and would exhaust the recursion o
 
 
 class _Loader(yaml.SafeLoader):
-    """The safe loader, also reading ``1e-3`` as a float (YAML 1.1 alone wants ``1.0e-3``)."""
+    """The safe loader, also reading ``1e-3`` as a float (YAML 1.1 alone wants ``1.0e-3``),
+    and reading YAML 1.1's base-60 numbers (``1:30``, which it makes 90) as strings, which the
+    schema then refuses where it wants a number."""
 
 
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(  # YAML 1.1's int, without its sexagesimal form
+    _INT, re.compile(r"""^(?:[-+]?0b[0-1_]+
+                    |[-+]?0[0-7_]+
+                    |[-+]?(?:0|[1-9][0-9_]*)
+                    |[-+]?0x[0-9a-fA-F_]+)$""", re.X), list("-+0123456789"))
+_Loader.add_implicit_resolver(  # YAML 1.1's float, without its sexagesimal form
+    _FLOAT, re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+                    |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -84,9 +100,15 @@ def _build(loader: _Loader, node: yaml.Node, path: KeyPath, locs: dict, file: st
            state: list) -> Any:
     state[0] += 1
     line = node.start_mark.line + 1
-    if state[0] > MAX_NODES or id(node) in state[1]:
-        raise SpecError("YAML too large or recursive (aliases)", file=file, line=line,
-                        key=_dotted(path) or None)
+    if id(node) in state[1]:
+        raise SpecError("YAML is recursive: an alias (*name) refers to a mapping or list that "
+                        "contains it", file=file, line=line, key=_dotted(path) or None,
+                        hint="write the values out, or point the alias elsewhere")
+    if state[0] > MAX_NODES:
+        raise SpecError(f"YAML holds more than {MAX_NODES:,} values (keys, items and scalars, "
+                        "counting each use of an alias), the most a sweep file may hold",
+                        file=file, line=line, key=_dotted(path[:2]) or None,
+                        hint="split the sweep into several files, or use fewer values")
     if len(path) > MAX_DEPTH:
         raise SpecError(f"YAML nested more than {MAX_DEPTH} levels deep", file=file, line=line,
                         key=_dotted(path[:3]) + ".(...)",

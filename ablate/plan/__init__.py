@@ -11,9 +11,11 @@ a plan made without the data (``check_data=False``) has provisional ids for fold
 
 The expansion is :mod:`ablate.plan.expand`'s; the checks, each a one-line SpecError pointing
 at the key that caused it, are :mod:`ablate.plan.checks`' (recipes, models and their axis
-combinations, data folders, the expected-result labels, duplicate trials); an empty plan and
-the size limit ``max_trials`` (unless ``confirm``) are checked here. Nothing in the package
-prints, imports Ray, or builds a model's weights (the model checks run on the meta device).
+combinations, data folders, the expected-result labels, duplicate trials, and trials whose
+axes only restate the model's defaults, so that they build another trial's network again);
+an empty plan and the size limit ``max_trials`` (unless ``confirm``) are checked here. Nothing
+in the package prints, imports Ray, or builds a model's weights (the model checks run on the
+meta device).
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def plan_trials(sweep: Sweep, *, confirm: bool = False, check_data: bool = True,
     fingerprints, folder_sizes = checks.check_data(sweep, kept, check_data)
     checks.check_splits(sweep, kept, folder_sizes)
     checks.check_duplicates(sweep, kept, fingerprints)
+    checks.check_same_models(sweep, kept, fingerprints)
     if len(kept) > sweep.max_trials and not confirm:
         raise sweep.error(f"the plan has {len(kept)} trials, more than max_trials="
                           f"{sweep.max_trials}", "max_trials",

@@ -4,19 +4,20 @@ Recipes (RandAugment strings, batch splits across workers and accumulation), mod
 axis combinations, each model's forward pass and kernels at its trial's image size (shapes
 only, on the meta device, remembered in ablate's model cache), data sets and folders (with the
 content fingerprint that enters the trial ids), train/validation sizes against the batch, the
-expected-result labels and duplicate trials.
+expected-result labels, duplicate trials and trials that build the same network as another.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ablate.config import DataConfig, batch_split_error
-from ablate.errors import AblateError, SpecError, closest
+from ablate.errors import AblateError, SpecError, closest, first_line
 from ablate.plan.expand import Candidate
 from ablate.spec import Sweep, _dotted
 
@@ -76,8 +77,42 @@ def check_recipes(sweep: Sweep, kept: list[Candidate]) -> None:
             if not _RAND_SECTION.match(section):
                 raise sweep.error(f"randaugment section {section!r} is not one timm knows "
                                   f"(trial '{c.label}')", *_source(c, "train.randaugment"),
-                                  hint="sections are m<magnitude>, n<ops>, mstd<std>, "
-                                  "mmax<max>, inc<0|1>, p<prob>: e.g. rand-m9-mstd0.5-inc1")
+                                  hint=_RAND_HINT)
+    _check_randaugment_values(sweep, kept)
+
+
+_RAND_HINT = ("sections are m<magnitude>, n<ops>, mstd<std>, mmax<max>, inc<0|1>, p<prob>: "
+              "e.g. rand-m9-mstd0.5-inc1")
+
+
+def _check_randaugment_values(sweep: Sweep, kept: list[Candidate]) -> None:
+    """Each RandAugment string parsed by timm's own parser (the one training calls), so that a
+    value it cannot read (``m1.2.3``: int('1.2.3')) is refused here, not in the first epoch.
+    Remembered in the model cache: a second plan imports no timm for it."""
+    from ablate.modelcache import ModelCache
+    from ablate.plugins import loaded_plugins
+
+    cache = None
+    seen: set = set()
+    for c in kept:
+        text = c.config.train.randaugment
+        if not text or text in seen:
+            continue
+        seen.add(text)
+        cache = cache or ModelCache(loaded_plugins())
+        if cache.get("randaugment", {"text": text}):
+            continue
+        from timm.data.auto_augment import rand_augment_transform
+
+        try:
+            rand_augment_transform(text, {})
+        except Exception as e:  # noqa: BLE001 - timm raises ValueError, AssertionError, ...
+            raise sweep.error(f"randaugment {text!r} cannot be read by timm ({first_line(e)}) "
+                              f"(trial '{c.label}')", *_source(c, "train.randaugment"),
+                              hint=_RAND_HINT) from None
+        cache.put("randaugment", {"text": text}, True)
+    if cache is not None:
+        cache.save()
 
 
 def _check_split(sweep: Sweep, c: Candidate, workers: int) -> None:
@@ -116,8 +151,9 @@ def check_splits(sweep: Sweep, kept: list[Candidate],
             continue
         (n_train, n_val), why = sizes
         if why:
+            way = "raise" if n_val < KNOWN_CLASSES["digits"] else "lower"
             raise sweep.error(f"{why} (trial '{c.label}')", *_source(c, "data.val_fraction"),
-                              hint=f"raise data.val_fraction (the {data.name} set has "
+                              hint=f"{way} data.val_fraction (the {data.name} set has "
                               f"{DIGITS_IMAGES} images in {KNOWN_CLASSES['digits']} classes)")
         if n_train < batch:
             raise sweep.error(f"batch_size {batch} is larger than the training split "
@@ -361,3 +397,80 @@ def check_duplicates(sweep: Sweep, kept: list[Candidate],
                               f"'{first.label}' (id {tid})", *where,
                               hint="remove one, or make them differ in some axis")
         seen[tid] = c
+
+
+def check_same_models(sweep: Sweep, kept: list[Candidate],
+                      fingerprints: dict[DataConfig, str | None]) -> None:
+    """A trial of another id than a baseline trial that builds the baseline's network (an axis
+    set to the model's own default: kernel_size 3 on a _nano model, drop_path_rate 0) with the
+    same data, recipe and seed would train the identical model again, and the report would
+    compare the model with itself. The ids stay as they are (they hash the configuration as
+    written); the plan refuses the trial, naming the axis that makes no difference. Two arms
+    that ask for one network in two ways (a mixer by name, and the weight source that selects
+    it) are not compared with each other: only with the baseline."""
+    from ablate.modelcache import ModelCache
+    from ablate.plugins import loaded_plugins
+
+    cache = ModelCache(loaded_plugins())
+    built: dict = {}
+
+    def key(c: Candidate) -> tuple:
+        model = c.config.model
+        if model not in built:
+            built[model] = _built_network(model, cache)
+        ident = c.config.identity(fingerprints.get(c.config.data), sweep.resources.workers)
+        return built[model], json.dumps({k: v for k, v in ident.items()
+                                         if not k.startswith("model.")}, sort_keys=True,
+                                        default=str)
+
+    baselines = {key(c): c for c in kept if c.role == "baseline"}
+    for c in kept:
+        first = baselines.get(key(c)) if c.role != "baseline" else None
+        if first is not None and first.config != c.config:
+            raise _same_model_error(sweep, c, first)
+    cache.save()
+
+
+def _built_network(model: Any, cache: Any) -> str:
+    """What the network built from ``model`` is made of (one of ablate's models: its resolved
+    blocks, mixer, widths, groups, kernel, ...; a timm model: its configuration as written)."""
+    config = dataclasses.asdict(model)
+    hit = cache.get("network", config)
+    if hit is None:
+        from ablate.models import is_ablate_model
+
+        hit = config
+        if is_ablate_model(model.arch):
+            from ablate.models.registry import resolve
+
+            spec = resolve(model.arch, **model.axes())
+            hit = {"block": spec.block, "mixer": spec.mixer, "embed_dim": spec.embed_dim,
+                   "depths": list(spec.depths), "groups": list(spec.groups),
+                   "kernel_size": spec.kernel_size, "se": spec.se,
+                   "drop_path_rate": spec.drop_path_rate, "patch_size": spec.patch_size}
+        cache.put("network", config, hit)
+    return json.dumps(hit, sort_keys=True)
+
+
+def _same_model_error(sweep: Sweep, c: Candidate, first: Candidate) -> SpecError:
+    """'trial X builds the same model as Y: model.kernel_size 3 is dwnet_nano's default'."""
+    a, b = dataclasses.asdict(c.config.model), dataclasses.asdict(first.config.model)
+    keys = [f"model.{k}" for k in a if a[k] != b[k]]
+    at = next((k for k in keys if k in c.sources), None) or next(iter(c.sources), None)
+    where = c.sources.get(at, ("base", "model")) if at else ("base", "model")
+    if len(keys) == 1 and None in (a[keys[0][6:]], b[keys[0][6:]]):
+        value = b[keys[0][6:]] if a[keys[0][6:]] is None else a[keys[0][6:]]
+        why = f"{keys[0]} {_fmt(value)} is {c.config.model.arch}'s default"
+    else:
+        def axes(d: dict) -> str:
+            return ", ".join(f"{k} {_fmt(d[k[6:]])}" for k in keys)
+        why = f"{axes(a)} builds what {axes(b)} does, the other axes being equal"
+    kind = "arm" if where[0] == "arms" and c.label == where[1] else "trial"
+    return sweep.error(f"{kind} '{c.label}' builds the same model as '{first.label}' (same data, "
+                       f"recipe and seed {c.config.seed}): {why}", *where,
+                       hint="drop the arm or grid value, or change the value")
+
+
+def _fmt(value: Any) -> str:
+    return {True: "true", False: "false", None: "null"}.get(value, str(value)) \
+        if isinstance(value, (bool, type(None))) else str(value)

@@ -75,7 +75,7 @@ def test_ids_are_the_config_hash_and_ignore_labels_and_order(write_sweep):
         arms:
           with_se: {model.se: true}
           kernel5: {model.kernel_size: 5}
-          k3: {model.kernel_size: 3}
+          k7: {model.kernel_size: 7}  # (kernel_size 3 is dwnet_nano's own: refused)
         grid: {train.epochs: [3, 2]}
     """, name="b", base=MINIMAL.replace("name: t", "name: renamed")))
     assert all(t.id == t.config.trial_id() for t in a + b)
@@ -215,3 +215,21 @@ def test_trial_config_round_trips(write_sweep):
     for t in trials:
         assert TrialConfig.from_dict(t.config.to_dict()) == t.config
         assert type(t).from_dict(t.to_dict()) == t
+
+
+def test_an_arm_that_restates_the_models_default_is_refused_and_ids_stay(write_sweep):
+    # kernel_size 3 is dwnet_nano's own: the arm would train the baseline's network again (a
+    # new id, the same model) and the report would compare the model with itself
+    with pytest.raises(SpecError) as info:
+        load_plan(write_sweep("arms: {k3: {model.kernel_size: 3}, k5: {model.kernel_size: 5}}"))
+    assert info.value.key == "arms.k3.model.kernel_size"
+    assert "arm 'k3' builds the same model as 'baseline'" in info.value.what
+    assert "model.kernel_size 3 is dwnet_nano's default" in info.value.what
+    # a grid value that restates it is refused at its index; with another recipe it is a
+    # different trial, and kept
+    with pytest.raises(SpecError) as info:
+        load_plan(write_sweep("grid: {model.drop_path_rate: [null, 0.0]}"))
+    assert info.value.key == "grid.model.drop_path_rate[1]"
+    _, trials = load_plan(write_sweep("paired: {model.kernel_size: [null, 3], "
+                                      "train.epochs: [2, 3]}"))
+    assert len(trials) == 2 and len({t.id for t in trials}) == 2

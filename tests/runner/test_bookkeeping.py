@@ -268,24 +268,24 @@ def test_a_renamed_arm_relabels_its_finished_trials_tables_and_curves(tmp_path, 
     from tests.runner.conftest import TINY_TRAIN, write_sweep
 
     sweep = write_sweep(tmp_path / "s.yaml", seeds=[0], train={**TINY_TRAIN, "epochs": 1},
-                        arms="arms:\n  k3: {model.kernel_size: 3}\nexpected:\n  k3: {val/top1: 10}\n")
+                        arms="arms:\n  k5: {model.kernel_size: 5}\nexpected:\n  k5: {val/top1: 10}\n")
     results = tmp_path / "results"
     assert main(["run", str(sweep), "--debug", "--results", str(results)]) == 0
     tables = pd.read_parquet(results / "trials.parquet").set_index("arm")
-    tid = tables.loc["k3", "id"]
+    tid = tables.loc["k5", "id"]
     tdir = record.trial_dir(results, tid)
     before = record.read_trial(tdir)
     metrics = (tdir / "metrics.jsonl").read_bytes()
-    sweep.write_text(sweep.read_text().replace("k3:", "small kernel:").replace(
+    sweep.write_text(sweep.read_text().replace("k5:", "small_kernel:").replace(
         "val/top1: 10", "val/top1: 12"))
     assert main(["run", str(sweep), "--debug", "--results", str(results)]) == 0
     assert "0 to run" in capsys.readouterr().out  # nothing recomputed
     after = record.read_trial(tdir)
-    assert (after.arm, after.expected, after.id) == ("small kernel", {"val/top1": 12}, tid)
+    assert (after.arm, after.expected, after.id) == ("small_kernel", {"val/top1": 12}, tid)
     assert (after.config, after.resources) == (before.config, before.resources)
     assert (tdir / "metrics.jsonl").read_bytes() == metrics
     tables = pd.read_parquet(results / "trials.parquet")
-    assert sorted(tables["arm"]) == ["baseline", "small kernel"]
+    assert sorted(tables["arm"]) == ["baseline", "small_kernel"]
     assert [d.name for d in (tdir / "tensorboard").iterdir()] == ["small_kernel.seed0"]
 
 

@@ -103,6 +103,31 @@ def test_extends_a_list_merges_in_order(tmp_path):
     assert child.resources.cpus == 1.0 and child.arms[0][0] == "k3"
 
 
+def test_a_null_in_resources_removes_the_inherited_key_to_switch_forms(tmp_path):
+    cpu = ROOT / "sweeps" / "common" / "cpu.yaml"  # the per-worker form: workers, cpus_per_...
+    child = f"""\
+        description: one process, two CPUs and a GPU
+        extends: {cpu}
+        base:
+          resources: {{cpus: 2, gpus: 1, workers: null, cpus_per_worker: null,
+                      gpus_per_worker: null}}
+    """
+    sweep = load_sweep(write(tmp_path, "c.yaml", child))
+    r = sweep.resources
+    assert (r.cpus, r.gpus, r.workers, r.cpus_per_worker, r.gpus_per_worker) == \
+        (2.0, 1.0, 1, None, None)
+    assert (r.worker_cpus, r.worker_gpus) == (2.0, 1.0)
+    # without the nulls the forms mix, and the message says how to switch
+    with pytest.raises(SpecError) as info:
+        load_sweep(write(tmp_path, "d.yaml", child.replace("workers: null, ", "")))
+    assert "'workers' cannot be combined with 'cpus'" in str(info.value)
+    assert "workers: null" in info.value.hint
+    # a null alone is the key's default, not "expected an integer, got null"
+    sweep = load_sweep(write(tmp_path, "e.yaml", BASE.replace("{cpus: 2}",
+                                                                "{cpus: 2, workers: null}")))
+    assert (sweep.resources.cpus, sweep.resources.workers) == (2.0, 1)
+
+
 def test_errors_in_extended_files_name_that_file(tmp_path):
     write(tmp_path, "parent.yaml", BASE.replace("lr: 1e-3", "lr: -1"))
     path = write(tmp_path, "c.yaml", "description: c\nextends: parent.yaml\n")
@@ -126,7 +151,7 @@ def test_axes_are_the_config_fields():
 def _past(bounds: dict):
     """One value just outside each declared bound (what the schema must refuse)."""
     for op, limit in bounds.items():
-        step = 1 if isinstance(limit, int) else 1e-9
+        step = 1 if isinstance(limit, int) else max(1e-9, abs(limit) * 1e-9)  # a float apart
         if op in ("ge", "gt"):
             yield op, limit - step if op == "ge" else limit
         elif op in ("le", "lt"):
@@ -198,3 +223,34 @@ def test_cpu_companions_are_small_and_cpu_only(path):
     paper = load_sweep(path.with_name(path.name.replace("_cpu", "")))
     assert paper.base.data.name == "imagefolder" and paper.base.data.img_size == 224
     assert sweep.baseline == paper.baseline and sweep.extends[0] == paper.path.resolve()
+
+
+def test_every_number_of_the_language_has_an_upper_bound_a_table_holds():
+    # A count the plan accepted must not overflow a results table's int64 column after the
+    # trial ran (keep_checkpoints: 10**23 did), nor a rate float32 once scaled (lr: 1e300).
+    import dataclasses
+    import typing
+
+    import ablate.config as config
+    from ablate.spec import _SweepSpec
+
+    for cls in (config.ModelConfig, config.DataConfig, config.RecipeConfig, config.Resources):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kinds = set(typing.get_args(hints[f.name])) or {hints[f.name]}
+            if kinds & {int, float} and bool not in kinds:
+                le = f.metadata["bounds"].get("le", f.metadata["bounds"].get("lt"))
+                assert le is not None, f"{cls.__name__}.{f.name} has no upper bound"
+                assert le <= (2**63 - 1 if int in kinds else 3.4e38 / 128 / 1e15), f.name
+
+
+@pytest.mark.parametrize("key", ["max_trials", "max_concurrent", "max_retries", "seeds"])
+def test_top_level_counts_past_int64_are_refused(tmp_path, key):
+    value = [2**63] if key == "seeds" else 2**63
+    text = "".join(line for line in textwrap.dedent(BASE).splitlines(True)
+                   if not line.startswith(("seeds:", "max_retries:")))
+    path = tmp_path / "s.yaml"
+    path.write_text(text + f"{key}: {value}\n")
+    with pytest.raises(SpecError) as info:
+        load_sweep(path)
+    assert info.value.key.startswith(key) and "must be <=" in info.value.what

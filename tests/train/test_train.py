@@ -16,6 +16,12 @@ ROW_KEYS = {"epoch", "train/loss", "train/lr", "train/img_per_s", "train/data_wa
             "val/loss", "val/top1", "val/top5", "time/epoch_s", "mem/peak_mb"}
 
 
+def test_the_metrics_a_sweep_may_claim_are_those_an_epoch_row_records():
+    # spec refuses an expected metric not in record.METRICS; ROW_KEYS is what a trained epoch
+    # writes (test_record_of_a_finished_trial), so the two cannot drift apart
+    assert {"epoch", *record.METRICS} == ROW_KEYS and len(record.METRICS) == len(ROW_KEYS) - 1
+
+
 def model_metrics(rows):
     """Everything in the rows but the machine's timings, which differ between any two runs."""
     return [{k: v for k, v in r.items() if k not in train.TIMING_KEYS} for r in rows]
