@@ -74,7 +74,8 @@ DATA_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
 def _f(default: Any = MISSING, *, operational: bool = False, **bounds: Any) -> Any:
     """A config field with its schema: ``bounds`` are pydantic ``Field`` constraints (ge, gt,
     le, lt, pattern) or ``choices`` (a tuple of allowed values); ``operational`` marks a field
-    that cannot change a metric (left out of the trial id)."""
+    that cannot change a metric (left out of the trial id); ``path=True``, a file system path
+    (refused where no file system could hold it)."""
     meta = {"bounds": bounds, "operational": operational}
     return field(default=default, metadata=meta)
 
@@ -115,7 +116,7 @@ class DataConfig:
     name: str = _f("digits", choices=DATA_NAMES)
     # folder for cifar*/imagefolder; None for digits/synthetic. Its content, not its path,
     # is part of the trial id.
-    root: str | None = _f(None, operational=True)
+    root: str | None = _f(None, operational=True, path=True)
     img_size: int = _f(32, ge=8, le=MAX_IMG)
     val_fraction: float = _f(0.2, gt=0, lt=1)  # digits only: held-out share, stratified
     num_train: int | None = _f(None, ge=1, le=MAX_IMAGES)  # synthetic size / cap on training images

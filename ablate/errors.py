@@ -8,6 +8,7 @@ saying what to do next; ``str(err)`` renders all of it as one line.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -104,3 +105,21 @@ def unknown_name_hint(name: str, choices: Iterable[str]) -> str:
     near = closest(name, choices)
     listing = ", ".join(choices)
     return (f"did you mean '{near}'? " if near else "") + f"valid: {listing}"
+
+
+NAME_MAX, PATH_MAX = 255, 4095  # bytes, as Linux file systems take them
+
+
+def path_problem(text: str) -> str | None:
+    """Why no file system could hold the path ``text`` (a NUL byte, a name over 255 bytes, a
+    path over 4095), else None: such a path raises ValueError or OSError from the first call
+    that touches it, so it is refused where it is written."""
+    if "\0" in text:
+        return "holds a NUL character"
+    raw = os.fsencode(text)
+    if len(raw) > PATH_MAX:
+        return f"is {len(raw)} bytes long, more than a path may be ({PATH_MAX})"
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        return f"has a name of {len(longest)} bytes, more than a file name may be ({NAME_MAX})"
+    return None

@@ -63,7 +63,15 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 
 from ablate.config import (
     DATA_NAMES,
@@ -74,7 +82,7 @@ from ablate.config import (
     Resources,
     TrialConfig,
 )
-from ablate.errors import SpecError, closest, unknown_name_hint
+from ablate.errors import SpecError, closest, path_problem, unknown_name_hint
 from ablate.record import METRICS
 from ablate.sweepfile import KeyPath, _dotted, _load_tree, _show, _where, apply_overrides
 
@@ -107,11 +115,21 @@ def _field_type(cls: type, name: str) -> Any:
     choices = bounds.pop("choices", None)
     optional = type(None) in typing.get_args(kind)
     base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
+    is_path = bounds.pop("path", False)
     if choices is not None:
         base = Literal[choices]  # type: ignore[valid-type]
     elif bounds:
         base = Annotated[base, Field(**bounds)]
+    if is_path:
+        base = Annotated[base, AfterValidator(_usable_path)]
     return base | None if optional else base
+
+
+def _usable_path(text: str) -> str:
+    why = path_problem(text)
+    if why:
+        raise ValueError(f"the path {why}")
+    return text
 
 
 def _section_model(cls: type, skip: tuple[str, ...] = ()) -> type[BaseModel]:
@@ -292,6 +310,8 @@ def _explain(err: dict) -> tuple[str, str | None]:
                 "use letters, digits, '_' and '-', with single dots between them")
     if kind == "string_pattern_mismatch":
         return f"{_show(value)} does not match the pattern {ctx.get('pattern')}", None
+    if kind == "value_error" and str(ctx.get("error", "")).startswith("the path "):
+        return f"{ctx['error']}", "give the folder's real path"
     if kind == "literal_error":
         return f"unknown value {_show(value)}", unknown_name_hint(str(value), DATA_NAMES)
     if kind == "missing":

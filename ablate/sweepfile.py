@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ablate.errors import SpecError, closest
+from ablate.errors import SpecError, closest, path_problem
 
 KeyPath = tuple  # ("grid", "model.group_size", 0): str keys and int list indices
 Loc = tuple  # (file, line)
@@ -181,6 +181,9 @@ def _parent(path: Path, ext: Any, chain: tuple[Path, ...], loc: Loc, key: str) -
     where = {"file": loc[0], "line": loc[1], "key": key}
     if not isinstance(ext, str) or not ext:
         raise SpecError(f"expected a file path (or a list of them), got {_show(ext)}", **where)
+    if why := path_problem(ext):
+        raise SpecError(f"the path {why}", **where, hint="name the file to extend by its "
+                        "path relative to this one")
     try:
         parent = (path.parent / ext).resolve()
     except (RuntimeError, OSError):  # Python raises RuntimeError for a symbolic-link loop
