@@ -254,3 +254,16 @@ def test_top_level_counts_past_int64_are_refused(tmp_path, key):
     with pytest.raises(SpecError) as info:
         load_sweep(path)
     assert info.value.key.startswith(key) and "must be <=" in info.value.what
+
+
+def test_a_file_past_the_node_limit_says_which_limit_without_blaming_aliases(tmp_path):
+    from ablate.sweepfile import MAX_NODES
+
+    values = ", ".join(str(i + 1) for i in range(MAX_NODES))
+    path = tmp_path / "big.yaml"
+    path.write_text(textwrap.dedent(BASE) + f"paired: {{model.group_size: [{values}]}}\n")
+    with pytest.raises(SpecError) as info:
+        load_sweep(path)
+    assert f"more than {MAX_NODES:,} values" in info.value.what
+    assert "alias" not in info.value.what.split("(")[0] and info.value.key == \
+        "paired.model.group_size"
