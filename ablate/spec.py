@@ -290,6 +290,9 @@ def _explain(err: dict) -> tuple[str, str | None]:
         if isinstance(value, str) and re.fullmatch(r"[-+]?[0-9]+(:[0-9]+)+(\.[0-9]*)?", value):
             return (f"expected {_EXPECTED[kind]}, got {_show(value)}", "write the number "
                     "itself (YAML 1.1 would read this as a base-60 number; ablate does not)")
+        if isinstance(value, str) and re.fullmatch(r"[-+]?0[0-9_]+", value):
+            return (f"expected {_EXPECTED[kind]}, got {_show(value)}", "write it without the "
+                    "leading zero (YAML 1.1 would read it as an octal number; ablate does not)")
         return f"expected {_EXPECTED[kind]}, got {_show(value)}", None
     bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
               "less_than_equal": "<="}

@@ -29,17 +29,17 @@ MAX_DEPTH = 32  # deeper nesting is a mistake, and would exhaust the recursion o
 
 class _Loader(yaml.SafeLoader):
     """The safe loader, also reading ``1e-3`` as a float (YAML 1.1 alone wants ``1.0e-3``),
-    and reading YAML 1.1's base-60 numbers (``1:30``, which it makes 90) as strings, which the
-    schema then refuses where it wants a number."""
+    and reading YAML 1.1's base-60 numbers (``1:30``, which it makes 90) and octal ones
+    (``010``, which it makes 8) as strings, which the schema then refuses where it wants a
+    number."""
 
 
 _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver(  # YAML 1.1's int, without its sexagesimal form
+_Loader.add_implicit_resolver(  # YAML 1.1's int, without its sexagesimal and octal forms
     _INT, re.compile(r"""^(?:[-+]?0b[0-1_]+
-                    |[-+]?0[0-7_]+
                     |[-+]?(?:0|[1-9][0-9_]*)
                     |[-+]?0x[0-9a-fA-F_]+)$""", re.X), list("-+0123456789"))
 _Loader.add_implicit_resolver(  # YAML 1.1's float, without its sexagesimal form
