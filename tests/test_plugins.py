@@ -125,6 +125,33 @@ def test_a_plugin_that_exits_is_one_line_not_its_exit_status(tmp_path, capsys, m
     assert "cannot import plugin 'exiting_lab' (SystemExit: 3)" in err
 
 
+def test_a_plugin_mixer_of_the_wrong_shape_is_blamed_not_the_image_size(tmp_path):
+    """ablate's backbones take any image size, so a failing forward pass of a plugin's mixer
+    is the plugin's bug: the line named data.img_size and said to change it."""
+    lab = tmp_path / "halving_lab.py"
+    lab.write_text(textwrap.dedent("""\
+        from ablate.models import Mixer, register_mixer
+
+        @register_mixer
+        class Halving(Mixer):
+            name = "halving"
+            weight_source, window, spatial_sharing = "static", "sliding", True
+
+            def forward(self, x):
+                return x[..., : x.shape[-1] // 2]  # half the channels: the wrong shape
+        """))
+    sweep = _sweep(tmp_path / "lab.yaml", "half: {model.mixer: halving}\n",
+                   plugins="plugins: [halving_lab]")
+    out = subprocess.run([sys.executable, "-m", "ablate", "plan", str(sweep), "--no-data-check"],
+                         cwd=tmp_path, text=True, capture_output=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert "arms.half.model.mixer: dwnet_nano with the plugin mixer 'halving' fails its " \
+           "forward pass at 32x32" in line
+    assert "check the plugin's code" in line and "img_size" not in line
+
+
 def test_ablate_axes_on_a_timm_model_are_refused_by_name(tmp_path, capsys):
     sweep = _sweep(tmp_path / "lab.yaml", "resnet: {model.arch: resnet18, model.window: "
                    "sliding}\n", plugins="")

@@ -83,6 +83,20 @@ def register_block(name: str, cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
+def plugin_parts(arch: str, **axes: Any) -> list[tuple[str, str]]:
+    """The (kind, name) of the mixer and block of ``arch`` + ``axes`` that a plugin registered
+    (code outside ablate), for an error to point at: [] for a timm model or ablate's own."""
+    if not is_ablate_model(arch):
+        return []
+    from ablate.models.registry import resolve
+
+    spec = resolve(arch, **axes)
+    parts = [("mixer", spec.mixer, MIXERS.get(spec.mixer)), ("block", spec.block,
+                                                             BLOCKS.get(spec.block))]
+    return [(kind, name) for kind, name, cls in parts
+            if cls is not None and not cls.__module__.startswith("ablate.")]
+
+
 def is_ablate_model(arch: str) -> bool:
     """Whether ``arch`` is built by ablate (and so takes the study's axes)."""
     return arch in MODEL_DEFAULTS

@@ -282,6 +282,15 @@ def _check_input_sizes(sweep: Sweep, kept: list[Candidate], cache: Any) -> None:
         why = input_error(model.arch, img_size=img, num_classes=num_classes(c.config.data) or 2,
                           **model.axes())
         if why is not None:
+            from ablate.models import plugin_parts
+
+            plugins = plugin_parts(model.arch, **model.axes())
+            if plugins:  # ablate's backbones take any size: the plugin's code failed
+                kind, name = plugins[0]
+                raise sweep.error(f"{model.arch} with the plugin {kind} '{name}' fails its "
+                                  f"forward pass at {img}x{img}: {why} (trial '{c.label}')",
+                                  *_source(c, f"model.{kind}"), hint=f"a {kind} must map "
+                                  "(B, H, W, C) to (B, H, W, C): check the plugin's code")
             raise sweep.error(f"{model.arch} cannot take {img}x{img} images: {why} "
                               f"(trial '{c.label}')", *_source(c, "data.img_size"),
                               hint="use an image size the model is built for (a timm model's "
