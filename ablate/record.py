@@ -471,12 +471,26 @@ class TrialState:
     problem: RecordError | None = None  # why the state is CORRUPT or DAMAGED
 
 
+def _lost_epochs(tdir: Path, rows: list[dict[str, Any]]) -> RecordError | None:
+    """A finished trial's metrics.jsonl holding fewer epochs than its result.json counts
+    (emptied or cut by hand, restored from an old copy): its curves and tables would be
+    short, under a state that says done."""
+    result = read_json(tdir / "result.json") or {}
+    epochs = result.get("epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and len(rows) < epochs:
+        return RecordError(f"holds {len(rows)} of the {epochs} epochs result.json counts",
+                           file=tdir / "metrics.jsonl", hint="restore it, or 'ablate reset "
+                           f"{tdir.parent.parent} --trial {tdir.name}' to train the trial again")
+    return None
+
+
 def trial_state(results_dir: str | Path, trial: Trial, *, driver_alive: bool | None = None,
                 now: float | None = None) -> TrialState:
     """The one derivation of a trial's state, shown by ``plan`` and ``status`` and used by ``run``.
 
     CORRUPT: a JSON record cannot be read (or is of a newer schema); DAMAGED: metrics.jsonl
-    lost an epoch to an unreadable line; INTERRUPTED: "running", but no driver holds the lock
+    lost an epoch to an unreadable line, or holds fewer epochs than a finished trial's
+    result.json counts; INTERRUPTED: "running", but no driver holds the lock
     (``driver_alive``; None: look) and nothing was written for STALE_S seconds; NEW: no
     state.json; else the written state.
     """
@@ -497,6 +511,8 @@ def trial_state(results_dir: str | Path, trial: Trial, *, driver_alive: bool | N
     state = state_of(raw)
     if metrics.damage is not None:
         return TrialState(DAMAGED, raw, metrics.rows, updated, metrics.damage)
+    if state in FINISHED and (lost := _lost_epochs(tdir, metrics.rows)) is not None:
+        return TrialState(DAMAGED, raw, metrics.rows, updated, lost)
     if state == RUNNING:
         alive = driver_running(results_dir) if driver_alive is None else driver_alive
         now = time.time() if now is None else now

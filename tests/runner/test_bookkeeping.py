@@ -260,6 +260,32 @@ def test_plan_run_and_status_derive_the_same_state(tmp_path, monkeypatch, capsys
     assert launched == [] and f"{damaged / 'metrics.jsonl'}:2: unreadable" in err
 
 
+def test_a_finished_trial_whose_metrics_were_emptied_is_damaged(tmp_path, capsys, monkeypatch):
+    """status showed "done 0/3" and exited 0; the tables would have held no epochs of it."""
+    from ablate.plan import load_plan
+    from tests.runner.conftest import write_sweep
+
+    sweep = write_sweep(tmp_path / "tiny.yaml", seeds=[0, 1])
+    _, trials = load_plan(sweep)
+    results = tmp_path / "results"
+    bookkeeping.write_manifest(results, name="tiny", source=str(sweep), trials=trials,
+                               max_concurrent=None)
+    for t in trials:
+        tdir = _write(results, t, record.DONE, epochs=3)
+        record.write_result(tdir, {"state": record.DONE, "epochs": 3})
+    emptied = record.trial_dir(results, trials[1].id) / "metrics.jsonl"
+    emptied.write_text("")
+    assert main(["status", str(results), "--json"]) == 0
+    shown = {r["id"]: r["state"] for r in json.loads(capsys.readouterr().out)}
+    assert shown == {trials[0].id: record.DONE, trials[1].id: record.DAMAGED}
+    launched = []
+    monkeypatch.setattr(raybackend, "_run_on_ray", lambda *a, **k: launched.append(a))
+    assert main(["run", str(sweep), "--results", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert launched == [] and "\n" not in err and "ablate reset" in err
+    assert f"{emptied}: holds 0 of the 3 epochs result.json counts" in err
+
+
 def test_a_renamed_arm_relabels_its_finished_trials_tables_and_curves(tmp_path, capsys):
     """The label is not in the id: the finished trial is kept, and what the tables and
     TensorBoard call it follows the sweep file (its configuration stays as it ran)."""
