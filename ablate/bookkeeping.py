@@ -94,6 +94,15 @@ def read_manifest(results_dir: Path) -> dict[str, Any]:
         raise RecordError(f"malformed sweep.json ({e})", file=path, hint=rewrite) from None
 
 
+def other_sweep(results_dir: Path, name: str) -> str | None:
+    """The sweep whose sweep.json the results folder holds, when it is not ``name`` (None
+    without a sweep.json); RecordError when it cannot be read."""
+    if not (Path(results_dir) / MANIFEST).exists():
+        return None
+    other = read_manifest(results_dir)["name"]
+    return other if other != name else None
+
+
 # ---------------------------------------------------------------------------- driver lock
 
 

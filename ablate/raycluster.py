@@ -216,9 +216,10 @@ def check_fits(todo: list[Trial]) -> None:
     worker's) larger than every node."""
     import ray
 
+    have = ray.cluster_resources()
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     for t in todo:
-        why = fit_problem(t, ray.cluster_resources(), nodes)
+        why = fit_problem(t, have, nodes)
         if why:
             what, key = why
             raise TrialError(f"trial {t.id} [{t.arm}] {what}", key=key,

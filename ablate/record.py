@@ -226,18 +226,19 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return obj
 
 
-def check_record(tdir: Path) -> dict[str, Any] | None:
+def check_record(tdir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Raise RecordError naming the first JSON file of the trial folder that cannot be read.
 
     Run before launching anything: a corrupt record must stop a run, not be taken for a new
     trial. A truncated last line of metrics.jsonl is not corruption (a crash mid-append).
-    Returns the parsed state.json (None when there is none), so callers read it only once.
+    Returns the parsed state.json and result.json (None where absent), so callers read each
+    only once.
     """
     read_json(tdir / "trial.json")
     state = read_state_checked(tdir)
-    for name in ("result.json", "provenance.json"):
-        read_json(tdir / name)
-    return state
+    result = read_json(tdir / "result.json")
+    read_json(tdir / "provenance.json")
+    return state, result
 
 
 def read_state_checked(tdir: Path) -> dict[str, Any] | None:
@@ -471,11 +472,11 @@ class TrialState:
     problem: RecordError | None = None  # why the state is CORRUPT or DAMAGED
 
 
-def _lost_epochs(tdir: Path, rows: list[dict[str, Any]]) -> RecordError | None:
+def _lost_epochs(tdir: Path, rows: list[dict[str, Any]],
+                 result: dict[str, Any]) -> RecordError | None:
     """A finished trial's metrics.jsonl holding fewer epochs than its result.json counts
     (emptied or cut by hand, restored from an old copy): its curves and tables would be
     short, under a state that says done."""
-    result = read_json(tdir / "result.json") or {}
     epochs = result.get("epochs")
     if isinstance(epochs, int) and not isinstance(epochs, bool) and len(rows) < epochs:
         return RecordError(f"holds {len(rows)} of the {epochs} epochs result.json counts",
@@ -499,9 +500,10 @@ def trial_state(results_dir: str | Path, trial: Trial, *, driver_alive: bool | N
     if (err := folder_problem(tdir)) is not None:
         return TrialState(CORRUPT, {}, [], None, err)
     try:
-        raw = check_record(tdir) or {}
+        raw, result = check_record(tdir)
     except RecordError as err:
         return TrialState(CORRUPT, {}, read_metrics(tdir), None, err)
+    raw = raw or {}
     metrics = scan_metrics(tdir)
     mtimes = [p.stat().st_mtime for p in (tdir / "metrics.jsonl", tdir / "state.json")
               if p.exists()]
@@ -511,7 +513,7 @@ def trial_state(results_dir: str | Path, trial: Trial, *, driver_alive: bool | N
     state = state_of(raw)
     if metrics.damage is not None:
         return TrialState(DAMAGED, raw, metrics.rows, updated, metrics.damage)
-    if state in FINISHED and (lost := _lost_epochs(tdir, metrics.rows)) is not None:
+    if state in FINISHED and (lost := _lost_epochs(tdir, metrics.rows, result or {})) is not None:
         return TrialState(DAMAGED, raw, metrics.rows, updated, lost)
     if state == RUNNING:
         alive = driver_running(results_dir) if driver_alive is None else driver_alive

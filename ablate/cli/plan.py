@@ -267,13 +267,10 @@ def _other_sweep(results: Path, name: str) -> str | None:
     from ablate import bookkeeping
     from ablate.errors import AblateError
 
-    if not (results / bookkeeping.MANIFEST).is_file():
-        return None
     try:
-        other = bookkeeping.read_manifest(results)["name"]
+        return bookkeeping.other_sweep(results, name)
     except AblateError:  # unreadable: status and run say so, and how to rewrite it
         return None
-    return other if other != name else None
 
 
 def render(report: dict[str, Any]) -> str:

@@ -238,10 +238,8 @@ def _check_folder_owner(results: Path, name: str, yes: bool) -> None:
     from ablate import bookkeeping
     from ablate.errors import TrialError
 
-    if not (results / bookkeeping.MANIFEST).exists() or yes:
-        return
-    other = bookkeeping.read_manifest(results)["name"]
-    if other != name:
+    other = None if yes else bookkeeping.other_sweep(results, name)
+    if other is not None:
         raise TrialError(f"this results folder holds sweep '{other}', not '{name}'",
                          file=results, hint="pass another --results folder, or --yes to add "
                          "this sweep's trials to it")

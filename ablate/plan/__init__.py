@@ -84,12 +84,17 @@ def plan_trials(sweep: Sweep, *, confirm: bool = False, check_data: bool = True,
     if only or seeds:
         kept = select_trials(kept, only, seeds, label=lambda c: c.label,
                              seed=lambda c: c.config.seed)
-    checks.check_recipes(sweep, kept)
-    checks.check_models(sweep, kept)
+    from ablate.modelcache import ModelCache
+    from ablate.plugins import loaded_plugins
+
+    # what earlier plans learned about these models (read once; each check saves its part)
+    cache = ModelCache(loaded_plugins())
+    checks.check_recipes(sweep, kept, cache)
+    checks.check_models(sweep, kept, cache)
     fingerprints, folder_sizes = checks.check_data(sweep, kept, check_data)
     checks.check_splits(sweep, kept, folder_sizes)
     checks.check_duplicates(sweep, kept, fingerprints)
-    checks.check_same_models(sweep, kept, fingerprints)
+    checks.check_same_models(sweep, kept, fingerprints, cache)
     if len(kept) > sweep.max_trials and not confirm:
         raise sweep.error(f"the plan has {len(kept)} trials, more than max_trials="
                           f"{sweep.max_trials}", "max_trials",

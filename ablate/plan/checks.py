@@ -65,7 +65,7 @@ def check_expected(sweep: Sweep, labels: set[str]) -> None:
 _RAND_SECTION = re.compile(r"^(t.*|(mstd|mmax|inc|m|n|p)[0-9][0-9.]*)$")
 
 
-def check_recipes(sweep: Sweep, kept: list[Candidate]) -> None:
+def check_recipes(sweep: Sweep, kept: list[Candidate], cache: Any) -> None:
     for c in kept:
         train = c.config.train
         if train.warmup_epochs > train.epochs:
@@ -78,28 +78,23 @@ def check_recipes(sweep: Sweep, kept: list[Candidate]) -> None:
                 raise sweep.error(f"randaugment section {section!r} is not one timm knows "
                                   f"(trial '{c.label}')", *_source(c, "train.randaugment"),
                                   hint=_RAND_HINT)
-    _check_randaugment_values(sweep, kept)
+    _check_randaugment_values(sweep, kept, cache)
 
 
 _RAND_HINT = ("sections are m<magnitude>, n<ops>, mstd<std>, mmax<max>, inc<0|1>, p<prob>: "
               "e.g. rand-m9-mstd0.5-inc1")
 
 
-def _check_randaugment_values(sweep: Sweep, kept: list[Candidate]) -> None:
+def _check_randaugment_values(sweep: Sweep, kept: list[Candidate], cache: Any) -> None:
     """Each RandAugment string parsed by timm's own parser (the one training calls), so that a
     value it cannot read (``m1.2.3``: int('1.2.3')) is refused here, not in the first epoch.
     Remembered in the model cache: a second plan imports no timm for it."""
-    from ablate.modelcache import ModelCache
-    from ablate.plugins import loaded_plugins
-
-    cache = None
     seen: set = set()
     for c in kept:
         text = c.config.train.randaugment
         if not text or text in seen:
             continue
         seen.add(text)
-        cache = cache or ModelCache(loaded_plugins())
         if cache.get("randaugment", {"text": text}):
             continue
         from timm.data.auto_augment import rand_augment_transform
@@ -111,8 +106,7 @@ def _check_randaugment_values(sweep: Sweep, kept: list[Candidate]) -> None:
                               f"(trial '{c.label}')", *_source(c, "train.randaugment"),
                               hint=_RAND_HINT) from None
         cache.put("randaugment", {"text": text}, True)
-    if cache is not None:
-        cache.save()
+    cache.save()
 
 
 def _check_split(sweep: Sweep, c: Candidate, workers: int) -> None:
@@ -217,11 +211,7 @@ def _first_per_model_at_size(kept: list[Candidate]) -> Iterator[Candidate]:
             yield c
 
 
-def check_models(sweep: Sweep, kept: list[Candidate]) -> None:
-    from ablate.modelcache import ModelCache
-    from ablate.plugins import loaded_plugins
-
-    cache = ModelCache(loaded_plugins())
+def check_models(sweep: Sweep, kept: list[Candidate], cache: Any) -> None:
     for c in _first_per(kept, "model"):
         model = c.config.model
         config = dataclasses.asdict(model)
@@ -409,7 +399,7 @@ def check_duplicates(sweep: Sweep, kept: list[Candidate],
 
 
 def check_same_models(sweep: Sweep, kept: list[Candidate],
-                      fingerprints: dict[DataConfig, str | None]) -> None:
+                      fingerprints: dict[DataConfig, str | None], cache: Any) -> None:
     """A trial of another id than a baseline trial that builds the baseline's network (an axis
     set to the model's own default: kernel_size 3 on a _nano model, drop_path_rate 0) with the
     same data, recipe and seed would train the identical model again, and the report would
@@ -417,10 +407,6 @@ def check_same_models(sweep: Sweep, kept: list[Candidate],
     written); the plan refuses the trial, naming the axis that makes no difference. Two arms
     that ask for one network in two ways (a mixer by name, and the weight source that selects
     it) are not compared with each other: only with the baseline."""
-    from ablate.modelcache import ModelCache
-    from ablate.plugins import loaded_plugins
-
-    cache = ModelCache(loaded_plugins())
     built: dict = {}
 
     def key(c: Candidate) -> tuple:
