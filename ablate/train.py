@@ -107,7 +107,8 @@ def train_trial(trial: Trial, tdir: Path, *, report: Report | None = None,
                          hint="run a data-parallel trial with 'ablate run', which starts "
                          "its workers")
     if ranks.main:  # the other ranks would race the main rank's first writes
-        check_folder(tdir, trial)
+        for note in check_folder(tdir, trial):
+            log.warning("%s", note)
     finished = _finished_result(tdir, trial)
     if finished is not None:
         return finished
@@ -131,27 +132,26 @@ def train_trial(trial: Trial, tdir: Path, *, report: Report | None = None,
 _RECORD_FILES = ("state.json", "metrics.jsonl", "result.json", "checkpoints")
 
 
-def check_folder(tdir: Path, trial: Trial) -> None:
+def check_folder(tdir: Path, trial: Trial) -> list[str]:
     """TrialError unless ``tdir`` is new, or ``trial``'s record: a folder of another trial, or
     one holding a record with no trial.json (copied, half deleted) is never trained into, since
     its checkpoints and results would be taken for ``trial``'s. RecordError for checkpoints
-    that would fail the trial (``record.check_checkpoints``); a warning for each it will skip.
-    Writes nothing."""
+    that would fail the trial (``record.check_checkpoints``); returns a warning for each it
+    will skip (``train_trial`` logs them). Writes nothing."""
     tdir = Path(tdir)
     if (tdir / "trial.json").exists():
         held = record.read_trial(tdir).id
         if held != trial.id:
             raise TrialError(f"folder holds trial {held}, not {trial.id}", file=tdir,
                              hint="give each trial its own folder")
-        for note in record.check_checkpoints(tdir):  # RecordError for one that is no file
-            log.warning("%s", note)
-        return
+        return record.check_checkpoints(tdir)  # RecordError for one that is no file
     found = [name for name in _RECORD_FILES if (tdir / name).exists()]
     if found:
         raise TrialError(f"holds {', '.join(found)} but no trial.json: the files of an unknown "
                          f"trial, not to be taken for trial {trial.id}'s", file=tdir,
                          hint="delete the folder (or pass another one) to train afresh; a "
                          "results folder's trial gets its trial.json back from 'ablate resume'")
+    return []
 
 
 def _finished_result(tdir: Path, trial: Trial) -> dict[str, Any] | None:

@@ -68,7 +68,7 @@ def run_train(args: argparse.Namespace) -> int:
         check_results_folder(results, "--results" if args.results else "results_dir")
     else:
         check_results_folder(tdir, "--out" if args.out else "results_dir")
-    check_folder(tdir, trial)  # another trial's files are never resumed as this one's
+    check_folder(tdir, trial)  # refused before anything is written (its warnings: in training)
     if not from_sweep:
         try:
             tdir.mkdir(parents=True, exist_ok=True)
