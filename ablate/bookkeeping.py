@@ -79,12 +79,9 @@ def read_manifest(results_dir: Path) -> dict[str, Any]:
                           hint="pass the folder 'ablate run' wrote, e.g. results/<sweep name>")
     try:
         trials = [Trial.from_dict(d) for d in obj["trials"]]
-        for i, (d, t) in enumerate(zip(obj["trials"], trials)):
-            # a value edited by hand, or of the wrong type (ablate 0.1's ids were another hash)
-            if "id" in d and d["id"] not in (t.id, t.config.legacy_id()):
-                raise RecordError(f"trials[{i}] is not the trial {d['id']} it names: its "
-                                  f"config gives id {t.id} (edited by hand?)", file=path,
-                                  hint=rewrite)
+        for i, t in enumerate(trials):
+            if (why := t.config.value_problem()) is not None:  # edited by hand
+                raise RecordError(f"trials[{i}] is malformed ({why})", file=path, hint=rewrite)
         return {**obj, "trials": trials,
                 "retired": [Trial.from_dict(d) for d in obj.get("retired", [])]}
     except KeyError as e:
@@ -300,13 +297,35 @@ def config_changes(results_dir: Path, trial: Trial) -> dict[str, tuple[Any, Any]
     The id leaves out fields at their defaults, so a default changed in the code keeps the id
     while the experiment is no longer the same; this is how it shows.
     """
-    tdir = record.trial_folder(results_dir, trial)
+    return _stored_changes(record.trial_folder(results_dir, trial), trial)
+
+
+def _stored_changes(tdir: Path, trial: Trial) -> dict[str, tuple[Any, Any]]:
     try:
         stored = record.read_trial(tdir).config.result_fields()
     except RecordError:
         return {}
     planned = trial.config.result_fields()
     return {k: (stored.get(k), v) for k, v in planned.items() if stored.get(k) != v}
+
+
+def begun_changes(results_dir: Path, trial: Trial) -> dict[str, tuple[Any, Any]]:
+    """``config_changes`` of an unfinished trial that has epoch checkpoints: resuming it would
+    continue weights trained under the stored configuration with the planned one. Empty when
+    there is no checkpoint (a restart then trains under the plan alone) or nothing changed."""
+    return checkpoint_changes(record.trial_folder(results_dir, trial), trial)
+
+
+def checkpoint_changes(tdir: Path, trial: Trial) -> dict[str, tuple[Any, Any]]:
+    """``begun_changes`` of the trial folder ``tdir``."""
+    if not record.epoch_checkpoints(tdir / record.CHECKPOINTS):
+        return {}
+    return _stored_changes(tdir, trial)
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    """One trial's field changes, e.g. 'train.lr 0.001 -> 0.0005; model.depths ...'."""
+    return "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(changes.items()))
 
 
 LABELS = ("sweep", "arm", "varied", "role", "expected")  # what the sweep file calls a trial

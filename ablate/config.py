@@ -36,8 +36,10 @@ through :meth:`TrialConfig.legacy_id` and renamed to the new ids by the next ``a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import typing
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
@@ -204,6 +206,18 @@ class TrialConfig:
             seed=int(d.get("seed", 0)),
         )
 
+    def value_problem(self) -> str | None:
+        """The first field whose value is not of its declared type, as 'train.epochs: ...'
+        (a record edited by hand); None when every one is."""
+        for section in ("model", "data", "train"):
+            obj = getattr(self, section)
+            hints = _hints(type(obj))
+            for f in dataclasses.fields(obj):
+                value = getattr(obj, f.name)
+                if not _of_type(value, hints[f.name]):
+                    return f"{section}.{f.name}: {value!r} is not of type {hints[f.name]}"
+        return None
+
     def identity(self, data_fingerprint: str | None = None, workers: int = 1) -> dict[str, Any]:
         """What the id hashes: dotted field -> value, for the result-determining fields that
         differ from their defaults, plus the seed, the data's content and the number of
@@ -269,6 +283,25 @@ _V1_FIELDS = {
 # ablate 0.1's defaults of the fields whose default changed since (operational ones only: a
 # changed result default shows as a changed trial instead). Frozen.
 _V1_DEFAULTS = {"train": {"keep_checkpoints": 2}}
+
+
+_hints = functools.cache(typing.get_type_hints)
+
+
+def _of_type(value: Any, kind: Any) -> bool:
+    """Whether ``value`` is of the simple field type ``kind`` (an int counts as a float, a
+    bool as neither)."""
+    kinds = typing.get_args(kind) if typing.get_args(kind) else (kind,)
+    for k in kinds:
+        if k is type(None) and value is None:
+            return True
+        if k is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if k is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if k in (str, bool) and isinstance(value, k):
+            return True
+    return False
 
 
 def _default(obj: Any, name: str) -> Any:
@@ -345,18 +378,39 @@ class Trial:
     expected: dict[str, Any] | None = None  # the paper's number or claimed direction, if any
     data_fingerprint: str | None = None  # content of config.data.root (ablate.datafiles)
     plugins: tuple[str, ...] = ()  # modules to import before building the model (workers too)
+    # The id a record gives this trial when its configuration hashes to another one today: a
+    # default changed in the code since the record was written (its stored configuration holds
+    # the old default, which now counts as set). The trial keeps its folder and its records.
+    recorded_id: str | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
+        return self.recorded_id or self.config_id
+
+    @property
+    def config_id(self) -> str:
+        """The id the configuration gives under today's defaults."""
         return self.config.trial_id(self.data_fingerprint, self.resources.workers)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        del d["recorded_id"]
         d["id"] = self.id
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Trial:
+        """Inverse of :meth:`to_dict`; the recorded ``id`` stays the trial's (``recorded_id``)
+        when its configuration gives another one today."""
+        trial = cls._from_dict(d)
+        recorded = d.get("id")  # ablate 0.1's ids (another hash) are renamed, not kept
+        if isinstance(recorded, str) and recorded not in (trial.config_id,
+                                                          trial.config.legacy_id()):
+            return dataclasses.replace(trial, recorded_id=recorded)
+        return trial
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any]) -> Trial:
         return cls(
             config=TrialConfig.from_dict(d["config"]),
             sweep=d["sweep"],

@@ -31,7 +31,9 @@ from typing import Any, Protocol
 from ablate import record
 from ablate.bookkeeping import (
     LOCK,
+    begun_changes,
     config_changes,
+    describe_changes,
     driver_lock,
     held_failures,
     migrate_legacy,
@@ -41,7 +43,7 @@ from ablate.bookkeeping import (
     write_manifest,
 )
 from ablate.config import Trial
-from ablate.errors import AblateError, TrialError
+from ablate.errors import AblateError, RecordError, TrialError
 from ablate.failures import Failure, classify_record
 
 # ---------------------------------------------------------------------------- what a run reports
@@ -191,7 +193,9 @@ def triage(trials: list[Trial], results_dir: Path, *, rerun_changed: bool = Fals
 
     RecordError on a trial whose record is corrupt or damaged (``bookkeeping.split_finished``),
     or whose checkpoints would fail it after launch (``record.check_checkpoints``, which also
-    gives the notes: checkpoints it will skip).
+    gives the notes: checkpoints it will skip), or were trained under another configuration
+    than the plan's (``bookkeeping.begun_changes``) unless ``rerun_changed``, which sets such
+    a trial aside and starts it afresh as it reruns the finished trials that changed.
     """
     finished, todo = split_finished(trials, results_dir)
     held = [] if retry_failed else held_failures(todo, results_dir)
@@ -199,6 +203,17 @@ def triage(trials: list[Trial], results_dir: Path, *, rerun_changed: bool = Fals
     notes = [note for t in todo
              for note in record.check_checkpoints(record.trial_folder(results_dir, t))]
     changes = {t.id: c for t in finished if (c := config_changes(results_dir, t))}
+    begun = {t.id: c for t in todo if (c := begun_changes(results_dir, t))}
+    if begun and not rerun_changed:
+        t = next(t for t in todo if t.id in begun)
+        raise RecordError(
+            f"trial {t.id} was interrupted under another configuration than the plan's now "
+            f"({describe_changes(begun[t.id])}); resuming its checkpoints would train a mix of "
+            "the two", file=record.trial_folder(results_dir, t) / "trial.json",
+            hint=f"'ablate reset {results_dir} --trial {t.id}' starts it afresh under the plan, "
+            "or 'ablate run --rerun-changed' does (with every finished trial that changed; "
+            "their old records go to replaced/)")
+    changes |= begun
     if rerun_changed:
         todo += [t for t in finished if t.id in changes]
         finished = [t for t in finished if t.id not in changes]

@@ -48,6 +48,7 @@ import torch
 from ablate import checkpoint, curves, devices, record
 from ablate import distributed as dist
 from ablate.augment import BatchPrep
+from ablate.bookkeeping import checkpoint_changes, describe_changes
 from ablate.config import RecipeConfig, Trial, batch_split_error
 from ablate.data import Loaders, build_loaders, load_splits, mix_seeds
 from ablate.distributed import Ranks
@@ -136,7 +137,9 @@ def check_folder(tdir: Path, trial: Trial) -> list[str]:
     """TrialError unless ``tdir`` is new, or ``trial``'s record: a folder of another trial, or
     one holding a record with no trial.json (copied, half deleted) is never trained into, since
     its checkpoints and results would be taken for ``trial``'s. RecordError for checkpoints
-    that would fail the trial (``record.check_checkpoints``); returns a warning for each it
+    that would fail the trial (``record.check_checkpoints``), TrialError for checkpoints of an
+    unfinished trial trained under another configuration than ``trial``'s (a default changed
+    in the code: ``bookkeeping.checkpoint_changes``); returns a warning for each checkpoint it
     will skip (``train_trial`` logs them). Writes nothing."""
     tdir = Path(tdir)
     if (tdir / "trial.json").exists():
@@ -144,7 +147,15 @@ def check_folder(tdir: Path, trial: Trial) -> list[str]:
         if held != trial.id:
             raise TrialError(f"folder holds trial {held}, not {trial.id}", file=tdir,
                              hint="give each trial its own folder")
-        return record.check_checkpoints(tdir)  # RecordError for one that is no file
+        notes = record.check_checkpoints(tdir)  # RecordError for one that is no file
+        if record.read_state(tdir) not in record.FINISHED \
+                and (changes := checkpoint_changes(tdir, trial)):
+            raise TrialError(f"the checkpoints of trial {trial.id} were trained under another "
+                             f"configuration ({describe_changes(changes)}); resuming them "
+                             "would train a mix of the two", file=tdir / "trial.json",
+                             hint="delete the trial's checkpoints folder to train it afresh "
+                             "under this configuration")
+        return notes
     found = [name for name in _RECORD_FILES if (tdir / name).exists()]
     if found:
         raise TrialError(f"holds {', '.join(found)} but no trial.json: the files of an unknown "

@@ -21,7 +21,7 @@ def print_triage(work: Any, trials: list, results: Path, *, name: str) -> None:
     for note in work.notes:
         print(f"ablate: warning: {note}", file=sys.stderr, flush=True)
     if work.changes:
-        print(f"ablate: {len(work.changes)} finished trials were run with another configuration "
+        print(f"ablate: {len(work.changes)} trials were run with another configuration "
               f"than the plan's now ({describe_changes(work.changes)}): "
               + ("rerunning them; their old records go to replaced/" if work.rerun_changed
                  else "kept; rerun them with --rerun-changed"), flush=True)

@@ -178,17 +178,20 @@ class _ProgressBar:
 def build_report(sweep: Any, trials: list, results_dir: str, *, stats: bool) -> dict[str, Any]:
     """Everything ``ablate plan`` shows, as plain JSON-ready data."""
     from ablate import record
-    from ablate.bookkeeping import config_changes
+    from ablate.bookkeeping import begun_changes, config_changes
     from ablate.plan import run_action, trial_states
 
     states = trial_states(trials, results_dir)
     rows = []
     for t in trials:
         legacy = record.legacy_dir(results_dir, t)
-        changed = config_changes(Path(results_dir), t) if states[t.id] != "new" else {}
+        changed = (config_changes(Path(results_dir), t) if states[t.id] in record.FINISHED
+                   else begun_changes(Path(results_dir), t) if states[t.id] != record.NEW
+                   else {})
         rows.append({"id": t.id, "label": t.arm, "role": t.role, "seed": t.config.seed,
                      "varied": t.varied, "state": states[t.id],
-                     "action": run_action(states[t.id]), "expected": t.expected,
+                     "action": "stop" if changed and states[t.id] not in record.FINISHED
+                     else run_action(states[t.id]), "expected": t.expected,
                      "config": t.config.to_dict(), "data_fingerprint": t.data_fingerprint,
                      "legacy_id": legacy.name if legacy else None,
                      "changed": {k: list(v) for k, v in changed.items()}})
@@ -319,19 +322,30 @@ def _per_trial(r: dict[str, Any]) -> str:
     return one if workers == 1 else f"{workers} workers x ({one})"
 
 
+def _changed_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [f"  {r['id']} [{r['label']}]: " + "; ".join(
+        f"{k} {old!r} -> {new!r}" for k, (old, new) in r["changed"].items()) for r in rows[:10]]
+    return lines + (["  ..."] if len(rows) > 10 else [])
+
+
 def _id_notes(rows: list[dict[str, Any]]) -> list[str]:
     """Lines on finished trials whose configuration changed, 0.1-era folders, and ids that
     are provisional because the data was not looked at."""
+    from ablate.record import FINISHED
+
     out = []
-    changed = [r for r in rows if r["changed"]]
+    changed = [r for r in rows if r["changed"] and r["state"] in FINISHED]
     if changed:
         out += ["", f"{len(changed)} trials were recorded with another configuration than the "
                 "plan's now (a default changed?); 'ablate run' keeps their results, "
                 "'ablate run --rerun-changed' reruns them:"]
-        out += [f"  {r['id']} [{r['label']}]: " + "; ".join(
-            f"{k} {old!r} -> {new!r}" for k, (old, new) in r["changed"].items())
-            for r in changed[:10]]
-        out += ["  ..."] if len(changed) > 10 else []
+        out += _changed_lines(changed)
+    begun = [r for r in rows if r["changed"] and r["state"] not in FINISHED]
+    if begun:
+        out += ["", f"{len(begun)} unfinished trials have checkpoints trained under another "
+                "configuration than the plan's now; 'ablate run' refuses to resume them, "
+                "'ablate reset --trial ID' or 'ablate run --rerun-changed' starts them afresh:"]
+        out += _changed_lines(begun)
     legacy = [r for r in rows if r["legacy_id"]]
     if legacy:
         out += ["", f"{len(legacy)} trials are recorded under the ids of ablate 0.1; the next "

@@ -127,6 +127,11 @@ def resume_command(args: argparse.Namespace) -> int:
     results = Path(args.results)
     check_results_folder(results, "RESULTS_DIR")
     manifest = bookkeeping.read_manifest(results)
+    if recorded := [t for t in manifest["trials"] if t.recorded_id]:
+        print(f"ablate: {len(recorded)} trials of the plan hold a value that is no longer the "
+              "default (a default changed in ablate since the plan was made): they run under "
+              "their configuration and id as planned; 'ablate run SWEEP.yaml' plans them under "
+              "today's defaults", flush=True)
     return _execute(manifest["trials"], results, name=manifest["name"],
                     source=manifest.get("source"), description=manifest.get("description"),
                     max_concurrent=args.max_concurrent or manifest.get("max_concurrent"),

@@ -147,6 +147,39 @@ def test_a_default_changed_in_the_code_shows_and_is_kept_unless_asked(tmp_path, 
     assert trial_states([trial], tmp_path) == {trial.id: record.NEW}
 
 
+def _interrupted_under(tdir: Path, ran: Trial, *, checkpoint: bool) -> None:
+    """A trial folder as a run under ``ran``'s configuration leaves it when killed."""
+    import torch
+
+    record.write_trial(tdir, ran)
+    record.write_state(tdir, record.RUNNING)  # no driver holds the lock: interrupted
+    if checkpoint:
+        (tdir / record.CHECKPOINTS).mkdir()
+        torch.save({"epoch": 1}, tdir / record.CHECKPOINTS / "epoch_0001.pt")
+
+
+def test_an_interrupted_trial_with_checkpoints_of_another_configuration_is_not_resumed(
+        tmp_path):
+    from ablate.errors import RecordError
+    from ablate.runner import triage
+
+    cfg = base()
+    trial = Trial(config=cfg, sweep="s", arm="baseline")
+    ran = dataclasses.replace(trial, config=dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, lr=1e-3)))
+    tdir = record.trial_dir(tmp_path, trial.id)
+    _interrupted_under(tdir, ran, checkpoint=True)
+    with pytest.raises(RecordError) as e:
+        triage([trial], tmp_path)
+    assert e.value.file == str(tdir / "trial.json") and "train.lr 0.001 -> 0.0005" in str(e.value)
+    assert f"--trial {trial.id}" in e.value.hint and "--rerun-changed" in e.value.hint
+    work = triage([trial], tmp_path, rerun_changed=True)  # set aside and started afresh
+    assert work.todo == [trial] and work.changes == {trial.id: {"train.lr": (1e-3, 5e-4)}}
+    shutil.rmtree(tdir / record.CHECKPOINTS)  # nothing trained yet: it restarts under the plan
+    work = triage([trial], tmp_path)
+    assert work.todo == [trial] and work.changes == {}
+
+
 @pytest.fixture
 def legacy_results(tmp_path: Path) -> Path:
     dest = tmp_path / "results"
@@ -205,3 +238,74 @@ def test_run_keeps_a_changed_trial_and_reruns_it_only_with_rerun_changed(legacy_
     [kept] = (legacy_results / "replaced").iterdir()
     assert json.loads((kept / "trial.json").read_text())["config"]["train"]["lr"] == 1e-3
     assert (kept / "result.json").exists()  # nothing lost
+
+
+def test_run_refuses_to_resume_checkpoints_of_another_configuration(legacy_results, capsys):
+    sweep = str(FIXTURE / "legacy.yaml")
+    _, trials = load_plan(FIXTURE / "legacy.yaml")
+    bookkeeping.migrate_legacy(legacy_results, trials)
+    target = trials[0]
+    tdir = record.trial_dir(legacy_results, target.id)
+    ran = dataclasses.replace(target, config=dataclasses.replace(
+        target.config, train=dataclasses.replace(target.config.train, lr=1e-3)))
+    (tdir / "result.json").unlink()
+    _interrupted_under(tdir, ran, checkpoint=True)
+    def files():  # but the driver's lock file, which every run leaves
+        return sorted((p.relative_to(legacy_results), p.stat().st_mtime_ns)
+                      for p in legacy_results.rglob("*") if p.name != bookkeeping.LOCK)
+
+    before = files()
+    assert main(["run", sweep, "--results", str(legacy_results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{tdir / 'trial.json'}" in err
+    assert "train.lr 0.001 -> 0.0005" in err and f"--trial {target.id}" in err
+    assert files() == before  # nothing touched
+    assert main(["plan", sweep, "--results", str(legacy_results), "--no-stats"]) == 0
+    out = capsys.readouterr().out
+    assert "1 unfinished trials have checkpoints trained under another configuration" in out
+    assert f"{target.id} [" in out and "train.lr 0.001 -> 0.0005" in out
+    assert "a run would: skip 1, stop 1" in out
+
+
+def _as_if_the_default_lr_was(results: Path, lr: float) -> None:
+    """Rewrite a results folder as a version of ablate whose default lr was ``lr`` wrote it:
+    every stored configuration holds that value, under the same ids."""
+    paths = [results / bookkeeping.MANIFEST, *results.glob("trials/*/trial.json")]
+    for path in paths:
+        obj = json.loads(path.read_text())
+        for t in obj.get("trials", [obj]):
+            t["config"]["train"]["lr"] = lr
+        path.write_text(json.dumps(obj))
+
+
+def test_a_default_changed_in_the_code_keeps_every_command_working(legacy_results, capsys):
+    """The stored configurations then hold a value that is no longer the default, so they
+    hash to other ids than the folders': status, resume and run refused the folder as if
+    sweep.json had been edited by hand."""
+    sweep = str(FIXTURE / "legacy.yaml")
+    _, trials = load_plan(FIXTURE / "legacy.yaml")
+    assert main(["run", sweep, "--results", str(legacy_results)]) == 0  # sweep.json, new ids
+    _as_if_the_default_lr_was(legacy_results, 1e-3)
+    capsys.readouterr()
+    assert main(["resume", str(legacy_results)]) == 0
+    out = capsys.readouterr().out
+    assert "2 already finished, 0 to run" in out and "2 trials of the plan hold a value" in out
+    target = trials[0]
+    tdir = record.trial_dir(legacy_results, target.id)
+    (tdir / "result.json").unlink()
+    record.write_state(tdir, record.RUNNING)  # it was killed; its epoch is kept
+    (tdir / record.CHECKPOINTS).mkdir()
+    capsys.readouterr()
+    assert main(["status", str(legacy_results)]) == 0
+    out = capsys.readouterr().out
+    assert all(t.id in out for t in trials)
+    # the plan as it was made: its trials keep their ids and their configuration
+    manifest = bookkeeping.read_manifest(legacy_results)
+    assert [t.id for t in manifest["trials"]] == [t.id for t in trials]
+    assert {t.config.train.lr for t in manifest["trials"]} == {1e-3}
+    assert [t.id for t in bookkeeping.split_finished(manifest["trials"], legacy_results)[0]] \
+        == [trials[1].id]
+    # re-planned under today's default: the finished trial is kept and shown as changed
+    assert main(["run", sweep, "--results", str(legacy_results), "--only", "local_mlp"]) == 0
+    out = capsys.readouterr().out
+    assert "1 already finished, 0 to run" in out and "train.lr 0.001 -> 0.0005" in out

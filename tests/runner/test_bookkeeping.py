@@ -47,11 +47,10 @@ def test_missing_or_broken_manifest_is_our_error(tmp_path):
     assert main(["status", str(tmp_path / "nowhere")]) == 2
 
 
-@pytest.mark.parametrize("edit", [("epochs", "x"), ("epochs", 7)])
+@pytest.mark.parametrize("edit", [("epochs", "x"), ("lr", True), ("epochs", 2.5)])
 def test_a_hand_edited_manifest_is_refused_before_anything_runs(tmp_path, capsys, edit):
-    """A config value edited in sweep.json (of the wrong type, or not) no longer gives the
-    trial's id: resume launched it under a new id, into a new folder, and it failed as a
-    'code' error (TypeError) for the string."""
+    """A config value of the wrong type edited into sweep.json: resume launched the trial and
+    it failed as a 'code' error (TypeError)."""
     trial = tiny_trial()
     results = tmp_path / "res"
     bookkeeping.write_manifest(results, name="tiny", source="s.yaml", trials=[trial],
@@ -62,7 +61,7 @@ def test_a_hand_edited_manifest_is_refused_before_anything_runs(tmp_path, capsys
     before = (results / bookkeeping.MANIFEST).read_text()
     assert main(["resume", str(results)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"trials[0] is not the trial {trial.id} it names" in err[0]
+    assert len(err) == 1 and f"trials[0] is malformed (train.{edit[0]}: {edit[1]!r}" in err[0]
     assert "ablate run SWEEP.yaml --results" in err[0]
     assert (results / bookkeeping.MANIFEST).read_text() == before
     assert record.list_trial_dirs(results) == []

@@ -159,6 +159,35 @@ def test_a_folder_of_files_without_trial_json_is_refused_before_anything_is_writ
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
 
 
+def test_checkpoints_trained_under_another_configuration_are_not_resumed(tmp_path, capsys):
+    """The id leaves out fields at their defaults, so after a default changed in the code an
+    interrupted trial's checkpoints carry the old experiment under the same id."""
+    import json
+
+    cfg = tmp_path / "trial.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "epochs": 3}}))
+    out = tmp_path / "a"
+    assert main(["train", str(cfg), "--out", str(out)]) == 0
+    stored = json.loads((out / "trial.json").read_text())
+    planned = stored["config"]["train"]["lr"]
+    stored["config"]["train"]["lr"] = planned * 2  # what the older default ran with
+    (out / "trial.json").write_text(json.dumps(stored))
+    (out / "result.json").unlink()
+    record.write_state(out, record.RUNNING)  # as if killed after epoch 3
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out / "trial.json") in err
+    assert f"train.lr {planned * 2!r} -> {planned!r}" in err and "checkpoints" in err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    shutil_rmtree = __import__("shutil").rmtree
+    shutil_rmtree(out / "checkpoints")  # as the hint says: it trains afresh under the plan
+    assert main(["train", str(cfg), "--out", str(out)]) == 0
+    assert record.read_trial(out).config.train.lr == planned
+    assert record.read_state(out) == record.DONE
+
+
 def test_a_checkpoint_of_another_trial_is_refused_on_resume(tmp_path, capsys):
     """trial.json is this trial's, but its checkpoints were copied from another trial of the
     same model: resuming them would record the other trial's epochs as this one's."""
