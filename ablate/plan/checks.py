@@ -404,9 +404,9 @@ def check_same_models(sweep: Sweep, kept: list[Candidate],
     set to the model's own default: kernel_size 3 on a _nano model, drop_path_rate 0) with the
     same data, recipe and seed would train the identical model again, and the report would
     compare the model with itself. The ids stay as they are (they hash the configuration as
-    written); the plan refuses the trial, naming the axis that makes no difference. Two arms
-    that ask for one network in two ways (a mixer by name, and the weight source that selects
-    it) are not compared with each other: only with the baseline."""
+    written); the plan refuses the trial, naming the axis that makes no difference. The same
+    holds between two arms that ask for one network in two ways (a model by name, and the
+    mixer that makes it): the later one is refused, naming the first (a baseline first)."""
     built: dict = {}
 
     def key(c: Candidate) -> tuple:
@@ -418,11 +418,11 @@ def check_same_models(sweep: Sweep, kept: list[Candidate],
                                          if not k.startswith("model.")}, sort_keys=True,
                                         default=str)
 
-    baselines = {key(c): c for c in kept if c.role == "baseline"}
-    for c in kept:
-        first = baselines.get(key(c)) if c.role != "baseline" else None
-        if first is not None and first.config != c.config:
-            raise _same_model_error(sweep, c, first)
+    first: dict[tuple, Candidate] = {}
+    for c in sorted(kept, key=lambda c: c.role != "baseline"):  # stable: baselines first
+        seen = first.setdefault(key(c), c)
+        if seen.config != c.config:
+            raise _same_model_error(sweep, c, seen)
     cache.save()
 
 
