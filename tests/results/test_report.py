@@ -87,6 +87,18 @@ def test_a_claim_of_an_arm_without_finished_trials_needs_seeds():
     assert (claim.arm, claim.verdict, claim.diff, claim.n_arm) == ("b", NEEDS_SEEDS, None, 0)
 
 
+def test_an_infinite_final_value_is_left_out_as_a_nan_is():
+    # an evaluation can overflow (val/loss inf) in a trial whose training loss stayed finite
+    values = {"a": [0.0, 1.0, 2.0, 1.0], "b": [5.0, 6.0, 7.0, 8.0],
+              "c": [float("inf"), 1.0, 2.0, float("nan")]}
+    expected = {"b": {"op": ">", "than": "a"}, "c": {"op": "<", "than": "a"}}
+    claims = {c.arm: c for c in check_claims(trials_frame(values, expected))}
+    assert claims["c"].n_arm == 2 and claims["c"].diff == pytest.approx(0.5)
+    # b > a (p 0.00038 alone) stays agreed beside it, Holm-adjusted over the two claims
+    assert claims["b"].verdict == AGREED
+    assert claims["b"].p == pytest.approx(2 * 0.00037963, rel=1e-3)
+
+
 def test_arm_summary_counts_only_finished_trials_and_follows_the_plan_order():
     frame = trials_frame({"a": [70.0, 72.0], "b": [60.0], "c": [61.0]}, {})
     frame.loc[1, "state"] = "failed"
