@@ -246,7 +246,7 @@ _METHOD = (
     "Welch's t-test, one-sided in the claimed direction (agreed when it is significant, "
     "contradicted when the opposite one-sided test is). `~ ± M`: two one-sided Welch tests "
     "(TOST; agreed when the difference is shown to lie within ±M, contradicted when it is "
-    "shown to lie outside). The tests are unpaired although arms share seeds: a seed fixes "
+    "shown to lie above M or below -M, each side at alpha / 2). The tests are unpaired although arms share seeds: a seed fixes "
     "the data order, but different models draw different weights from it, and an unpaired "
     "test stays valid when seed sets differ. alpha = {alpha:g}; p is Holm-adjusted across "
     "the {k} tested claims of this sweep. The confidence interval of a difference uses "
