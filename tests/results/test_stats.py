@@ -89,6 +89,12 @@ def test_holm_adjusts_step_down_and_can_undo_a_verdict():
 def test_arms_without_spread_are_decided_by_the_sign():
     assert stats.decide([stats.claim_test(">", [1.0, 1.0], [0.0, 0.0])])[0][0] == AGREED
     assert stats.decide([stats.claim_test(">", [1.0, 1.0], [1.0, 1.0])])[0][0] == UNDECIDED
+    # the report's test column names the rule that decided, not Welch's test (p nan there)
+    assert stats.claim_test("<", [1.0, 1.0], [0.0, 0.0]).test == \
+        "no spread in either arm: sign of the difference (<)"
+    assert stats.claim_test("~", [1.0, 1.0], [1.0, 1.0], 0.5).test == \
+        "no spread in either arm: the difference against ±0.5"
+    assert stats.claim_test(">", [1.0, 3.0], [0.0, 0.0]).test == "Welch t, one-sided (>)"
 
 
 def test_a_claim_needs_two_values_per_arm_and_about_equal_a_margin():
