@@ -108,8 +108,17 @@ def _num(x, fmt: str = "{:.2f}", signed: bool = False) -> str:
     return (("+" if x >= 0 else "") if signed else "") + fmt.format(x)
 
 
-def _p(p: float | None) -> str:
-    return "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
+def _p(p: float | None, alpha: float) -> str:
+    """p to 3 decimals, or more where 3 would put it on the other side of ``alpha`` (0.0496
+    would show as 0.050 beside "agreed")."""
+    if p is None:
+        return "–"
+    if p < 0.001:
+        return "< 0.001"
+    digits = 3
+    while digits < 12 and (float(f"{p:.{digits}f}") < alpha) != (p < alpha):
+        digits += 1
+    return f"{p:.{digits}f}"
 
 
 def _count(x) -> str:
@@ -195,7 +204,7 @@ def claim_table(claims: list[Claim]):
         if c.verdict == NEEDS_SEEDS:
             needed = f"at least {stats.MIN_SEEDS}"
         rows.append([claim, c.metric, f"{c.n_arm} vs {c.n_than}",
-                     _num(c.diff, signed=True) + ci, c.test or "–", _p(c.p), c.verdict,
+                     _num(c.diff, signed=True) + ci, c.test or "–", _p(c.p, c.alpha), c.verdict,
                      needed, _num(c.detectable) if c.detectable is not None else ""])
     return header, rows
 
