@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ablate import stats
@@ -66,13 +67,14 @@ def natural_key(text: str) -> list:
 
 
 def seed_values(trials: pd.DataFrame, metric: str = METRIC) -> dict[tuple[str, str], list]:
-    """(sweep, arm) -> the final ``metric`` of each finished seed (NaNs left out)."""
+    """(sweep, arm) -> the final ``metric`` of each finished seed (NaN and infinite values left
+    out: no test can use them)."""
     col = f"final/{metric}"
     done = trials[trials["state"] == "done"]
     if col not in done:
         return {}
     frame = done[["sweep", "arm"]].assign(value=pd.to_numeric(done[col], errors="coerce"))
-    frame = frame.dropna(subset=["value"])
+    frame = frame[np.isfinite(frame["value"].astype(float))]
     return {key: part["value"].astype(float).tolist()
             for key, part in frame.groupby(["sweep", "arm"], sort=False)}
 

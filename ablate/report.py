@@ -108,8 +108,17 @@ def _num(x, fmt: str = "{:.2f}", signed: bool = False) -> str:
     return (("+" if x >= 0 else "") if signed else "") + fmt.format(x)
 
 
-def _p(p: float | None) -> str:
-    return "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
+def _p(p: float | None, alpha: float) -> str:
+    """p to 3 decimals, or more where 3 would put it on the other side of ``alpha`` (0.0496
+    would show as 0.050 beside "agreed")."""
+    if p is None:
+        return "–"
+    if p < 0.001:
+        return "< 0.001"
+    digits = 3
+    while digits < 12 and (float(f"{p:.{digits}f}") < alpha) != (p < alpha):
+        digits += 1
+    return f"{p:.{digits}f}"
 
 
 def _count(x) -> str:
@@ -195,7 +204,7 @@ def claim_table(claims: list[Claim]):
         if c.verdict == NEEDS_SEEDS:
             needed = f"at least {stats.MIN_SEEDS}"
         rows.append([claim, c.metric, f"{c.n_arm} vs {c.n_than}",
-                     _num(c.diff, signed=True) + ci, c.test or "–", _p(c.p), c.verdict,
+                     _num(c.diff, signed=True) + ci, c.test or "–", _p(c.p, c.alpha), c.verdict,
                      needed, _num(c.detectable) if c.detectable is not None else ""])
     return header, rows
 
@@ -246,7 +255,7 @@ _METHOD = (
     "Welch's t-test, one-sided in the claimed direction (agreed when it is significant, "
     "contradicted when the opposite one-sided test is). `~ ± M`: two one-sided Welch tests "
     "(TOST; agreed when the difference is shown to lie within ±M, contradicted when it is "
-    "shown to lie outside). The tests are unpaired although arms share seeds: a seed fixes "
+    "shown to lie above M or below -M, each side at alpha / 2). The tests are unpaired although arms share seeds: a seed fixes "
     "the data order, but different models draw different weights from it, and an unpaired "
     "test stays valid when seed sets differ. alpha = {alpha:g}; p is Holm-adjusted across "
     "the {k} tested claims of this sweep. The confidence interval of a difference uses "

@@ -87,7 +87,8 @@ from ablate.record import METRICS
 from ablate.sweepfile import KeyPath, _dotted, _load_tree, _show, _where, apply_overrides
 
 DIRECTION = re.compile(r"^\s*(>|<|~)\s*(\S.*?)\s*$")
-MARGIN = re.compile(r"^(.*?)\s*(?:±|\+-|\+/-)\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
+MARGIN = re.compile(r"^(.*?)\s*(?:±|\+-|\+/-)\s*([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)"
+                    r"(?:[eE][-+]?[0-9]+)?)\s*$")
 ALPHA = 0.05
 METRIC = re.compile(r"^[A-Za-z0-9_]+/[A-Za-z0-9_.]+$")
 

@@ -8,7 +8,9 @@ A claim compares the final metric of two arms, one value per finished seed:
 - ``arm ~ than ± M`` (about equal, margin M in the metric's units) is decided by two one-sided
   Welch tests (TOST). Agreed when both "difference > -M" and "difference < M" are shown (the
   difference lies inside the margin); contradicted when "difference > M" or "difference < -M"
-  is shown (it lies outside); otherwise not decided.
+  is shown (it lies outside), each at alpha / 2 (Bonferroni: with a margin small beside the
+  noise, either side at alpha would contradict a true claim almost twice as often as alpha);
+  otherwise not decided.
 
 The tests are unpaired even when both arms ran the same seeds. A shared seed fixes the data
 order and augmentation, but two architectures draw different initial weights from it, so the
@@ -19,7 +21,7 @@ shared seeds do correlate the arms it only errs on the side of "not decided".
 Welch's test does not assume equal spreads. Its degrees of freedom are Welch-Satterthwaite's,
 and the 95% confidence interval of the difference of means uses the same. When both arms have
 no spread at all (identical values per arm), a nonzero difference is treated as shown and a
-zero difference as not shown.
+zero difference as not shown; the test's name then says so.
 
 The claims of one sweep are corrected together for multiplicity (Holm): every claim's deciding
 p (the smaller of its "agreed" and "contradicted" p) is Holm-adjusted, and a claim is decided
@@ -102,15 +104,20 @@ def claim_test(op: str, arm: Sequence[float], than: Sequence[float],
         raise ValueError(f"needs at least {MIN_SEEDS} values per arm")
     low, high = welch_ci(a, b)
     diff = float(a.mean() - b.mean())
+    flat = a.var(ddof=1) == 0 and b.var(ddof=1) == 0  # one_sided_p decides by the sign
     if op in (">", "<"):
         toward, away = ("greater", "less") if op == ">" else ("less", "greater")
+        name = f"no spread in either arm: sign of the difference ({op})" if flat else \
+            f"Welch t, one-sided ({op})"
         return Test(diff, low, high, one_sided_p(a, b, 0.0, toward),
-                    one_sided_p(a, b, 0.0, away), f"Welch t, one-sided ({op})")
+                    one_sided_p(a, b, 0.0, away), name)
     if op != "~" or margin is None or margin <= 0:
         raise ValueError(f"unknown claim {op!r} (margin {margin!r})")
     inside = max(one_sided_p(a, b, -margin, "greater"), one_sided_p(a, b, margin, "less"))
-    outside = min(one_sided_p(a, b, margin, "greater"), one_sided_p(a, b, -margin, "less"))
-    return Test(diff, low, high, inside, outside, f"TOST, Welch t, margin ±{margin:g}")
+    outside = min(1.0, 2 * min(one_sided_p(a, b, margin, "greater"),
+                               one_sided_p(a, b, -margin, "less")))
+    name = "no spread in either arm: the difference against" if flat else "TOST, Welch t, margin"
+    return Test(diff, low, high, inside, outside, f"{name} ±{margin:g}")
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

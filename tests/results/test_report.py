@@ -25,8 +25,10 @@ from ablate.report import (
     NEEDS_MARGIN,
     NEEDS_SEEDS,
     UNDECIDED,
+    Claim,
     arm_summary,
     check_claims,
+    claim_table,
     tex_escape,
     write_report,
 )
@@ -87,6 +89,18 @@ def test_a_claim_of_an_arm_without_finished_trials_needs_seeds():
     assert (claim.arm, claim.verdict, claim.diff, claim.n_arm) == ("b", NEEDS_SEEDS, None, 0)
 
 
+def test_an_infinite_final_value_is_left_out_as_a_nan_is():
+    # an evaluation can overflow (val/loss inf) in a trial whose training loss stayed finite
+    values = {"a": [0.0, 1.0, 2.0, 1.0], "b": [5.0, 6.0, 7.0, 8.0],
+              "c": [float("inf"), 1.0, 2.0, float("nan")]}
+    expected = {"b": {"op": ">", "than": "a"}, "c": {"op": "<", "than": "a"}}
+    claims = {c.arm: c for c in check_claims(trials_frame(values, expected))}
+    assert claims["c"].n_arm == 2 and claims["c"].diff == pytest.approx(0.5)
+    # b > a (p 0.00038 alone) stays agreed beside it, Holm-adjusted over the two claims
+    assert claims["b"].verdict == AGREED
+    assert claims["b"].p == pytest.approx(2 * 0.00037963, rel=1e-3)
+
+
 def test_arm_summary_counts_only_finished_trials_and_follows_the_plan_order():
     frame = trials_frame({"a": [70.0, 72.0], "b": [60.0], "c": [61.0]}, {})
     frame.loc[1, "state"] = "failed"
@@ -94,6 +108,18 @@ def test_arm_summary_counts_only_finished_trials_and_follows_the_plan_order():
     assert summary.loc["a", "n"] == 1 and summary.loc["a", "mean"] == 70.0
     assert list(summary.index) == ["a", "b", "c"]  # baseline first
     assert list(arm_summary(frame, order=["c", "a", "b"])["arm"]) == ["c", "a", "b"]
+
+
+def test_a_p_value_is_never_rounded_across_alpha():
+    def cell(p: float, verdict: str) -> str:
+        claim = Claim(sweep="s", arm="b", metric="val/top1", op=">", than="a", margin=None,
+                      alpha=0.05, n_arm=3, n_than=3, diff=1.0, ci_low=0.1, ci_high=1.9, p=p,
+                      test="Welch t, one-sided (>)", verdict=verdict)
+        header, (row,) = claim_table([claim])
+        return row[header.index("p (Holm)")]
+
+    assert cell(0.0496, AGREED) == "0.0496"  # not 0.050 beside "agreed" at alpha 0.05
+    assert cell(0.0504, UNDECIDED) == "0.050" and cell(0.1394, UNDECIDED) == "0.139"
 
 
 def test_tex_escape_handles_the_special_characters():

@@ -54,15 +54,26 @@ def test_confidence_interval_uses_welch_satterthwaite_df():
 
 
 @pytest.mark.parametrize("arm, margin, verdict, p_agree, p_contra", [
-    (LOW, 5.0, AGREED, t2_sf(5 / SE), t2_sf(-5 / SE)),  # diff 0: shown inside ±5
-    ([10.0, 12.0], 5.0, CONTRADICTED, 1 - t2_sf(5 / SE), t2_sf(5 / SE)),  # diff 10: outside
-    (HIGH, 5.0, UNDECIDED, 0.5, 0.5),                            # diff 5, on the margin
+    (LOW, 5.0, AGREED, t2_sf(5 / SE), 1.0),  # diff 0: shown inside ±5
+    ([20.0, 22.0], 5.0, CONTRADICTED, 1 - t2_sf(15 / SE), 2 * t2_sf(15 / SE)),  # diff 20
+    # diff 10: "> 5" has p 0.036, but either side may contradict, each at alpha / 2
+    ([10.0, 12.0], 5.0, UNDECIDED, 1 - t2_sf(5 / SE), 2 * t2_sf(5 / SE)),
+    (HIGH, 5.0, UNDECIDED, 0.5, 1.0),                            # diff 5, on the margin
 ])
 def test_about_equal_by_two_one_sided_tests(arm, margin, verdict, p_agree, p_contra):
     test = stats.claim_test("~", arm, LOW, margin)
     assert test.p_agree == pytest.approx(p_agree, rel=1e-6)
     assert test.p_contra == pytest.approx(p_contra, rel=1e-6, abs=1e-12)
     assert stats.decide([test])[0][0] == verdict
+
+
+def test_about_equal_is_contradicted_at_most_alpha_of_the_time_when_true():
+    # true difference 0, inside a margin small beside the noise: each side alone at alpha
+    # would contradict the claim about 2 * alpha of the time
+    rng = np.random.default_rng(0)
+    verdicts = [stats.decide([stats.claim_test("~", rng.normal(0, 1, 5), rng.normal(0, 1, 5),
+                                               0.01)])[0][0] for _ in range(1000)]
+    assert verdicts.count(CONTRADICTED) / len(verdicts) < 0.065
 
 
 def test_holm_adjusts_step_down_and_can_undo_a_verdict():
@@ -78,6 +89,12 @@ def test_holm_adjusts_step_down_and_can_undo_a_verdict():
 def test_arms_without_spread_are_decided_by_the_sign():
     assert stats.decide([stats.claim_test(">", [1.0, 1.0], [0.0, 0.0])])[0][0] == AGREED
     assert stats.decide([stats.claim_test(">", [1.0, 1.0], [1.0, 1.0])])[0][0] == UNDECIDED
+    # the report's test column names the rule that decided, not Welch's test (p nan there)
+    assert stats.claim_test("<", [1.0, 1.0], [0.0, 0.0]).test == \
+        "no spread in either arm: sign of the difference (<)"
+    assert stats.claim_test("~", [1.0, 1.0], [1.0, 1.0], 0.5).test == \
+        "no spread in either arm: the difference against ±0.5"
+    assert stats.claim_test(">", [1.0, 3.0], [0.0, 0.0]).test == "Welch t, one-sided (>)"
 
 
 def test_a_claim_needs_two_values_per_arm_and_about_equal_a_margin():
