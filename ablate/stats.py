@@ -28,8 +28,8 @@ p (the smaller of its "agreed" and "contradicted" p) is Holm-adjusted, and a cla
 when its adjusted p is below alpha.
 
 Seeds needed (power 0.8 at a given alpha; the report passes alpha / k for k claims, the level
-Holm holds the first claim to; equal seeds per arm and each arm's observed spread): for ``>``/``<`` at the observed difference, for ``~`` at a
-true difference of zero (the margin is the distance to prove). The smallest detectable
+Holm holds the first claim to; equal seeds per arm and each arm's observed spread): for
+``>``/``<`` at the observed difference, for ``~`` at a true difference of zero (the margin is the distance to prove). The smallest detectable
 difference is the true difference (for ``~``: the margin) that the current seeds would decide
 with power 0.8. Power comes from the noncentral t distribution (scipy.stats.nct).
 """
