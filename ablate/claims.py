@@ -28,7 +28,8 @@ AGREED, CONTRADICTED, UNDECIDED = stats.AGREED, stats.CONTRADICTED, stats.UNDECI
 NEEDS_SEEDS = f"needs at least {stats.MIN_SEEDS} seeds per arm"
 NEEDS_MARGIN = "needs a margin (~ LABEL ± M)"
 CLAIM_COLUMNS = ("sweep", "arm", "op", "than", "margin", "metric", "n_arm", "n_than", "diff",
-                 "ci_low", "ci_high", "p", "test", "verdict", "seeds_needed")
+                 "ci_low", "ci_high", "p", "test", "verdict", "seeds_needed", "detectable",
+                 "alpha")
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,9 @@ def _sd(x: list[float]) -> float:
 def claims_csv(claims: list[Claim]) -> str:
     """tables/claims.csv: one row per claim, columns CLAIM_COLUMNS; numbers to 6 digits.
 
-    ``p`` is Holm-adjusted; ``seeds_needed`` is per arm, empty for decided claims and
-    "more than 1000" beyond stats.MAX_SEEDS.
+    ``p`` is Holm-adjusted (decided when below ``alpha``); ``seeds_needed`` is per arm, empty
+    for decided claims and "more than 1000" beyond stats.MAX_SEEDS; ``detectable`` is the
+    smallest true difference (for ``~``: margin) the current seeds decide with power 0.8.
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
