@@ -277,8 +277,12 @@ def _resume(run: Run) -> int:
     """Load the latest valid checkpoint into ``run``; return the number of finished epochs.
 
     Every rank reads the same checkpoint (the main rank's) and restores its own RNG states.
+    A checkpoint after the last epoch metrics.jsonl records whole (its line torn or lost) is
+    skipped: resuming from it would leave that epoch out of the record for good.
     """
-    path, state = checkpoint.latest(run.tdir / "checkpoints")
+    recorded = {r["epoch"] for r in record.read_metrics(run.tdir)}
+    whole = next(e for e in range(len(recorded) + 1) if e + 1 not in recorded)
+    path, state = checkpoint.latest(run.tdir / "checkpoints", max_epoch=whole)
     if state is None:
         if run.ranks.main:
             record.truncate_metrics(run.tdir, 0)

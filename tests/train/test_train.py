@@ -120,6 +120,27 @@ def test_resume_skips_a_corrupt_latest_checkpoint(tmp_path, make_trial):
         model_metrics(record.read_metrics(tmp_path / "whole"))
 
 
+def test_resume_after_a_torn_last_metrics_line_redoes_that_epoch(tmp_path, make_trial):
+    # the checkpoint of epoch 2 is whole but its metrics line is cut: resuming from it would
+    # leave epoch 2 out of the record of a trial that then says done
+    trial = make_trial(epochs=3, keep_checkpoints=1)
+    train.train_trial(trial, tmp_path / "whole")
+
+    def stop_after_2(row):
+        if row["epoch"] == 2:
+            raise Stop
+
+    cut = tmp_path / "cut"
+    with pytest.raises(Stop):
+        train.train_trial(trial, cut, report=stop_after_2)
+    metrics = cut / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes()[:-20])  # a torn last line
+    result = train.train_trial(trial, cut)
+    assert result["epochs"] == 3
+    assert model_metrics(record.read_metrics(cut)) == \
+        model_metrics(record.read_metrics(tmp_path / "whole"))
+
+
 def test_nan_loss_ends_the_trial_as_diverged(tmp_path, make_trial, monkeypatch):
     real_build = train._build_mixing
 
