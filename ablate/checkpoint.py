@@ -85,10 +85,16 @@ def load_latest(ckpt_dir: Path) -> dict[str, Any] | None:
     return latest(ckpt_dir)[1]
 
 
-def latest(ckpt_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+def latest(ckpt_dir: Path, *, max_epoch: int | None = None
+           ) -> tuple[Path | None, dict[str, Any] | None]:
     """(path, contents) of the newest epoch checkpoint that loads and is complete, else
-    (None, None). Each newer one skipped is logged as a warning naming it."""
+    (None, None); with ``max_epoch``, of none after that epoch. Each newer one skipped is
+    logged as a warning naming it."""
     for path in epoch_checkpoints(ckpt_dir):
+        if max_epoch is not None and int(path.stem.split("_")[1]) > max_epoch:
+            log.warning("skipping checkpoint %s: the trial's metrics.jsonl records epochs "
+                        "1-%d only", path, max_epoch)
+            continue
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, whatever broke it

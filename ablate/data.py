@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,6 +311,43 @@ class Loaders:
             if getattr(loader, "_iterator", None) is not None:
                 loader._iterator._shutdown_workers()
                 loader._iterator = None
+
+
+def checked_batches(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+    """The batches of ``loader``; an error while one of its worker processes has died is
+    raised as the error torch raises when it notices one gone ("DataLoader worker (pid(s)
+    ...) exited unexpectedly"), so the failure is a killed process, which is retried.
+
+    A loader process killed (by the out-of-memory killer, say) while it hands a batch over
+    makes the receiving end fail with whatever the broken transfer raised (a
+    ConnectionResetError, a FileNotFoundError of its socket), which read as a bug in the code
+    or the data.
+    """
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as e:
+            dead = _dead_workers(batches)
+            if not dead or "exited unexpectedly" in str(e):
+                raise
+            raise RuntimeError(f"DataLoader worker (pid(s) {', '.join(map(str, dead))}) exited "
+                               f"unexpectedly ({type(e).__name__}: {e})") from None
+        yield batch
+
+
+def _dead_workers(batches: Any, wait_s: float = 1.0) -> list[int]:
+    """The pids of the loader iterator's worker processes that have died. A process killed
+    closes its sockets just before it can be seen dead: look again for up to ``wait_s``."""
+    workers = getattr(batches, "_workers", None) or []
+    deadline = time.monotonic() + wait_s
+    while True:
+        dead = [w.pid for w in workers if not w.is_alive()]
+        if dead or not workers or time.monotonic() >= deadline:
+            return dead
+        time.sleep(0.05)
 
 
 def build_loaders(splits: DataSplits, recipe: RecipeConfig, *, seed: int,

@@ -50,7 +50,7 @@ from ablate import distributed as dist
 from ablate.augment import BatchPrep
 from ablate.bookkeeping import checkpoint_changes, describe_changes
 from ablate.config import RecipeConfig, Trial, batch_split_error
-from ablate.data import Loaders, build_loaders, load_splits, mix_seeds
+from ablate.data import Loaders, build_loaders, checked_batches, load_splits, mix_seeds
 from ablate.distributed import Ranks
 from ablate.errors import TrialError, first_line
 from ablate.provenance import collect_provenance
@@ -288,8 +288,12 @@ def _resume(run: Run) -> int:
     """Load the latest valid checkpoint into ``run``; return the number of finished epochs.
 
     Every rank reads the same checkpoint (the main rank's) and restores its own RNG states.
+    A checkpoint after the last epoch metrics.jsonl records whole (its line torn or lost) is
+    skipped: resuming from it would leave that epoch out of the record for good.
     """
-    path, state = checkpoint.latest(run.tdir / "checkpoints")
+    recorded = {r["epoch"] for r in record.read_metrics(run.tdir)}
+    whole = next(e for e in range(len(recorded) + 1) if e + 1 not in recorded)
+    path, state = checkpoint.latest(run.tdir / "checkpoints", max_epoch=whole)
     if state is None:
         if run.ranks.main:
             record.truncate_metrics(run.tdir, 0)
@@ -358,7 +362,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
     """One pass over the training data; time spent blocked on the loader is measured apart."""
     run.model.train()
     run.loaders.set_epoch(epoch)
-    batches, batch_size = iter(run.loaders.train), run.trial.config.train.batch_size
+    batches, batch_size = checked_batches(run.loaders.train), run.trial.config.train.batch_size
     wait = loss_sum = 0.0
     t0 = time.perf_counter()
     for step in range(run.steps_per_epoch):
@@ -431,7 +435,7 @@ def evaluate(run: Run) -> dict[str, float]:
     added over the ranks, so every validation image counts once."""
     run.model.eval()
     n, loss_sum, top1, top5 = 0, 0.0, 0, 0
-    for x, y in run.loaders.val:
+    for x, y in checked_batches(run.loaders.val):
         x, y = run.prep(x, train=False), y.to(run.device, non_blocking=True)
         with torch.autocast(run.device.type, dtype=run.amp_dtype,
                             enabled=run.amp_dtype is not None):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
 
 import pytest
 import torch
 
-from ablate import checkpoint, models, provenance, record, train
+from ablate import checkpoint, failures, models, provenance, record, train
 from ablate.config import Trial
 from ablate.errors import TrialError
 
@@ -106,6 +109,43 @@ def test_killed_mid_epoch_with_workers_loses_only_that_epoch(tmp_path, make_tria
         model_metrics(record.read_metrics(tmp_path / "whole"))
 
 
+def test_a_loader_process_killed_while_handing_over_a_batch_is_a_killed_worker(
+        tmp_path, make_trial, monkeypatch):
+    # the out-of-memory killer can take a loader process mid-transfer of a batch: the trial
+    # then gets the broken transfer's error, not torch's "exited unexpectedly", and a code
+    # error is never retried
+    from torch.utils.data import dataloader
+
+    real_next, calls = dataloader._MultiProcessingDataLoaderIter._next_data, []
+
+    def dying_transfer(it):
+        calls.append(1)
+        if len(calls) == 4 + 2:  # 4 steps per epoch: a batch of epoch 2
+            os.kill(it._workers[0].pid, signal.SIGKILL)
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return real_next(it)
+
+    def trial_thread():  # as Tune runs a trial: not the main thread, so torch sets no
+        try:  # SIGCHLD handler that would raise its own error when the loader dies
+            train.train_trial(make_trial(epochs=2, workers=1), tmp_path)
+        except Exception as e:  # noqa: BLE001 - kept for the assertions below
+            raised.append(e)
+
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "_next_data",
+                        dying_transfer)
+    # nor the handler an earlier test in the main thread may have set
+    monkeypatch.setattr(dataloader._utils.signal_handling, "_error_if_any_worker_fails",
+                        lambda: None)
+    raised: list[Exception] = []
+    thread = threading.Thread(target=trial_thread)
+    thread.start()
+    thread.join()
+    assert len(raised) == 1 and "exited unexpectedly" in str(raised[0])
+    error = record.read_state_raw(tmp_path)["error"]
+    assert error["kind"] == failures.KILLED
+    assert not failures.classify_record(error).deterministic  # so the runner retries it
+
+
 def test_resume_skips_a_corrupt_latest_checkpoint(tmp_path, make_trial):
     trial = make_trial(epochs=2)
     train.train_trial(trial, tmp_path / "whole")
@@ -116,6 +156,27 @@ def test_resume_skips_a_corrupt_latest_checkpoint(tmp_path, make_trial):
     record.write_state(cut, record.RUNNING)  # as if killed before the result was written
     result = train.train_trial(trial, cut)  # falls back to epoch 1 and redoes epoch 2
     assert result["epochs"] == 2
+    assert model_metrics(record.read_metrics(cut)) == \
+        model_metrics(record.read_metrics(tmp_path / "whole"))
+
+
+def test_resume_after_a_torn_last_metrics_line_redoes_that_epoch(tmp_path, make_trial):
+    # the checkpoint of epoch 2 is whole but its metrics line is cut: resuming from it would
+    # leave epoch 2 out of the record of a trial that then says done
+    trial = make_trial(epochs=3, keep_checkpoints=1)
+    train.train_trial(trial, tmp_path / "whole")
+
+    def stop_after_2(row):
+        if row["epoch"] == 2:
+            raise Stop
+
+    cut = tmp_path / "cut"
+    with pytest.raises(Stop):
+        train.train_trial(trial, cut, report=stop_after_2)
+    metrics = cut / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes()[:-20])  # a torn last line
+    result = train.train_trial(trial, cut)
+    assert result["epochs"] == 3
     assert model_metrics(record.read_metrics(cut)) == \
         model_metrics(record.read_metrics(tmp_path / "whole"))
 
