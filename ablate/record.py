@@ -426,14 +426,24 @@ def check_checkpoints(tdir: Path) -> list[str]:
                               f"its first epoch), or {reset}")
     warnings = []
     newest = epoch_checkpoints(ckpt)
+    whole = recorded_epochs(tdir)
     for i, path in enumerate(newest):
-        if zipfile.is_zipfile(path):
+        after = int(_EPOCH_RE.match(path.name).group(1)) > whole
+        if not after and zipfile.is_zipfile(path):
             break
         then = f"from {newest[i + 1].name}" if i + 1 < len(newest) else "from its first epoch"
-        why = "empty" if path.stat().st_size == 0 else "cut short?"
-        warnings.append(f"{path}: not a whole checkpoint ({why}); trial {tdir.name} skips it "
-                        f"and resumes {then}")
+        why = f"metrics.jsonl records epochs 1-{whole} only" if after else \
+            "not a whole checkpoint (" + ("empty" if path.stat().st_size == 0 else
+                                         "cut short?") + ")"
+        warnings.append(f"{path}: {why}; trial {tdir.name} skips it and resumes {then}")
     return warnings
+
+
+def recorded_epochs(tdir: Path) -> int:
+    """How many epochs, from the first, metrics.jsonl holds whole: a resume starts from no
+    later checkpoint, or the epochs after would never be recorded."""
+    recorded = {r["epoch"] for r in read_metrics(tdir)}
+    return next(e for e in range(len(recorded) + 1) if e + 1 not in recorded)
 
 
 def list_trial_dirs(results_dir: str | Path) -> list[Path]:

@@ -291,9 +291,8 @@ def _resume(run: Run) -> int:
     A checkpoint after the last epoch metrics.jsonl records whole (its line torn or lost) is
     skipped: resuming from it would leave that epoch out of the record for good.
     """
-    recorded = {r["epoch"] for r in record.read_metrics(run.tdir)}
-    whole = next(e for e in range(len(recorded) + 1) if e + 1 not in recorded)
-    path, state = checkpoint.latest(run.tdir / "checkpoints", max_epoch=whole)
+    path, state = checkpoint.latest(run.tdir / "checkpoints",
+                                    max_epoch=record.recorded_epochs(run.tdir))
     if state is None:
         if run.ranks.main:
             record.truncate_metrics(run.tdir, 0)

@@ -156,18 +156,24 @@ def test_checkpoints_that_would_fail_the_trial_stop_resume_before_launch(
     assert record.read_state(tdir) == record.RUNNING  # nothing written
 
 
-@pytest.mark.parametrize("cut", [0, 5000])
+@pytest.mark.parametrize("cut", [0, 5000, "metrics"])
 def test_a_newest_checkpoint_resume_will_skip_is_said_before_it_runs(interrupted, capsys, cut):
-    """An empty or truncated epoch_0003.pt: the trial falls back to epoch_0002.pt and trains
-    epoch 3 again; the run says so, naming the file, instead of only a worker's log."""
+    """An empty or truncated epoch_0003.pt, or a whole one whose epoch's metrics line is torn:
+    the trial falls back to epoch_0002.pt and trains epoch 3 again; the run says so, naming
+    the file, instead of only a worker's log."""
     results, tdir = interrupted
     newest = tdir / "checkpoints" / "epoch_0003.pt"
-    newest.write_bytes(newest.read_bytes()[:cut])
+    if cut == "metrics":
+        metrics = tdir / "metrics.jsonl"
+        metrics.write_bytes(metrics.read_bytes()[:-20])
+    else:
+        newest.write_bytes(newest.read_bytes()[:cut])
     capsys.readouterr()
     assert main(["resume", str(results), "--debug"]) == 0
     out, err = capsys.readouterr()
     note = [line for line in err.splitlines() if line.startswith(f"ablate: warning: {newest}")]
     assert len(note) == 1 and "resumes from epoch_0002.pt" in note[0], err
     assert ("empty" in note[0]) == (cut == 0)
+    assert ("metrics.jsonl records epochs 1-2 only" in note[0]) == (cut == "metrics")
     assert [r["epoch"] for r in record.read_metrics(tdir)] == [1, 2, 3]
     assert record.read_state(tdir) == record.DONE
