@@ -75,6 +75,10 @@ def read_manifest(results_dir: Path) -> dict[str, Any]:
     rewrite = record.manifest_hint(results_dir)
     obj = record.read_sweep_json(results_dir)
     if obj is None:
+        if Path(results_dir).is_dir() and [p.name for p in Path(results_dir).iterdir()] == [LOCK]:
+            raise RecordError("no sweep.json: the 'ablate run' that made this folder stopped "
+                              "before it wrote its plan (nothing ran)", file=path,
+                              hint="run 'ablate run SWEEP.yaml' again")
         raise RecordError("no sweep.json: not a results folder of 'ablate run'", file=path,
                           hint="pass the folder 'ablate run' wrote, e.g. results/<sweep name>")
     try:

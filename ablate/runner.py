@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from ablate import record
 from ablate.bookkeeping import (
     LOCK,
+    MANIFEST,
     begun_changes,
     config_changes,
     describe_changes,
@@ -287,8 +288,10 @@ def run_plan(trials: list[Trial], results_dir: Path, *, name: str, source: str |
             return dataclasses.replace(summary, retried=tracker.retried,
                                        interrupted=stop.signum,
                                        held=[t.id for t in work.held])
-    except AblateError:
-        if created:  # refused before anything ran: leave no folder holding only the lock
+    except (AblateError, KeyboardInterrupt):
+        # refused, or stopped (Ctrl-C while Ray starts), before the plan was written: leave
+        # no folder holding only the lock
+        if created and not (results_dir / MANIFEST).exists():
             (results_dir / LOCK).unlink(missing_ok=True)
             with suppress(OSError):
                 results_dir.rmdir()

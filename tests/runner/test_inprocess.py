@@ -156,6 +156,26 @@ def test_rerun_of_a_finished_plan_starts_no_backend(tmp_path):
     assert [t["id"] for t in manifest["trials"]] == [trial.id]
 
 
+def test_ctrl_c_while_the_backend_starts_leaves_no_folder_behind(tmp_path, capsys):
+    """Ctrl-C while Ray starts: the run had written only its lock, and the folder that held
+    it made 'ablate resume' say it was no results folder."""
+    trial, results = tiny_trial(seed=3), tmp_path / "results"
+
+    class Starting(InProcessBackend):
+        def session(self):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_plan([trial], results, name="tiny", backend=Starting())
+    assert not results.exists()
+    results.mkdir()  # what a driver killed at that moment (SIGKILL: no cleanup) leaves
+    (results / bookkeeping.LOCK).write_text("1 host 0\n")
+    assert main(["resume", str(results)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "stopped before it wrote its plan" in err
+    assert "ablate run SWEEP.yaml" in err
+
+
 def test_sigint_mid_trial_stops_the_run_with_its_summary_and_a_rerun_resumes(tmp_path,
                                                                              monkeypatch):
     first, second = tiny_trial(seed=0), tiny_trial(seed=1)
