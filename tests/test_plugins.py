@@ -50,8 +50,8 @@ def _ablate(*args: str, env: dict | None = None, timeout: int = 600):
 def test_a_plugin_mixer_plans_runs_on_ray_collects_and_plots(tmp_path):
     sweep = _sweep(tmp_path / "lab.yaml", """\
         gated: {model.mixer: gated_dwconv}
-        gate_by_axis: {model.weight_source: center_gate}
-        gated_arch: {model.arch: gated_dwnet_nano}
+        gate_by_axis: {model.weight_source: center_gate, model.kernel_size: 5}
+        gated_arch: {model.arch: gated_dwnet_nano, model.drop_path_rate: 0.1}
         resnet: {model.arch: resnet18}
         """, train={"epochs": 1})
     planned = _ablate("plan", str(sweep), "--json", "--no-stats")
@@ -59,8 +59,8 @@ def test_a_plugin_mixer_plans_runs_on_ray_collects_and_plots(tmp_path):
     rows = json.loads(planned.stdout)["trials"]
     assert [r["label"] for r in rows] == ["baseline", "gated", "gate_by_axis", "gated_arch",
                                           "resnet"]
-    # naming the mixer and asking for its weight source build the same model: one trial each,
-    # but distinct configurations, so distinct ids
+    # the mixer by name, by its weight source, and in a registered arch (each with one more
+    # change: the same network twice would be refused as training one model again)
     assert len({r["id"] for r in rows}) == 5
     results = tmp_path / "results"
     done = _ablate("run", str(sweep), "--results", str(results))
@@ -73,6 +73,7 @@ def test_a_plugin_mixer_plans_runs_on_ray_collects_and_plots(tmp_path):
     # the gate adds a C x C linear map per block to DWNet's parameters
     assert by_arm.loc["gated", "params"] > by_arm.loc["baseline", "params"]
     assert by_arm.loc["gated", "params"] == by_arm.loc["gated_arch", "params"]
+    assert by_arm.loc["gate_by_axis", "params"] > by_arm.loc["gated", "params"]  # 5x5 kernels
     assert by_arm.loc["resnet", "params"] > 10 * by_arm.loc["baseline", "params"]
     assert list((results / "figures").glob("*.png"))
 
