@@ -80,6 +80,42 @@ def seed_values(trials: pd.DataFrame, metric: str = METRIC) -> dict[tuple[str, s
             for key, part in frame.groupby(["sweep", "arm"], sort=False)}
 
 
+def pooled_configurations(trials: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(sweep, arm) -> what differs between the configurations its finished trials ran, as
+    'train.epochs 6 (x3), 8 (x1)' (most trials first), for each arm whose seeds did not all run one configuration
+    but their seed (a run with --set into the sweep's results folder, a default changed
+    between runs). Their mean, claims and figures pool those configurations."""
+    done = trials[trials["state"].isin(["done", "diverged"])]
+    keys = [k for k in _config_keys() if k in done]
+    out = {}
+    for (sweep, arm), part in done.groupby(["sweep", "arm"], sort=False):
+        differ = []
+        for k in keys:
+            counts: dict[str, int] = {}
+            for v in part[k].tolist():
+                shown = "null" if v is None or (isinstance(v, float) and math.isnan(v)) \
+                    else str(v)
+                counts[shown] = counts.get(shown, 0) + 1
+            if len(counts) > 1:
+                common = sorted(counts.items(), key=lambda vn: (-vn[1], natural_key(vn[0])))
+                differ.append(f"{k} " + ", ".join(f"{v} (x{n})" for v, n in common))
+        if differ:
+            out[(sweep, arm)] = "; ".join(differ)
+    return out
+
+
+def _config_keys() -> list[str]:
+    """The trials table's columns that make a trial's configuration, but its seed."""
+    import dataclasses
+
+    from ablate.config import DataConfig, ModelConfig, RecipeConfig
+
+    return [f"{prefix}.{f.name}" for prefix, cls in (("model", ModelConfig), ("data", DataConfig),
+                                                     ("train", RecipeConfig))
+            for f in dataclasses.fields(cls) if not f.metadata.get("operational")] \
+        + ["resources.workers"]
+
+
 def _expected(raw) -> dict:
     return json.loads(raw) if isinstance(raw, str) and raw else {}
 

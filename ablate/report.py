@@ -307,6 +307,7 @@ def _sweep_section(sweep: str, trials: pd.DataFrame, summary: pd.DataFrame,
     note = f"{sweep}: {description}" if description else sweep
     tex = {f"{sweep}-setting.tex": to_latex(*setting, comment=note)}
     md.append("## Arms\n")
+    md += [f"**Warning:** {line}\n" for line in pooling_warnings(trials)]
     if summary.empty:
         md.append("No finished trial yet.\n")
     else:
@@ -332,6 +333,17 @@ def _sweep_section(sweep: str, trials: pd.DataFrame, summary: pd.DataFrame,
     md += ["## Figures\n", "\n".join(links) + "\n" if links else
            "None drawn yet: `ablate figures RESULTS_DIR` draws them into figures/.\n"]
     return [m for m in md if m], tex
+
+
+def pooling_warnings(trials: pd.DataFrame) -> list[str]:
+    """A line for each arm whose finished seeds ran more than one configuration."""
+    from ablate.claims import pooled_configurations
+
+    return [f"arm '{arm}' of sweep {sweep} pools finished trials of several configurations "
+            f"({what}): its mean, claims and figures mix them; 'ablate reset RESULTS_DIR "
+            "--trial ID' the ones not meant, or run the other configuration into its own "
+            "results folder (--results)"
+            for (sweep, arm), what in pooled_configurations(trials).items()]
 
 
 def _write(path: Path, text: str) -> Path:

@@ -72,9 +72,12 @@ def figures_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from ablate.report import write_report
+    from ablate.collect import load_tables
+    from ablate.report import pooling_warnings, write_report
 
     _collect(args.results_dir, quiet=True)
     for path in write_report(args.results_dir):
         print(path)
+    for line in pooling_warnings(load_tables(Path(args.results_dir))[0]):
+        print(f"ablate: warning: {line}", file=sys.stderr)
     return 0

@@ -334,6 +334,11 @@ def _make_results(results: Path) -> None:
             continue
         folders = sorted({str(Path(p).parent) for p in paths})
         print(f"ablate: {what}: {len(paths)} files in {', '.join(folders) or results}")
+    from ablate.collect import load_tables
+    from ablate.report import pooling_warnings
+
+    for line in pooling_warnings(load_tables(results)[0]):
+        print(f"ablate: warning: {line}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------ status

@@ -259,3 +259,31 @@ def test_plan_with_results_shows_the_seeds_an_undecided_claim_needs(tmp_path, ca
 def _collected(results: Path) -> pd.DataFrame:
     collect_results(results)
     return load_tables(results)[0]
+
+
+def test_an_arm_whose_seeds_ran_two_configurations_is_said_to_pool_them(tmp_path, monkeypatch,
+                                                                         capsys):
+    """A run with --set into the sweep's own folder (train.epochs 7 for one seed of static):
+    the arm's mean and claims pooled the two recipes in silence."""
+    import dataclasses
+
+    from ablate.plan import load_plan
+
+    results = make_demo(tmp_path, monkeypatch)
+    _, trials = load_plan(tmp_path / "demo.yaml")
+    static0 = next(t for t in trials if (t.arm, t.config.seed) == ("static", 0))
+    longer = dataclasses.replace(static0, config=dataclasses.replace(
+        static0.config, seed=5, train=dataclasses.replace(static0.config.train, epochs=7)))
+    factory_write(results, longer, 81.0, "done")
+    assert main(["report", str(results)]) == 0
+    err = capsys.readouterr().err
+    default = static0.config.train.epochs
+    warned = [line for line in err.splitlines() if "pools finished trials" in line]
+    assert len(warned) == 1 and "arm 'static' of sweep demo" in warned[0]
+    assert f"train.epochs {default} (x3), 7 (x1)" in warned[0]
+    assert "pools finished trials" in (results / "tables" / "results.md").read_text()
+    shutil_rmtree = __import__("shutil").rmtree
+    shutil_rmtree(record.trial_dir(results, longer.id))  # the one not meant, reset
+    assert main(["report", str(results)]) == 0
+    assert "pools" not in capsys.readouterr().err
+    assert "pools" not in (results / "tables" / "results.md").read_text()
