@@ -13,7 +13,8 @@ reused from the previous tables, every file is written through ``ablate.record.a
 (temporary names, renamed into place, the manifest last), and nothing is written when nothing
 changed. ``collect_results(..., full=True)`` rereads everything. A trial whose records are
 corrupt or of an unknown version, or whose metrics.jsonl lost an epoch to an unreadable line
-(state "damaged" in ``ablate status``), is left out with a warning naming the file (and line),
+or holds fewer epochs than a finished trial's result.json counts (state "damaged" in ``ablate
+status``), is left out with a warning naming the file (and line),
 on every collect until it is repaired. The id of a trial is the name of its folder.
 
 The files are plain parquet (snappy) without a stored arrow schema, so every reader sees the
@@ -212,7 +213,8 @@ def collect_results(results_dir: str | Path, *, full: bool = False) -> CollectSu
                 read[tid] = d
             except RecordError as err:
                 warnings.append(f"skipped trial {tid}: {err}")
-    body, blocks, damaged = read_epochs(read)
+    counted = {r["id"]: r["epochs"] for r in rows if r["state"] in record.FINISHED}
+    body, blocks, damaged = read_epochs(read, counted)
     for tid, err in damaged.items():
         warnings.append(f"skipped trial {tid} (damaged): {err}")
         del read[tid]

@@ -284,3 +284,28 @@ def test_a_data_parallel_trial_has_its_workers_in_the_table(tmp_path):
     collect_results(tmp_path)
     trials, _ = load_tables(tmp_path)
     assert dict(zip(trials["id"], trials["resources.workers"])) == {one.id: 1, two.id: 2}
+
+
+@pytest.mark.parametrize("kept", [2, 0, None])  # None: metrics.jsonl deleted
+def test_a_finished_trial_with_fewer_epochs_than_its_result_counts_is_left_out(group_sweep,
+                                                                             kept):
+    """status calls it damaged; collect put it in the tables as done with 2 (or 0) epochs."""
+    collect_results(group_sweep)
+    tdir = record.list_trial_dirs(group_sweep)[4]
+    metrics = tdir / "metrics.jsonl"
+    if kept is None:
+        metrics.unlink()
+    else:
+        replace(metrics, "".join(metrics.read_text().splitlines(True)[:kept]))
+    summary = collect_results(group_sweep)
+    kept = kept or 0
+    assert summary.skipped == 1 and summary.rows == 17 and summary.epoch_rows == 68
+    assert summary.warnings == (f"skipped trial {tdir.name} (damaged): {metrics}: holds {kept} "
+                                f"of the 4 epochs result.json counts; restore it, or 'ablate "
+                                f"reset {group_sweep} --trial {tdir.name}' to train the trial "
+                                f"again",)
+    trials, epochs = load_tables(group_sweep)
+    assert tdir.name not in set(trials["id"]) and tdir.name not in set(epochs["id"])
+    assert (epochs.groupby("id").size() == 4).all()
+    full = collect_results(group_sweep, full=True)
+    assert (full.rows, full.epoch_rows, full.skipped) == (17, 68, 1)
