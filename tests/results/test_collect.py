@@ -309,3 +309,33 @@ def test_a_finished_trial_with_fewer_epochs_than_its_result_counts_is_left_out(g
     assert (epochs.groupby("id").size() == 4).all()
     full = collect_results(group_sweep, full=True)
     assert (full.rows, full.epoch_rows, full.skipped) == (17, 68, 1)
+
+
+@pytest.mark.parametrize("then", ["deleted", "rerun without them"])
+def test_columns_only_a_removed_trial_had_leave_the_tables_as_a_full_collect_would(
+        group_sweep, factory_module, tmp_path, then):
+    """An incremental collect kept them, all null, where a collect from scratch had none."""
+    tdir = record.list_trial_dirs(group_sweep)[0]
+    with open(tdir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 5, "val/ema_top1": 1.0}) + "\n")
+    prov = json.loads((tdir / "provenance.json").read_text())
+    replace(tdir / "provenance.json", json.dumps({**prov, "cluster": "old", "git_commit": None}))
+    collect_results(group_sweep)
+    assert {"val/ema_top1"} <= set(load_tables(group_sweep)[1])
+    if then == "deleted":
+        shutil.rmtree(tdir)
+    else:
+        trial = record.read_trial(tdir)
+        shutil.rmtree(tdir)
+        with factory_module.fast_writes():
+            factory_module.write_record(group_sweep, trial, top1=60.0)
+    collect_results(group_sweep)
+    copy = tmp_path / "copy"
+    shutil.copytree(group_sweep / "trials", copy / "trials")
+    collect_results(copy)
+    for name in (collect.TRIALS_FILE, collect.EPOCHS_FILE):
+        assert pq.read_schema(group_sweep / name).names == pq.read_schema(copy / name).names
+        assert (group_sweep / name).read_bytes() == (copy / name).read_bytes()
+    trials, epochs = load_tables(group_sweep)
+    assert "val/ema_top1" not in epochs and "provenance.cluster" not in trials
+    assert "provenance.git_commit" in trials  # still filled by the other trials
