@@ -149,6 +149,14 @@ def colors_for(values) -> dict:
     return out
 
 
+def arm_names(summary: pd.DataFrame) -> list[str]:
+    """The arms of an arm_summary as a figure names them: 'sweep: arm' when there are several
+    sweeps, whose arms may share labels."""
+    if summary["sweep"].nunique() > 1:
+        return [f"{s}: {a}" for s, a in zip(summary["sweep"], summary["arm"])]
+    return summary["arm"].tolist()
+
+
 def _mark_baseline(ax, trials: pd.DataFrame, metric: str) -> None:
     base = arm_summary(trials[trials["role"] == "baseline"], metric)
     for r in base.itertuples():
@@ -272,7 +280,7 @@ def plot_arms(trials: pd.DataFrame, metric: str = METRIC):
         if mask.any():
             ax.errorbar([p for p, m in zip(pos, mask) if m], summary["mean"][mask],
                         yerr=ci[mask], fmt="o", color=color, capsize=3, label=name)
-    ax.set_xticks(pos, summary["arm"].tolist(), fontsize=7, rotation=30, ha="right",
+    ax.set_xticks(pos, arm_names(summary), fontsize=7, rotation=30, ha="right",
                   rotation_mode="anchor")
     ax.set_xlim(-0.5, len(pos) - 0.5)
     ax.set_ylabel(label(metric))
@@ -298,7 +306,7 @@ def plot_cost(trials: pd.DataFrame, cost: str = "params", metric: str = METRIC):
     _finish(fig, ax, interval_note(summary["n"]))
     if len(summary) <= 30:  # beyond that the labels cover the points
         place_labels(fig, ax, summary[cost].tolist(), summary["mean"].tolist(),
-                     summary["arm"].tolist())
+                     arm_names(summary))
     return fig
 
 
@@ -357,32 +365,34 @@ def plot_learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str
     summary = arm_summary(trials, metric)
     if summary.empty or metric not in epochs:
         return None
-    chosen = summary[summary["baseline"]]["arm"].tolist()
+    chosen = list(zip(*(summary[summary["baseline"]][c] for c in ("sweep", "arm"))))
     ranked = summary[~summary["baseline"]].sort_values("mean", ascending=False, kind="stable")
-    chosen += ranked["arm"].head(MAX_CURVES - len(chosen)).tolist()
+    chosen += list(zip(ranked["sweep"], ranked["arm"]))[:MAX_CURVES - len(chosen)]
     done = finished(trials)
-    arm_of = done.loc[done["arm"].isin(chosen), ["id", "arm"]]
-    rows = epochs[["id", "epoch", metric]].merge(arm_of, on="id")
-    curves = rows.groupby(["arm", "epoch"])[metric].agg(["mean", "std", "count"]).reset_index()
+    rows = epochs[["id", "epoch", metric]].merge(done[["id", "sweep", "arm"]], on="id")
+    curves = rows.groupby(["sweep", "arm", "epoch"])[metric].agg(
+        ["mean", "std", "count"]).reset_index()
     title = f"{label(metric)} per epoch"
     if len(summary) > len(chosen):
         title += f" (baseline and best {len(chosen) - 1} of {len(summary)} arms)"
     fig, ax = _new_axes(title)
-    bases = summary[summary["baseline"]]["arm"].tolist()
-    for i, arm in enumerate(sorted(chosen, key=natural_key)):
-        part = curves[curves["arm"] == arm]
-        base = arm in bases
+    bases = set(zip(*(summary[summary["baseline"]][c] for c in ("sweep", "arm"))))
+    names = dict(zip(zip(summary["sweep"], summary["arm"]), arm_names(summary)))
+    for i, (sweep, arm) in enumerate(sorted(chosen, key=lambda k: (natural_key(k[1]), k[0]))):
+        part = curves[(curves["sweep"] == sweep) & (curves["arm"] == arm)]
+        base = (sweep, arm) in bases
         color = "black" if base else PALETTE[i % len(PALETTE)]
         x = part["epoch"].astype(int)
+        name = names[sweep, arm]
         ax.plot(x, part["mean"], color=color, linewidth=2 if base else 1,
-                label=arm if not base or arm == "baseline" else f"{arm} (baseline)")
+                label=name if not base or arm == "baseline" else f"{name} (baseline)")
         spread = part["std"].fillna(0)
         ax.fill_between(x, part["mean"] - spread, part["mean"] + spread, color=color,
                         alpha=0.15, linewidth=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(label("epoch"))
     ax.set_ylabel(label(metric))
-    n = summary[summary["arm"].isin(chosen)]["n"]
+    n = summary[[k in set(chosen) for k in zip(summary["sweep"], summary["arm"])]]["n"]
     lo, hi = int(n.min()), int(n.max())
     return _finish(fig, ax, f"line: mean; band: ± 1 std over {lo if lo == hi else f'{lo}-{hi}'}"
                    " seeds")
