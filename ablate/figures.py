@@ -11,7 +11,8 @@ functions. Points are means over seeds with error bars of the mean's 95% confide
 with a band of one standard deviation over seeds. Accuracies are drawn as points, not bars, so
 the axis need not start at zero. A value of the compared axis keeps one colour in every figure
 (shifted windows blue, sliding windows orange, ...); the baseline is black. Labels of the cost
-scatter are placed so that they overlap neither each other nor the points. ``draw_figures`` saves them under ``figures/`` as PNG and PDF
+scatter are placed so that they overlap neither each other nor the points; legend entries are
+wrapped at LEGEND_WIDTH characters. ``draw_figures`` saves them under ``figures/`` as PNG and PDF
 (or SVG), byte-identical from one run to the next (fixed style, sorted categories, no dates).
 
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot), so no backend or global state
@@ -61,6 +62,7 @@ STYLE = {
 METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None,
                                               "CreationDate": None},
             "svg": {"Creator": None, "Date": None}}
+LEGEND_WIDTH = 40  # characters of a legend entry's line
 MAX_CURVES = 12  # learning curves beyond this many arms are unreadable: baseline + the best
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f")
@@ -176,8 +178,10 @@ def _finish(fig: Figure, ax, note: str | None = None) -> Figure:
     the error bars are) is its title."""
     handles, names = ax.get_legend_handles_labels()
     if handles:
+        # a long label is wrapped: on one line it would squeeze the axes to a sliver
+        names = [textwrap.fill(n, LEGEND_WIDTH, break_long_words=True) for n in names]
         ncol = 1 if len(handles) <= 20 else 2
-        rows = -(-len(handles) // ncol)
+        rows = -(-sum(n.count("\n") + 1 for n in names) // ncol)
         width, height = STYLE["figure.figsize"]
         fig.set_size_inches(width + 3 * (ncol - 1), max(height, 0.14 * rows + 1))
         fig.legend(handles, names, loc="outside right upper", frameon=False, ncol=ncol,

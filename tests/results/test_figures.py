@@ -217,3 +217,29 @@ def test_arms_of_two_sweeps_sharing_labels_are_drawn_apart(tmp_path, factory_mod
     ax = figures.plot_cost(trials, "params").axes[0]
     assert sorted(t.get_text() for t in ax.texts) == ["a: baseline", "a: g4", "b: baseline",
                                                        "b: g4"]
+
+
+def test_a_long_arm_label_is_wrapped_in_the_legend_and_leaves_the_axes_their_room(
+        tmp_path, factory_module):
+    """On one line, the legend was wider than the figure: the layout gave up, and the legend
+    covered the curves (or, with several, squeezed the axes to a sliver)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    long = " ".join(["group size 4 with the pooled feature and a window of seven by seven"] * 2)
+    with factory_module.fast_writes():
+        for arm, group in (("baseline", 1), (long, 4)):
+            factory_module.write_record(tmp_path, factory_module.make_trial(
+                arm, epochs=2, group_size=group, role="baseline" if group == 1 else "arm"),
+                top1=60.0 + group)
+    collect_results(tmp_path)
+    fig = figures.plot_learning_curves(*load_tables(tmp_path))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    [wrapped] = [t for t in texts if t != "baseline"]
+    assert wrapped.replace("\n", " ") == long and "\n" in wrapped
+    assert all(len(line) <= figures.LEGEND_WIDTH for t in texts for line in t.split("\n"))
+    renderer = canvas.get_renderer()
+    axes, legend = (a.get_window_extent(renderer) for a in (fig.axes[0], fig.legends[0]))
+    assert axes.width > 0.4 * fig.bbox.width  # the layout had collapsed: legend over the data
+    assert axes.x1 <= legend.x0 and legend.x1 <= fig.bbox.x1
