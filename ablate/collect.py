@@ -11,11 +11,12 @@ signature (name, size and modification time of each of its files, so an edit in 
 even when the folder's own time stays) and its number of epoch rows; unchanged trials' rows are
 reused from the previous tables (less the columns that only rows now gone filled), every file
 is written through ``ablate.record.atomic_files`` (temporary names, renamed into place, the
-manifest last), and nothing is written when nothing changed. ``collect_results(..., full=True)`` rereads everything. A trial whose records are
-corrupt or of an unknown version, or whose metrics.jsonl lost an epoch to an unreadable line
-or holds fewer epochs than a finished trial's result.json counts (state "damaged" in ``ablate
-status``), is left out with a warning naming the file (and line),
-on every collect until it is repaired. The id of a trial is the name of its folder.
+manifest last), and nothing is written when nothing changed. ``collect_results(...,
+full=True)`` rereads everything, as a collect does when the previous tables cannot be read. A
+trial whose records are corrupt or of an unknown version, or whose metrics.jsonl lost an epoch
+to an unreadable line or holds fewer epochs than a finished trial's result.json counts (state
+"damaged" in ``ablate status``), is left out with a warning naming the file (and line), on
+every collect until it is repaired. The id of a trial is the name of its folder.
 
 The files are plain parquet (snappy) without a stored arrow schema, so every reader sees the
 types ablate.columns lists; pandas, pyarrow, polars and DuckDB read them alike.
@@ -240,9 +241,14 @@ def collect_results(results_dir: str | Path, *, full: bool = False) -> CollectSu
         return CollectSummary(rows=len(keep), epoch_rows=sum(old[t]["rows"] for t in keep),
                               written=False, **summary)
     add_epoch_columns(rows, body, blocks)
-    trials = _merge_trials(results_dir, keep, rows)
-    epochs, counts = _merge_epochs(results_dir, {t: e["rows"] for t, e in old.items()}, keep,
-                                   body, blocks)
+    try:
+        trials = _merge_trials(results_dir, keep, rows)
+        epochs, counts = _merge_epochs(results_dir, {t: e["rows"] for t, e in old.items()},
+                                       keep, body, blocks)
+    except (OSError, pa.ArrowException):
+        if not keep:
+            raise
+        return collect_results(results_dir, full=True)  # the previous tables are unreadable
     written = _write_tables(results_dir, {TRIALS_FILE: trials, EPOCHS_FILE: epochs})
     entries = {tid: {"sig": sigs[tid], "rows": counts.get(tid, 0)}
                for tid in sorted(keep | set(read))}

@@ -339,3 +339,22 @@ def test_columns_only_a_removed_trial_had_leave_the_tables_as_a_full_collect_wou
     trials, epochs = load_tables(group_sweep)
     assert "val/ema_top1" not in epochs and "provenance.cluster" not in trials
     assert "provenance.git_commit" in trials  # still filled by the other trials
+
+
+@pytest.mark.parametrize("name", [collect.TRIALS_FILE, collect.EPOCHS_FILE])
+def test_a_previous_table_damaged_in_place_is_rebuilt_from_the_records(group_sweep, name):
+    """Same size and time, so the manifest vouched for it: the merge raised a traceback."""
+    collect_results(group_sweep)
+    path, changed = group_sweep / name, record.list_trial_dirs(group_sweep)[0]
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(st.st_size // 2)
+        f.write(b"\0" * 200)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with open(changed / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 5, "val/top1": 1.0}) + "\n")
+    summary = collect_results(group_sweep)
+    assert summary.written and (summary.rows, summary.epoch_rows) == (18, 73)
+    trials, epochs = load_tables(group_sweep)
+    assert len(trials) == 18 and len(epochs) == 73
+    assert trials.set_index("id").loc[changed.name, "epochs"] == 5
