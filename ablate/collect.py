@@ -9,12 +9,14 @@ files carry ``ablate.table_schema`` (TABLE_SCHEMA) in their parquet key-value me
 Collecting is incremental and atomic: ``.collect-manifest.json`` keeps each trial folder's
 signature (name, size and modification time of each of its files, so an edit in place is seen
 even when the folder's own time stays) and its number of epoch rows; unchanged trials' rows are
-reused from the previous tables, every file is written through ``ablate.record.atomic_files``
-(temporary names, renamed into place, the manifest last), and nothing is written when nothing
-changed. ``collect_results(..., full=True)`` rereads everything. A trial whose records are
-corrupt or of an unknown version, or whose metrics.jsonl lost an epoch to an unreadable line
-(state "damaged" in ``ablate status``), is left out with a warning naming the file (and line),
-on every collect until it is repaired. The id of a trial is the name of its folder.
+reused from the previous tables (less the columns that only rows now gone filled), every file
+is written through ``ablate.record.atomic_files`` (temporary names, renamed into place, the
+manifest last), and nothing is written when nothing changed. ``collect_results(...,
+full=True)`` rereads everything, as a collect does when the previous tables cannot be read. A
+trial whose records are corrupt or of an unknown version, or whose metrics.jsonl lost an epoch
+to an unreadable line or holds fewer epochs than a finished trial's result.json counts (state
+"damaged" in ``ablate status``), is left out with a warning naming the file (and line), on
+every collect until it is repaired. The id of a trial is the name of its folder.
 
 The files are plain parquet (snappy) without a stored arrow schema, so every reader sees the
 types ablate.columns lists; pandas, pyarrow, polars and DuckDB read them alike.
@@ -110,12 +112,22 @@ def _load_manifest(results_dir: Path) -> dict[str, Any] | None:
         return None  # no usable manifest: collect everything again
 
 
+def _stale(table: pa.Table, kept: list[pa.Table], new: pa.Table) -> list[str]:
+    """The columns of a previous ``table`` that only rows not ``kept`` filled: the new rows
+    lack them, so a collect from scratch would not have them."""
+    rows = sum(t.num_rows for t in kept)
+    return [n for n in table.column_names if n not in new.column_names
+            and table[n].null_count < table.num_rows
+            and sum(t[n].null_count for t in kept) == rows]
+
+
 def _merge_trials(results_dir: Path, keep: set[str], rows: list[dict]) -> pa.Table:
     """Kept rows of the previous trials.parquet plus the new rows, sorted by id."""
     new = to_table(rows, trial_column_order)
     if keep:
-        old = pq.read_table(results_dir / TRIALS_FILE)
-        old = old.filter(pc.is_in(old["id"], value_set=pa.array(sorted(keep), pa.string())))
+        table = pq.read_table(results_dir / TRIALS_FILE)
+        old = table.filter(pc.is_in(table["id"], value_set=pa.array(sorted(keep), pa.string())))
+        old = old.drop_columns(_stale(table, [old], new))
         new = pa.concat_tables([old.replace_schema_metadata(None), new],
                                promote_options="permissive")
     return new.select(trial_column_order(set(new.column_names))).sort_by("id")
@@ -152,6 +164,9 @@ def _merge_epochs(results_dir: Path, old_rows: dict[str, int], keep: set[str], b
         else:
             pieces.append((src, first, n))
     parts = [src.slice(first, n) for src, first, n in pieces] or [body.slice(0, 0)]
+    if old is not None:
+        stale = _stale(old, [p for p, (src, _, _) in zip(parts, pieces) if src is old], body)
+        parts = [p.drop_columns([n for n in stale if n in p.column_names]) for p in parts]
     table = pa.concat_tables(parts, promote_options="permissive").combine_chunks()
     counts = [where[tid][2] for tid in order]
     ids = pa.DictionaryArray.from_arrays(
@@ -212,7 +227,8 @@ def collect_results(results_dir: str | Path, *, full: bool = False) -> CollectSu
                 read[tid] = d
             except RecordError as err:
                 warnings.append(f"skipped trial {tid}: {err}")
-    body, blocks, damaged = read_epochs(read)
+    counted = {r["id"]: r["epochs"] for r in rows if r["state"] in record.FINISHED}
+    body, blocks, damaged = read_epochs(read, counted)
     for tid, err in damaged.items():
         warnings.append(f"skipped trial {tid} (damaged): {err}")
         del read[tid]
@@ -225,9 +241,14 @@ def collect_results(results_dir: str | Path, *, full: bool = False) -> CollectSu
         return CollectSummary(rows=len(keep), epoch_rows=sum(old[t]["rows"] for t in keep),
                               written=False, **summary)
     add_epoch_columns(rows, body, blocks)
-    trials = _merge_trials(results_dir, keep, rows)
-    epochs, counts = _merge_epochs(results_dir, {t: e["rows"] for t, e in old.items()}, keep,
-                                   body, blocks)
+    try:
+        trials = _merge_trials(results_dir, keep, rows)
+        epochs, counts = _merge_epochs(results_dir, {t: e["rows"] for t, e in old.items()},
+                                       keep, body, blocks)
+    except (OSError, pa.ArrowException):
+        if not keep:
+            raise
+        return collect_results(results_dir, full=True)  # the previous tables are unreadable
     written = _write_tables(results_dir, {TRIALS_FILE: trials, EPOCHS_FILE: epochs})
     entries = {tid: {"sig": sigs[tid], "rows": counts.get(tid, 0)}
                for tid in sorted(keep | set(read))}

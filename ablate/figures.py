@@ -11,7 +11,8 @@ functions. Points are means over seeds with error bars of the mean's 95% confide
 with a band of one standard deviation over seeds. Accuracies are drawn as points, not bars, so
 the axis need not start at zero. A value of the compared axis keeps one colour in every figure
 (shifted windows blue, sliding windows orange, ...); the baseline is black. Labels of the cost
-scatter are placed so that they overlap neither each other nor the points. ``draw_figures`` saves them under ``figures/`` as PNG and PDF
+scatter are placed so that they overlap neither each other nor the points; legend entries are
+wrapped at LEGEND_WIDTH characters. ``draw_figures`` saves them under ``figures/`` as PNG and PDF
 (or SVG), byte-identical from one run to the next (fixed style, sorted categories, no dates).
 
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot), so no backend or global state
@@ -61,6 +62,7 @@ STYLE = {
 METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None,
                                               "CreationDate": None},
             "svg": {"Creator": None, "Date": None}}
+LEGEND_WIDTH = 40  # characters of a legend entry's line
 MAX_CURVES = 12  # learning curves beyond this many arms are unreadable: baseline + the best
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f")
@@ -149,6 +151,14 @@ def colors_for(values) -> dict:
     return out
 
 
+def arm_names(summary: pd.DataFrame) -> list[str]:
+    """The arms of an arm_summary as a figure names them: 'sweep: arm' when there are several
+    sweeps, whose arms may share labels."""
+    if summary["sweep"].nunique() > 1:
+        return [f"{s}: {a}" for s, a in zip(summary["sweep"], summary["arm"])]
+    return summary["arm"].tolist()
+
+
 def _mark_baseline(ax, trials: pd.DataFrame, metric: str) -> None:
     base = arm_summary(trials[trials["role"] == "baseline"], metric)
     for r in base.itertuples():
@@ -168,8 +178,10 @@ def _finish(fig: Figure, ax, note: str | None = None) -> Figure:
     the error bars are) is its title."""
     handles, names = ax.get_legend_handles_labels()
     if handles:
+        # a long label is wrapped: on one line it would squeeze the axes to a sliver
+        names = [textwrap.fill(n, LEGEND_WIDTH, break_long_words=True) for n in names]
         ncol = 1 if len(handles) <= 20 else 2
-        rows = -(-len(handles) // ncol)
+        rows = -(-sum(n.count("\n") + 1 for n in names) // ncol)
         width, height = STYLE["figure.figsize"]
         fig.set_size_inches(width + 3 * (ncol - 1), max(height, 0.14 * rows + 1))
         fig.legend(handles, names, loc="outside right upper", frameon=False, ncol=ncol,
@@ -272,7 +284,7 @@ def plot_arms(trials: pd.DataFrame, metric: str = METRIC):
         if mask.any():
             ax.errorbar([p for p, m in zip(pos, mask) if m], summary["mean"][mask],
                         yerr=ci[mask], fmt="o", color=color, capsize=3, label=name)
-    ax.set_xticks(pos, summary["arm"].tolist(), fontsize=7, rotation=30, ha="right",
+    ax.set_xticks(pos, arm_names(summary), fontsize=7, rotation=30, ha="right",
                   rotation_mode="anchor")
     ax.set_xlim(-0.5, len(pos) - 0.5)
     ax.set_ylabel(label(metric))
@@ -298,7 +310,7 @@ def plot_cost(trials: pd.DataFrame, cost: str = "params", metric: str = METRIC):
     _finish(fig, ax, interval_note(summary["n"]))
     if len(summary) <= 30:  # beyond that the labels cover the points
         place_labels(fig, ax, summary[cost].tolist(), summary["mean"].tolist(),
-                     summary["arm"].tolist())
+                     arm_names(summary))
     return fig
 
 
@@ -357,32 +369,34 @@ def plot_learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str
     summary = arm_summary(trials, metric)
     if summary.empty or metric not in epochs:
         return None
-    chosen = summary[summary["baseline"]]["arm"].tolist()
+    chosen = list(zip(*(summary[summary["baseline"]][c] for c in ("sweep", "arm"))))
     ranked = summary[~summary["baseline"]].sort_values("mean", ascending=False, kind="stable")
-    chosen += ranked["arm"].head(MAX_CURVES - len(chosen)).tolist()
+    chosen += list(zip(ranked["sweep"], ranked["arm"]))[:MAX_CURVES - len(chosen)]
     done = finished(trials)
-    arm_of = done.loc[done["arm"].isin(chosen), ["id", "arm"]]
-    rows = epochs[["id", "epoch", metric]].merge(arm_of, on="id")
-    curves = rows.groupby(["arm", "epoch"])[metric].agg(["mean", "std", "count"]).reset_index()
+    rows = epochs[["id", "epoch", metric]].merge(done[["id", "sweep", "arm"]], on="id")
+    curves = rows.groupby(["sweep", "arm", "epoch"])[metric].agg(
+        ["mean", "std", "count"]).reset_index()
     title = f"{label(metric)} per epoch"
     if len(summary) > len(chosen):
         title += f" (baseline and best {len(chosen) - 1} of {len(summary)} arms)"
     fig, ax = _new_axes(title)
-    bases = summary[summary["baseline"]]["arm"].tolist()
-    for i, arm in enumerate(sorted(chosen, key=natural_key)):
-        part = curves[curves["arm"] == arm]
-        base = arm in bases
+    bases = set(zip(*(summary[summary["baseline"]][c] for c in ("sweep", "arm"))))
+    names = dict(zip(zip(summary["sweep"], summary["arm"]), arm_names(summary)))
+    for i, (sweep, arm) in enumerate(sorted(chosen, key=lambda k: (natural_key(k[1]), k[0]))):
+        part = curves[(curves["sweep"] == sweep) & (curves["arm"] == arm)]
+        base = (sweep, arm) in bases
         color = "black" if base else PALETTE[i % len(PALETTE)]
         x = part["epoch"].astype(int)
+        name = names[sweep, arm]
         ax.plot(x, part["mean"], color=color, linewidth=2 if base else 1,
-                label=arm if not base or arm == "baseline" else f"{arm} (baseline)")
+                label=name if not base or arm == "baseline" else f"{name} (baseline)")
         spread = part["std"].fillna(0)
         ax.fill_between(x, part["mean"] - spread, part["mean"] + spread, color=color,
                         alpha=0.15, linewidth=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(label("epoch"))
     ax.set_ylabel(label(metric))
-    n = summary[summary["arm"].isin(chosen)]["n"]
+    n = summary[[k in set(chosen) for k in zip(summary["sweep"], summary["arm"])]]["n"]
     lo, hi = int(n.min()), int(n.max())
     return _finish(fig, ax, f"line: mean; band: ± 1 std over {lo if lo == hi else f'{lo}-{hi}'}"
                    " seeds")

@@ -482,14 +482,12 @@ class TrialState:
     problem: RecordError | None = None  # why the state is CORRUPT or DAMAGED
 
 
-def _lost_epochs(tdir: Path, rows: list[dict[str, Any]],
-                 result: dict[str, Any]) -> RecordError | None:
-    """A finished trial's metrics.jsonl holding fewer epochs than its result.json counts
-    (emptied or cut by hand, restored from an old copy): its curves and tables would be
-    short, under a state that says done."""
-    epochs = result.get("epochs")
-    if isinstance(epochs, int) and not isinstance(epochs, bool) and len(rows) < epochs:
-        return RecordError(f"holds {len(rows)} of the {epochs} epochs result.json counts",
+def lost_epochs(tdir: Path, recorded: int, epochs: Any) -> RecordError | None:
+    """A finished trial's metrics.jsonl holding fewer epochs (``recorded``) than its
+    result.json counts (``epochs``; emptied or cut by hand, restored from an old copy): its
+    curves and tables would be short, under a state that says done."""
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and recorded < epochs:
+        return RecordError(f"holds {recorded} of the {epochs} epochs result.json counts",
                            file=tdir / "metrics.jsonl", hint="restore it, or 'ablate reset "
                            f"{tdir.parent.parent} --trial {tdir.name}' to train the trial again")
     return None
@@ -523,7 +521,8 @@ def trial_state(results_dir: str | Path, trial: Trial, *, driver_alive: bool | N
     state = state_of(raw)
     if metrics.damage is not None:
         return TrialState(DAMAGED, raw, metrics.rows, updated, metrics.damage)
-    if state in FINISHED and (lost := _lost_epochs(tdir, metrics.rows, result or {})) is not None:
+    if state in FINISHED and (lost := lost_epochs(tdir, len(metrics.rows),
+                                                  (result or {}).get("epochs"))) is not None:
         return TrialState(DAMAGED, raw, metrics.rows, updated, lost)
     if state == RUNNING:
         alive = driver_running(results_dir) if driver_alive is None else driver_alive

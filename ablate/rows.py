@@ -38,7 +38,10 @@ def _config_row(config: TrialConfig) -> dict[str, Any]:
 
 
 def read_trial_row(tdir: Path) -> dict[str, Any]:
-    """One trial folder's row, without the columns derived from its epochs. RecordError if bad."""
+    """One trial folder's row, without the columns derived from its epochs. RecordError if bad.
+
+    Its ``epochs`` is what result.json counts, until add_epoch_columns puts the recorded ones.
+    """
     trial: Trial = record.read_trial(tdir)
     # The folder name is the id the writer gave the trial; rehashing the config would cost a
     # third of a collect and would disown old trials whenever a config field is added.
@@ -55,7 +58,7 @@ def read_trial_row(tdir: Path) -> dict[str, Any]:
         "state": state.get("state", record.NEW), "attempt": state.get("attempt"),
         "error_type": error.get("type"), "error_message": error.get("message"),
         **_config_row(trial.config),
-        "resources.workers": trial.resources.workers,
+        "resources.workers": trial.resources.workers, "epochs": result.get("epochs"),
         "params": result.get("params", prov.get("params")),
         "flops": result.get("flops", prov.get("flops")),
         "wall_time_s": result.get("wall_time_s", prov.get("wall_time_s")),
@@ -67,10 +70,12 @@ def read_trial_row(tdir: Path) -> dict[str, Any]:
     return row
 
 
-def read_epochs(dirs: dict[str, Path]) -> tuple[pa.Table, list[tuple[str, int]],
-                                                dict[str, RecordError]]:
+def read_epochs(dirs: dict[str, Path], counted: dict[str, Any] | None = None
+                ) -> tuple[pa.Table, list[tuple[str, int]], dict[str, RecordError]]:
     """Epoch rows of the given trials, without the id column, (id, rows) blocks in order, and
-    the damaged trials (id -> the error naming the unreadable line), which have no rows.
+    the damaged trials (id -> the error naming the unreadable line, or saying that fewer epochs
+    are recorded than ``counted`` gives: finished trials' result.json counts), which have no
+    rows.
 
     Clean files (epochs 1, 2, ... once each, whole lines) are parsed by pyarrow, 256 files at a
     time, which is ~5x faster than line-by-line JSON; any other file (a truncated line, an epoch
@@ -114,7 +119,17 @@ def read_epochs(dirs: dict[str, Path]) -> tuple[pa.Table, list[tuple[str, int]],
         rows += metrics.rows
         blocks += [(tid, len(metrics.rows))] if metrics.rows else []
     tables.append(to_table(rows, metric_order))
-    return pa.concat_tables(tables, promote_options="permissive"), blocks, damaged
+    body = pa.concat_tables(tables, promote_options="permissive")
+    recorded = dict(blocks)
+    for tid, epochs in (counted or {}).items():
+        if tid not in damaged and (lost := record.lost_epochs(dirs[tid], recorded.get(tid, 0),
+                                                              epochs)) is not None:
+            damaged[tid] = lost
+    if any(tid in damaged for tid, _ in blocks):
+        keep = np.repeat([tid not in damaged for tid, _ in blocks], [n for _, n in blocks])
+        body = body.filter(pa.array(keep, pa.bool_()))
+        blocks = [(tid, n) for tid, n in blocks if tid not in damaged]
+    return body, blocks, damaged
 
 
 def _parse_clean(chunk: list[tuple[str, bytes]]) -> tuple[pa.Table | None, list[int | None]]:

@@ -284,3 +284,77 @@ def test_a_data_parallel_trial_has_its_workers_in_the_table(tmp_path):
     collect_results(tmp_path)
     trials, _ = load_tables(tmp_path)
     assert dict(zip(trials["id"], trials["resources.workers"])) == {one.id: 1, two.id: 2}
+
+
+@pytest.mark.parametrize("kept", [2, 0, None])  # None: metrics.jsonl deleted
+def test_a_finished_trial_with_fewer_epochs_than_its_result_counts_is_left_out(group_sweep,
+                                                                             kept):
+    """status calls it damaged; collect put it in the tables as done with 2 (or 0) epochs."""
+    collect_results(group_sweep)
+    tdir = record.list_trial_dirs(group_sweep)[4]
+    metrics = tdir / "metrics.jsonl"
+    if kept is None:
+        metrics.unlink()
+    else:
+        replace(metrics, "".join(metrics.read_text().splitlines(True)[:kept]))
+    summary = collect_results(group_sweep)
+    kept = kept or 0
+    assert summary.skipped == 1 and summary.rows == 17 and summary.epoch_rows == 68
+    assert summary.warnings == (f"skipped trial {tdir.name} (damaged): {metrics}: holds {kept} "
+                                f"of the 4 epochs result.json counts; restore it, or 'ablate "
+                                f"reset {group_sweep} --trial {tdir.name}' to train the trial "
+                                f"again",)
+    trials, epochs = load_tables(group_sweep)
+    assert tdir.name not in set(trials["id"]) and tdir.name not in set(epochs["id"])
+    assert (epochs.groupby("id").size() == 4).all()
+    full = collect_results(group_sweep, full=True)
+    assert (full.rows, full.epoch_rows, full.skipped) == (17, 68, 1)
+
+
+@pytest.mark.parametrize("then", ["deleted", "rerun without them"])
+def test_columns_only_a_removed_trial_had_leave_the_tables_as_a_full_collect_would(
+        group_sweep, factory_module, tmp_path, then):
+    """An incremental collect kept them, all null, where a collect from scratch had none."""
+    tdir = record.list_trial_dirs(group_sweep)[0]
+    with open(tdir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 5, "val/ema_top1": 1.0}) + "\n")
+    prov = json.loads((tdir / "provenance.json").read_text())
+    replace(tdir / "provenance.json", json.dumps({**prov, "cluster": "old", "git_commit": None}))
+    collect_results(group_sweep)
+    assert {"val/ema_top1"} <= set(load_tables(group_sweep)[1])
+    if then == "deleted":
+        shutil.rmtree(tdir)
+    else:
+        trial = record.read_trial(tdir)
+        shutil.rmtree(tdir)
+        with factory_module.fast_writes():
+            factory_module.write_record(group_sweep, trial, top1=60.0)
+    collect_results(group_sweep)
+    copy = tmp_path / "copy"
+    shutil.copytree(group_sweep / "trials", copy / "trials")
+    collect_results(copy)
+    for name in (collect.TRIALS_FILE, collect.EPOCHS_FILE):
+        assert pq.read_schema(group_sweep / name).names == pq.read_schema(copy / name).names
+        assert (group_sweep / name).read_bytes() == (copy / name).read_bytes()
+    trials, epochs = load_tables(group_sweep)
+    assert "val/ema_top1" not in epochs and "provenance.cluster" not in trials
+    assert "provenance.git_commit" in trials  # still filled by the other trials
+
+
+@pytest.mark.parametrize("name", [collect.TRIALS_FILE, collect.EPOCHS_FILE])
+def test_a_previous_table_damaged_in_place_is_rebuilt_from_the_records(group_sweep, name):
+    """Same size and time, so the manifest vouched for it: the merge raised a traceback."""
+    collect_results(group_sweep)
+    path, changed = group_sweep / name, record.list_trial_dirs(group_sweep)[0]
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(st.st_size // 2)
+        f.write(b"\0" * 200)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with open(changed / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 5, "val/top1": 1.0}) + "\n")
+    summary = collect_results(group_sweep)
+    assert summary.written and (summary.rows, summary.epoch_rows) == (18, 73)
+    trials, epochs = load_tables(group_sweep)
+    assert len(trials) == 18 and len(epochs) == 73
+    assert trials.set_index("id").loc[changed.name, "epochs"] == 5

@@ -193,3 +193,53 @@ def test_learning_curves_show_the_seed_spread_as_a_band(group_sweep):
     ys = bands[0].get_paths()[0].vertices[:, 1]
     assert ys.max() - ys.min() > 0
     assert "band: ± 1 std over 3 seeds" in fig_legend_title(ax)
+
+
+def test_arms_of_two_sweeps_sharing_labels_are_drawn_apart(tmp_path, factory_module):
+    """The curves grouped by arm alone: each sweep's baseline was drawn as the mean of both
+    sweeps' trials, twice, under one name."""
+    with factory_module.fast_writes():
+        for sweep, top1 in (("a", 60.0), ("b", 70.0)):
+            for arm, group, extra in (("baseline", 1, 0.0), ("g4", 4, 2.0)):
+                for seed in (0, 1):
+                    trial = factory_module.make_trial(
+                        arm, sweep=sweep, seed=seed, epochs=2, group_size=group,
+                        kernel_size=3 if sweep == "a" else 5,
+                        role="baseline" if arm == "baseline" else "arm")
+                    factory_module.write_record(tmp_path, trial, top1=top1 + extra + seed,
+                                                params=1000 * group)
+    collect_results(tmp_path)
+    trials, epochs = load_tables(tmp_path)
+    ax = figures.plot_learning_curves(trials, epochs).axes[0]
+    last = {line.get_label(): line.get_ydata()[-1] for line in ax.get_lines()}
+    assert last == pytest.approx({"a: baseline": 60.5, "b: baseline": 70.5, "a: g4": 62.5,
+                                  "b: g4": 72.5})
+    ax = figures.plot_cost(trials, "params").axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["a: baseline", "a: g4", "b: baseline",
+                                                       "b: g4"]
+
+
+def test_a_long_arm_label_is_wrapped_in_the_legend_and_leaves_the_axes_their_room(
+        tmp_path, factory_module):
+    """On one line, the legend was wider than the figure: the layout gave up, and the legend
+    covered the curves (or, with several, squeezed the axes to a sliver)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    long = " ".join(["group size 4 with the pooled feature and a window of seven by seven"] * 2)
+    with factory_module.fast_writes():
+        for arm, group in (("baseline", 1), (long, 4)):
+            factory_module.write_record(tmp_path, factory_module.make_trial(
+                arm, epochs=2, group_size=group, role="baseline" if group == 1 else "arm"),
+                top1=60.0 + group)
+    collect_results(tmp_path)
+    fig = figures.plot_learning_curves(*load_tables(tmp_path))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    [wrapped] = [t for t in texts if t != "baseline"]
+    assert wrapped.replace("\n", " ") == long and "\n" in wrapped
+    assert all(len(line) <= figures.LEGEND_WIDTH for t in texts for line in t.split("\n"))
+    renderer = canvas.get_renderer()
+    axes, legend = (a.get_window_extent(renderer) for a in (fig.axes[0], fig.legends[0]))
+    assert axes.width > 0.4 * fig.bbox.width  # the layout had collapsed: legend over the data
+    assert axes.x1 <= legend.x0 and legend.x1 <= fig.bbox.x1
