@@ -148,6 +148,36 @@ def test_a_plugin_mixer_of_the_wrong_shape_is_blamed_not_the_image_size(tmp_path
     assert "check the plugin's code" in line and "img_size" not in line
 
 
+def test_a_plugin_mixer_that_cannot_be_built_is_blamed_in_one_line(tmp_path):
+    """A mixer whose constructor does not take the contract's arguments made ``ablate plan``
+    end in a traceback (exit status 1) instead of one line naming the arm and the plugin."""
+    lab = tmp_path / "signature_lab.py"
+    lab.write_text(textwrap.dedent("""\
+        from ablate.models import Mixer, register_mixer
+
+        @register_mixer
+        class Positional(Mixer):
+            name = "positional"
+            weight_source, window, spatial_sharing = "static", "sliding", True
+
+            def __init__(self, dim, groups, kernel):  # not the contract's keywords
+                super().__init__(dim, num_groups=groups, kernel_size=kernel)
+
+            def forward(self, x):
+                return x
+        """))
+    sweep = _sweep(tmp_path / "lab.yaml", "pos: {model.mixer: positional}\n",
+                   plugins="plugins: [signature_lab]")
+    out = subprocess.run([sys.executable, "-m", "ablate", "plan", str(sweep), "--no-data-check"],
+                         cwd=tmp_path, text=True, capture_output=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert "arms.pos.model.mixer: dwnet_nano with the plugin mixer 'positional' cannot be " \
+           "built: TypeError: " in line and "unexpected keyword argument 'num_groups'" in line
+    assert "Mixer(dim, *, num_groups, kernel_size, shift)" in line
+
+
 def test_ablate_axes_on_a_timm_model_are_refused_by_name(tmp_path, capsys):
     sweep = _sweep(tmp_path / "lab.yaml", "resnet: {model.arch: resnet18, model.window: "
                    "sliding}\n", plugins="")
