@@ -178,6 +178,38 @@ def test_a_plugin_mixer_that_cannot_be_built_is_blamed_in_one_line(tmp_path):
     assert "Mixer(dim, *, num_groups, kernel_size, shift)" in line
 
 
+def test_register_arch_refuses_a_timm_name_and_a_model_without_its_grouping():
+    """In a fresh process (a registration that got through would stay in the registries).
+    A timm name was taken over with only timm's warning, so `model.arch: resnet18` built
+    ablate's backbone; a model with neither group_size nor num_groups (as the README's
+    example was) raised a TypeError from inside the registry."""
+    code = textwrap.dedent("""\
+        import timm
+        from ablate.errors import ModelConfigError
+        from ablate.models import register_arch, registry
+
+        nano = dict(block="dwnet", mixer="dwconv", embed_dim=24, depths=(1, 1, 2, 1),
+                    kernel_size=3, patch_size=2, img_size=32)
+        for name, kw, says, key in [
+                ("resnet18", {"group_size": 1}, "timm already has a model named 'resnet18'",
+                 "arch"),
+                ("lab_nano", {}, "sets neither group_size nor num_groups", "group_size")]:
+            try:
+                register_arch(name, **nano, **kw)
+            except ModelConfigError as e:
+                assert says in str(e) and e.key == key, (str(e), e.key)
+            else:
+                raise AssertionError(f"{name} was registered")
+            assert name not in registry.MODEL_DEFAULTS
+        assert type(timm.create_model("resnet18")).__name__ == "ResNet"
+        register_arch("lab_nano", **nano, num_groups=24)  # the same, grouped: accepted
+        print("ok")
+        """)
+    out = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], cwd=ROOT,
+                         text=True, capture_output=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_ablate_axes_on_a_timm_model_are_refused_by_name(tmp_path, capsys):
     sweep = _sweep(tmp_path / "lab.yaml", "resnet: {model.arch: resnet18, model.window: "
                    "sliding}\n", plugins="")
