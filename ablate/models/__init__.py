@@ -73,8 +73,9 @@ def register_mixer(cls: type[Mixer] | None = None, *,
 def register_block(name: str, cls: type[nn.Module]) -> type[nn.Module]:
     """Make a block style selectable as ``block=name`` (``model.block`` in a sweep).
 
-    A block is built as ``cls(dim, mixer=, num_groups=, kernel_size=, shift=, se=,
-    drop_path=)`` and maps (B, H, W, C) to (B, H, W, C), as the built-in ones do.
+    A block is built as ``cls(dim, mixer_layer, *, num_groups, kernel_size, shift, se,
+    drop_path)``, ``mixer_layer`` being the mixer's class (passed by position), and maps
+    (B, H, W, C) to (B, H, W, C), as the built-in ones do.
     """
     if BLOCKS.get(name, cls) is not cls:
         raise ModelConfigError(f"a block named {name!r} is already registered", key="block",
