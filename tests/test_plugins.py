@@ -106,6 +106,10 @@ def test_a_plugin_that_cannot_be_imported_is_one_line_and_nothing_runs(tmp_path,
     # sys.exit() at import: the exit status was 3, with nothing said
     ("exiting_lab", "import sys\n\nsys.exit(3)\n",
      ["cannot import plugin 'exiting_lab' (SystemExit: 3)"]),
+    # a package named instead of its module that registers: the arm's mixer was then only
+    # "not one of the allowed values", the plugin unnamed
+    ("empty_lab", "import math\n", ["plugin 'empty_lab' registered no mixer, block or model",
+                                    "such as my_lab.mixers"]),
 ])
 def test_a_plugin_that_fails_on_import_names_itself_in_one_line(tmp_path, capsys, monkeypatch,
                                                                 module, source, says):

@@ -42,6 +42,7 @@ from ablate.models.registry import (
     register_arch,
     resolve,
 )
+from ablate.plugins import note_registration
 
 # timm models take drop_path_rate too; every other axis is ablate's own
 TIMM_MODEL_AXES = ("drop_path_rate",)
@@ -81,6 +82,7 @@ def register_block(name: str, cls: type[nn.Module]) -> type[nn.Module]:
         raise ModelConfigError(f"a block named {name!r} is already registered", key="block",
                                hint="give the new block another name")
     BLOCKS[name] = cls
+    note_registration()
     return cls
 
 

@@ -30,6 +30,7 @@ from ablate.models.mixers import (
     known_weight_sources,
     known_windows,
 )
+from ablate.plugins import note_registration
 
 AXES = ("weight_source", "window", "sharing", "group_size", "num_groups", "kernel_size", "se",
         "drop_path_rate", "mixer", "block")
@@ -290,6 +291,7 @@ def register_arch(name: str, *, block: str, mixer: str, embed_dim: int,
     global MODEL_NAMES
     MODEL_NAMES = tuple(MODEL_DEFAULTS)
     _entry_point(name)
+    note_registration()
     return spec
 
 
