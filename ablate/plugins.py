@@ -26,6 +26,13 @@ from ablate.errors import AblateError
 
 ENTRY_POINT_GROUP = "ablate.plugins"
 _LOADED: dict[str, None] = {}  # every plugin module this process has imported, in order
+_REGISTERED = [0]  # how many mixers, blocks and models code outside ablate has registered
+
+
+def note_registration() -> None:
+    """Count one registration by code outside ablate (called by ablate.models' register_*
+    functions), so that a plugin whose import registers nothing can be told so."""
+    _REGISTERED[0] += 1
 
 
 def loaded_plugins() -> list[str]:
@@ -64,6 +71,7 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
 
 
 def _import(name: str, source: str | None, load=None) -> None:
+    fresh, before = name not in sys.modules, _REGISTERED[0]
     try:
         if load is not None:
             load()
@@ -81,4 +89,9 @@ def _import(name: str, source: str | None, load=None) -> None:
             hint = f"raised at {frame.filename}:{frame.lineno}; fix the plugin and try again"
         raise PluginError(f"cannot import plugin {name!r} ({type(e).__name__}: {e})",
                           file=source, key="plugins", hint=hint) from e
+    if fresh and _REGISTERED[0] == before:  # imported again, it would register nothing anyway
+        raise PluginError(f"plugin {name!r} registered no mixer, block or model", file=source,
+                          key="plugins", hint="name the module that calls register_mixer, "
+                          "register_block or register_arch when it is imported (a package's "
+                          "sub-module, such as my_lab.mixers)")
     _LOADED[name] = None

@@ -107,6 +107,10 @@ def test_a_plugin_that_cannot_be_imported_is_one_line_and_nothing_runs(tmp_path,
     # sys.exit() at import: the exit status was 3, with nothing said
     ("exiting_lab", "import sys\n\nsys.exit(3)\n",
      ["cannot import plugin 'exiting_lab' (SystemExit: 3)"]),
+    # a package named instead of its module that registers: the arm's mixer was then only
+    # "not one of the allowed values", the plugin unnamed
+    ("empty_lab", "import math\n", ["plugin 'empty_lab' registered no mixer, block or model",
+                                    "such as my_lab.mixers"]),
 ])
 def test_a_plugin_that_fails_on_import_names_itself_in_one_line(tmp_path, capsys, monkeypatch,
                                                                 module, source, says):
@@ -147,6 +151,68 @@ def test_a_plugin_mixer_of_the_wrong_shape_is_blamed_not_the_image_size(tmp_path
     assert "arms.half.model.mixer: dwnet_nano with the plugin mixer 'halving' fails its " \
            "forward pass at 32x32" in line
     assert "check the plugin's code" in line and "img_size" not in line
+
+
+def test_a_plugin_mixer_that_cannot_be_built_is_blamed_in_one_line(tmp_path):
+    """A mixer whose constructor does not take the contract's arguments made ``ablate plan``
+    end in a traceback (exit status 1) instead of one line naming the arm and the plugin."""
+    lab = tmp_path / "signature_lab.py"
+    lab.write_text(textwrap.dedent("""\
+        from ablate.models import Mixer, register_mixer
+
+        @register_mixer
+        class Positional(Mixer):
+            name = "positional"
+            weight_source, window, spatial_sharing = "static", "sliding", True
+
+            def __init__(self, dim, groups, kernel):  # not the contract's keywords
+                super().__init__(dim, num_groups=groups, kernel_size=kernel)
+
+            def forward(self, x):
+                return x
+        """))
+    sweep = _sweep(tmp_path / "lab.yaml", "pos: {model.mixer: positional}\n",
+                   plugins="plugins: [signature_lab]")
+    out = subprocess.run([sys.executable, "-m", "ablate", "plan", str(sweep), "--no-data-check"],
+                         cwd=tmp_path, text=True, capture_output=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert "arms.pos.model.mixer: dwnet_nano with the plugin mixer 'positional' cannot be " \
+           "built: TypeError: " in line and "unexpected keyword argument 'num_groups'" in line
+    assert "Mixer(dim, *, num_groups, kernel_size, shift)" in line
+
+
+def test_register_arch_refuses_a_timm_name_and_a_model_without_its_grouping():
+    """In a fresh process (a registration that got through would stay in the registries).
+    A timm name was taken over with only timm's warning, so `model.arch: resnet18` built
+    ablate's backbone; a model with neither group_size nor num_groups (as the README's
+    example was) raised a TypeError from inside the registry."""
+    code = textwrap.dedent("""\
+        import timm
+        from ablate.errors import ModelConfigError
+        from ablate.models import register_arch, registry
+
+        nano = dict(block="dwnet", mixer="dwconv", embed_dim=24, depths=(1, 1, 2, 1),
+                    kernel_size=3, patch_size=2, img_size=32)
+        for name, kw, says, key in [
+                ("resnet18", {"group_size": 1}, "timm already has a model named 'resnet18'",
+                 "arch"),
+                ("lab_nano", {}, "sets neither group_size nor num_groups", "group_size")]:
+            try:
+                register_arch(name, **nano, **kw)
+            except ModelConfigError as e:
+                assert says in str(e) and e.key == key, (str(e), e.key)
+            else:
+                raise AssertionError(f"{name} was registered")
+            assert name not in registry.MODEL_DEFAULTS
+        assert type(timm.create_model("resnet18")).__name__ == "ResNet"
+        register_arch("lab_nano", **nano, num_groups=24)  # the same, grouped: accepted
+        print("ok")
+        """)
+    out = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], cwd=ROOT,
+                         text=True, capture_output=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_ablate_axes_on_a_timm_model_are_refused_by_name(tmp_path, capsys):

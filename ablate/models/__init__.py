@@ -42,6 +42,7 @@ from ablate.models.registry import (
     register_arch,
     resolve,
 )
+from ablate.plugins import note_registration
 
 # timm models take drop_path_rate too; every other axis is ablate's own
 TIMM_MODEL_AXES = ("drop_path_rate",)
@@ -73,13 +74,15 @@ def register_mixer(cls: type[Mixer] | None = None, *,
 def register_block(name: str, cls: type[nn.Module]) -> type[nn.Module]:
     """Make a block style selectable as ``block=name`` (``model.block`` in a sweep).
 
-    A block is built as ``cls(dim, mixer=, num_groups=, kernel_size=, shift=, se=,
-    drop_path=)`` and maps (B, H, W, C) to (B, H, W, C), as the built-in ones do.
+    A block is built as ``cls(dim, mixer_layer, *, num_groups, kernel_size, shift, se,
+    drop_path)``, ``mixer_layer`` being the mixer's class (passed by position), and maps
+    (B, H, W, C) to (B, H, W, C), as the built-in ones do.
     """
     if BLOCKS.get(name, cls) is not cls:
         raise ModelConfigError(f"a block named {name!r} is already registered", key="block",
                                hint="give the new block another name")
     BLOCKS[name] = cls
+    note_registration()
     return cls
 
 

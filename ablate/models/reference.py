@@ -204,5 +204,11 @@ REFERENCES: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
 
 
 def reference_forward(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The output of ``mixer`` on (B, H, W, C) input ``x``, computed the slow, explicit way."""
+    """The output of ``mixer`` on (B, H, W, C) input ``x``, computed the slow, explicit way.
+
+    LookupError saying how to give one if ``mixer`` was registered without a reference."""
+    if mixer.name not in REFERENCES:
+        raise LookupError(f"mixer {mixer.name!r} has no reference to be checked against: "
+                          "register it with @register_mixer(reference=fn), fn(mixer, x) "
+                          "computing its output the slow, explicit way")
     return REFERENCES[mixer.name](mixer, x)

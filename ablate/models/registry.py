@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, register_model
+from timm.models import build_model_with_cfg, is_model, register_model
 from torch import nn
 
 from ablate.errors import ModelConfigError, unknown_name_hint
@@ -30,6 +30,7 @@ from ablate.models.mixers import (
     known_weight_sources,
     known_windows,
 )
+from ablate.plugins import note_registration
 
 AXES = ("weight_source", "window", "sharing", "group_size", "num_groups", "kernel_size", "se",
         "drop_path_rate", "mixer", "block")
@@ -264,13 +265,22 @@ def register_arch(name: str, *, block: str, mixer: str, embed_dim: int,
                   depths: tuple[int, ...], **kw: Any) -> ModelSpec:
     """Register a named model of ablate's backbone (a plugin's own arch), also with timm.
 
-    ``kw`` are the other :class:`ModelSpec` fields (``group_size`` or ``num_groups``,
-    ``kernel_size``, ``patch_size``, ``img_size``, ``drop_path_rate``, ``se``). The spec is
-    resolved once here, so a model that cannot be built fails at registration.
+    ``kw`` are the other :class:`ModelSpec` fields: ``group_size`` or ``num_groups`` (one is
+    required), ``kernel_size``, ``patch_size``, ``img_size``, ``drop_path_rate``, ``se``. The
+    spec is resolved once here, so a model that cannot be built fails at registration, as does
+    a name ablate or timm already has.
     """
     if name in MODEL_DEFAULTS:
         raise ModelConfigError(f"a model named {name!r} is already registered", key="arch",
                                hint="give the new model another name")
+    if is_model(name):  # timm's registry would warn, then build ours for that name
+        raise ModelConfigError(f"timm already has a model named {name!r}", key="arch",
+                               hint="give the new model another name, so that timm's stays "
+                               "an arm of its own")
+    if kw.get("group_size") is None and kw.get("num_groups") is None:
+        raise ModelConfigError(f"model {name!r} sets neither group_size nor num_groups",
+                               key="group_size", hint="give one: channels per group "
+                               "(group_size=1 for a depth-wise conv) or groups per stage")
     spec = ModelSpec(block=block, mixer=mixer, embed_dim=embed_dim, depths=tuple(depths), **kw)
     MODEL_DEFAULTS[name] = spec
     try:
@@ -281,6 +291,7 @@ def register_arch(name: str, *, block: str, mixer: str, embed_dim: int,
     global MODEL_NAMES
     MODEL_NAMES = tuple(MODEL_DEFAULTS)
     _entry_point(name)
+    note_registration()
     return spec
 
 

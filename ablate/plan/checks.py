@@ -258,6 +258,11 @@ def _check_single_samples(sweep: Sweep, kept: list[Candidate], cache: Any) -> No
         cache.put("trains_on_one", config, True)
 
 
+# how the backbone calls a plugin's part (the contract of ablate.models' register_* functions)
+_BUILT_AS = {"mixer": "Mixer(dim, *, num_groups, kernel_size, shift)",
+             "block": "Block(dim, mixer_layer, *, num_groups, kernel_size, shift, se, drop_path)"}
+
+
 def _check_input_sizes(sweep: Sweep, kept: list[Candidate], cache: Any) -> None:
     """Each model runs a forward pass (shapes only) at its trial's image size: a timm model
     built for another size (Swin's windows, a ViT's position table) is refused here, not in
@@ -267,14 +272,21 @@ def _check_input_sizes(sweep: Sweep, kept: list[Candidate], cache: Any) -> None:
         config = {"model": dataclasses.asdict(model), "img_size": img}
         if cache.get("runs_at", config):
             continue
-        from ablate.models import input_error
+        from ablate.models import input_error, plugin_parts
 
-        why = input_error(model.arch, img_size=img, num_classes=num_classes(c.config.data) or 2,
-                          **model.axes())
+        plugins = plugin_parts(model.arch, **model.axes())
+        try:
+            why = input_error(model.arch, img_size=img,
+                              num_classes=num_classes(c.config.data) or 2, **model.axes())
+        except Exception as e:  # noqa: BLE001 - building the model raised
+            if not plugins:
+                raise
+            kind, name = plugins[0]  # the arch and axes are valid: the plugin's code failed
+            raise sweep.error(f"{model.arch} with the plugin {kind} '{name}' cannot be built: "
+                              f"{type(e).__name__}: {first_line(e)} (trial '{c.label}')",
+                              *_source(c, f"model.{kind}"), hint=f"ablate builds a {kind} as "
+                              f"{_BUILT_AS[kind]}: check the plugin's code") from None
         if why is not None:
-            from ablate.models import plugin_parts
-
-            plugins = plugin_parts(model.arch, **model.axes())
             if plugins:  # ablate's backbones take any size: the plugin's code failed
                 kind, name = plugins[0]
                 raise sweep.error(f"{model.arch} with the plugin {kind} '{name}' fails its "

@@ -55,6 +55,16 @@ def test_every_mixer_has_a_reference_and_its_axes_select_a_mixer():
         assert (cls.weight_source, cls.window) == (source, window)
 
 
+def test_a_mixer_without_a_reference_is_told_how_to_give_one():
+    """A plugin mixer registered without ``reference=`` failed its contract test with a bare
+    KeyError of its name."""
+    mixer = get_mixer("dwconv")(8, num_groups=8, kernel_size=3)
+    mixer.name = "unreferenced"  # as a plugin's class registered without one
+    with pytest.raises(LookupError, match=r"'unreferenced' has no reference.*"
+                                          r"register_mixer\(reference=fn\)"):
+        reference_forward(mixer, torch.randn(1, 3, 3, 8))
+
+
 def test_shift_changes_shifted_window_mixers_only():
     torch.manual_seed(0)
     x = torch.randn(1, 9, 9, 8)

@@ -186,6 +186,32 @@ def test_grad_checkpointing_recomputes_and_changes_nothing(arch):
 
 
 @pytest.mark.parametrize("arch", NANO)
+def test_group_matcher_groups_parameters_by_depth(arch):
+    """What timm's layer-wise learning-rate decay reads: the stem first, then each block in
+    depth order (a stage's patch merging with its first block, the final norm with the last
+    block), the head last; coarse, one group per stage."""
+    from timm.models import group_parameters
+
+    model = _nano(arch)
+    names = [n for n, _ in model.named_parameters()]
+    fine = group_parameters(model, model.group_matcher())
+    assert sorted(n for group in fine.values() for n in group) == sorted(names)
+    blocks = [(i, j) for i, stage in enumerate(model.layers) for j in range(len(stage.blocks))]
+    assert len(fine) == 1 + len(blocks) + 1
+    groups = list(fine.values())
+    assert all(n.startswith("patch_embed.") for n in groups[0])
+    for (i, j), group in zip(blocks, groups[1:-1]):
+        own = {n for n in group if n.startswith(f"layers.{i}.blocks.{j}.")}
+        merging = {n for n in group if n.startswith(f"layers.{i}.downsample.")}
+        final = {n for n in group if n.startswith("norm.")}
+        assert own and set(group) == own | merging | final, (i, j)
+        assert bool(merging) == (j == 0 and i > 0) and bool(final) == ((i, j) == blocks[-1])
+    assert all(n.startswith("head.") for n in groups[-1])
+    coarse = group_parameters(model, model.group_matcher(coarse=True))
+    assert len(coarse) == 1 + len(model.layers) + 1
+
+
+@pytest.mark.parametrize("arch", NANO)
 def test_fx_traced_model_gives_the_same_output(arch):
     model, x = _nano(arch, num_classes=5).eval(), _image(arch, batch=1)
     _, eval_nodes = get_graph_node_names(model)

@@ -22,6 +22,7 @@ from timm.layers import register_notrace_module
 from torch import nn
 
 from ablate.errors import ModelConfigError, unknown_name_hint
+from ablate.plugins import note_registration
 
 # Complete by definition: weights shared across positions, across channels, both or neither.
 SHARINGS = ("spatial", "channel", "both", "none")
@@ -108,6 +109,8 @@ def register_mixer(cls: type[Mixer]) -> type[Mixer]:
         raise ModelConfigError(f"a mixer named {cls.name!r} is already registered",
                                key="mixer", hint="give the new mixer another name")
     MIXERS[cls.name] = cls
+    if not cls.__module__.startswith("ablate."):
+        note_registration()
     MIXER_TABLE.setdefault((cls.weight_source, cls.window), cls.name)
     # An FX leaf: a mixer adapts to the input's size in Python (windows shrink, maps pad),
     # which symbolic tracing cannot follow; traced models and feature extractors call it whole.
