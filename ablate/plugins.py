@@ -70,8 +70,16 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     return sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
 
 
+def _registrations() -> tuple[int, int]:
+    """(ablate's registrations by code outside it, timm's models): what a plugin adds to."""
+    from timm.models import list_models
+
+    return _REGISTERED[0], len(list_models())
+
+
 def _import(name: str, source: str | None, load=None) -> None:
-    fresh, before = name not in sys.modules, _REGISTERED[0]
+    fresh = name not in sys.modules
+    before = _registrations() if fresh else None
     try:
         if load is not None:
             load()
@@ -89,9 +97,9 @@ def _import(name: str, source: str | None, load=None) -> None:
             hint = f"raised at {frame.filename}:{frame.lineno}; fix the plugin and try again"
         raise PluginError(f"cannot import plugin {name!r} ({type(e).__name__}: {e})",
                           file=source, key="plugins", hint=hint) from e
-    if fresh and _REGISTERED[0] == before:  # imported again, it would register nothing anyway
+    if fresh and _registrations() == before:  # imported again, it registers nothing anyway
         raise PluginError(f"plugin {name!r} registered no mixer, block or model", file=source,
                           key="plugins", hint="name the module that calls register_mixer, "
-                          "register_block or register_arch when it is imported (a package's "
-                          "sub-module, such as my_lab.mixers)")
+                          "register_block or register_arch (or timm's register_model) when it "
+                          "is imported (a package's sub-module, such as my_lab.mixers)")
     _LOADED[name] = None

@@ -126,6 +126,25 @@ def test_a_plugin_that_fails_on_import_names_itself_in_one_line(tmp_path, capsys
         assert text in err
 
 
+def test_a_plugin_that_registers_a_timm_model_of_its_own_is_an_arm(tmp_path, monkeypatch,
+                                                                  capsys):
+    """A lab's own timm model (timm's register_model, none of ablate's register_* calls) is a
+    plugin that registers something: it must not be refused as one that registers nothing."""
+    (tmp_path / "timm_lab.py").write_text(textwrap.dedent("""\
+        from timm.models import register_model, resnet
+
+        @register_model
+        def lab_resnet_tiny(pretrained=False, **kw):
+            return resnet.resnet18(pretrained=pretrained, **kw)  # a lab's own would differ
+        """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sweep = _sweep(tmp_path / "lab.yaml", "lab: {model.arch: lab_resnet_tiny}\n",
+                   plugins="plugins: [timm_lab]")
+    assert main(["plan", str(sweep), "--no-stats"]) == 0, capsys.readouterr().err
+    assert "lab_resnet_tiny" in capsys.readouterr().out
+
+
 def test_a_plugin_mixer_of_the_wrong_shape_is_blamed_not_the_image_size(tmp_path):
     """ablate's backbones take any image size, so a failing forward pass of a plugin's mixer
     is the plugin's bug: the line named data.img_size and said to change it."""
