@@ -51,7 +51,8 @@ _OPS = {">": "higher than", "<": "lower than", "~": "about equal to"}
 
 def arm_summary(trials: pd.DataFrame, metric: str = METRIC,
                 order: list[str] | None = None) -> pd.DataFrame:
-    """One row per (sweep, arm) of finished trials: n, mean, std, sem of ``final/<metric>``.
+    """One row per (sweep, arm) of finished trials: n, mean, std, sem of ``final/<metric>``
+    (n counts the finite values, as the claims do).
 
     Also the mean best value, params and FLOPs, the role, and the arm's first ``expected``.
     Rows are sorted by sweep, then in ``order`` (arm labels; the others after it), then baseline
@@ -63,7 +64,8 @@ def arm_summary(trials: pd.DataFrame, metric: str = METRIC,
         float("nan"), index=done.index)
     best = f"best/{metric}"
     frame = pd.DataFrame({
-        "sweep": done["sweep"], "arm": done["arm"], "value": values.astype(float),
+        "sweep": done["sweep"], "arm": done["arm"],
+        "value": values.astype(float).where(lambda v: v.abs() < float("inf")),
         "best": done[best].astype(float) if best in done else float("nan"),
         "params": done["params"].astype(float), "flops": done["flops"].astype(float),
         "baseline": done["role"] == "baseline", "expected": done["expected"]})

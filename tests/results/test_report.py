@@ -287,3 +287,10 @@ def test_an_arm_whose_seeds_ran_two_configurations_is_said_to_pool_them(tmp_path
     assert main(["report", str(results)]) == 0
     assert "pools" not in capsys.readouterr().err
     assert "pools" not in (results / "tables" / "results.md").read_text()
+
+
+def test_an_infinite_final_value_is_not_a_seed_of_the_arm_summary():
+    """An overflowed evaluation: the figures dropped its point but the legend and the arms
+    table still counted it in n, and the mean was inf."""
+    summary = arm_summary(trials_frame({"a": [1.0, 3.0, float("inf")]}, {}))
+    assert summary.loc[0, "n"] == 2 and summary.loc[0, "mean"] == pytest.approx(2.0)
