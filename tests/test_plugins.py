@@ -129,7 +129,11 @@ def test_a_plugin_that_fails_on_import_names_itself_in_one_line(tmp_path, capsys
 def test_a_plugin_that_registers_a_timm_model_of_its_own_is_an_arm(tmp_path, monkeypatch,
                                                                   capsys):
     """A lab's own timm model (timm's register_model, none of ablate's register_* calls) is a
-    plugin that registers something: it must not be refused as one that registers nothing."""
+    plugin that registers something: it must not be refused as one that registers nothing,
+    nor as an unknown model in a process that listed timm's models before it was loaded."""
+    from ablate.models import validate_model
+
+    validate_model("resnet18")  # what a long-lived process (the test suite, a notebook) did
     (tmp_path / "timm_lab.py").write_text(textwrap.dedent("""\
         from timm.models import register_model, resnet
 

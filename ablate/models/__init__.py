@@ -109,8 +109,8 @@ def validate_model(arch: str, **axes: Any) -> None:
     """Raise ModelConfigError (naming the axis and allowed values) if ``arch`` + ``axes`` is
     not a model that can be built. Cheap: allocates nothing."""
     if isinstance(arch, str) and not is_ablate_model(arch):
-        if arch not in _timm_names():
-            near = closest(arch, [*MODEL_DEFAULTS, *_timm_names()])
+        if not timm.is_model(arch):  # timm's registry now: a plugin may have added to it
+            near = closest(arch, [*MODEL_DEFAULTS, *timm.list_models()])
             raise ModelConfigError(
                 f"unknown model {arch!r}", key="arch",
                 hint=(f"did you mean '{near}'? " if near else "") + "ablate's models: "
@@ -123,12 +123,6 @@ def validate_model(arch: str, **axes: Any) -> None:
                 "(ablate_swin_*, dwnet_*, ...) to vary it")
         return
     resolve(arch, **axes)
-
-
-def _timm_names() -> set[str]:
-    if not hasattr(_timm_names, "cache"):
-        _timm_names.cache = set(timm.list_models())
-    return _timm_names.cache
 
 
 def create_model(arch: str, *, num_classes: int, in_chans: int = 3, **axes: Any) -> nn.Module:
