@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate import record
-from ablate.config import Trial
+from ablate.config import Trial, TrialConfig
 from ablate.errors import RecordError, TrialError
 from ablate.failures import Failure, classify_record
 
@@ -301,35 +301,32 @@ def config_changes(results_dir: Path, trial: Trial) -> dict[str, tuple[Any, Any]
     The id leaves out fields at their defaults, so a default changed in the code keeps the id
     while the experiment is no longer the same; this is how it shows.
     """
-    return _stored_changes(record.trial_folder(results_dir, trial), trial)
-
-
-def _stored_changes(tdir: Path, trial: Trial) -> dict[str, tuple[Any, Any]]:
     try:
-        stored = record.read_trial(tdir).config.result_fields()
+        stored = record.read_trial(record.trial_folder(results_dir, trial))
     except RecordError:
         return {}
-    planned = trial.config.result_fields()
-    return {k: (stored.get(k), v) for k, v in planned.items() if stored.get(k) != v}
+    return config_diff(stored.config, trial.config)
+
+
+def config_diff(stored: TrialConfig, planned: TrialConfig) -> dict[str, tuple[Any, Any]]:
+    """The result fields where two configurations differ: dotted key -> (stored, planned)."""
+    old, new = stored.result_fields(), planned.result_fields()
+    return {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
 
 
 def begun_changes(results_dir: Path, trial: Trial) -> dict[str, tuple[Any, Any]]:
     """``config_changes`` of an unfinished trial that has epoch checkpoints: resuming it would
     continue weights trained under the stored configuration with the planned one. Empty when
     there is no checkpoint (a restart then trains under the plan alone) or nothing changed."""
-    return checkpoint_changes(record.trial_folder(results_dir, trial), trial)
-
-
-def checkpoint_changes(tdir: Path, trial: Trial) -> dict[str, tuple[Any, Any]]:
-    """``begun_changes`` of the trial folder ``tdir``."""
+    tdir = record.trial_folder(results_dir, trial)
     if not record.epoch_checkpoints(tdir / record.CHECKPOINTS):
         return {}
-    return _stored_changes(tdir, trial)
+    return config_changes(results_dir, trial)
 
 
 def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
-    """One trial's field changes, e.g. 'train.lr 0.001 -> 0.0005; model.depths ...'."""
-    return "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(changes.items()))
+    """One trial's field changes, e.g. 'train.lr 0.001 -> 0.0005; train.epochs ...'."""
+    return "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
 
 
 LABELS = ("sweep", "arm", "varied", "role", "expected")  # what the sweep file calls a trial

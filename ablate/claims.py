@@ -82,8 +82,8 @@ def seed_values(trials: pd.DataFrame, metric: str = METRIC) -> dict[tuple[str, s
 
 def pooled_configurations(trials: pd.DataFrame) -> dict[tuple[str, str], str]:
     """(sweep, arm) -> what differs between the configurations its finished trials ran, as
-    'train.epochs 6 (x3), 8 (x1)' (most trials first), for each arm whose seeds did not all run one configuration
-    but their seed (a run with --set into the sweep's results folder, a default changed
+    'train.epochs 6 (x3), 8 (x1)' (most trials first), for each arm whose seeds did not all
+    run one configuration but their seed (a run with --set into the sweep's results folder, a default changed
     between runs). Their mean, claims and figures pool those configurations."""
     done = trials[trials["state"].isin(["done", "diverged"])]
     keys = [k for k in _config_keys() if k in done]
@@ -106,14 +106,9 @@ def pooled_configurations(trials: pd.DataFrame) -> dict[tuple[str, str], str]:
 
 def _config_keys() -> list[str]:
     """The trials table's columns that make a trial's configuration, but its seed."""
-    import dataclasses
+    from ablate.config import TrialConfig
 
-    from ablate.config import DataConfig, ModelConfig, RecipeConfig
-
-    return [f"{prefix}.{f.name}" for prefix, cls in (("model", ModelConfig), ("data", DataConfig),
-                                                     ("train", RecipeConfig))
-            for f in dataclasses.fields(cls) if not f.metadata.get("operational")] \
-        + ["resources.workers"]
+    return [*TrialConfig.result_keys(), "resources.workers"]
 
 
 def _expected(raw) -> dict:

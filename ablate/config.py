@@ -211,7 +211,7 @@ class TrialConfig:
         (a record edited by hand); None when every one is."""
         for section in ("model", "data", "train"):
             obj = getattr(self, section)
-            hints = _hints(type(obj))
+            hints = type_hints(type(obj))
             for f in dataclasses.fields(obj):
                 value = getattr(obj, f.name)
                 if not _of_type(value, hints[f.name]):
@@ -235,6 +235,13 @@ class TrialConfig:
         if self.data.root is not None:
             out["data.content"] = data_fingerprint or f"path:{self.data.root}"
         return out
+
+    @staticmethod
+    def result_keys() -> list[str]:
+        """The dotted names of :meth:`result_fields` (the seed is apart)."""
+        return [f"{s}.{f.name}" for s, cls in (("model", ModelConfig), ("data", DataConfig),
+                                                ("train", RecipeConfig))
+                for f in dataclasses.fields(cls) if not f.metadata.get("operational")]
 
     def result_fields(self) -> dict[str, Any]:
         """Every result-determining field (defaults included), dotted: what two records of
@@ -285,7 +292,7 @@ _V1_FIELDS = {
 _V1_DEFAULTS = {"train": {"keep_checkpoints": 2}}
 
 
-_hints = functools.cache(typing.get_type_hints)
+type_hints = functools.cache(typing.get_type_hints)  # a dataclass's annotations, resolved once
 
 
 def _of_type(value: Any, kind: Any) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -269,10 +270,12 @@ _METHOD = (
     "claim to.\n")
 
 
-def write_report(results_dir: str | Path) -> list[Path]:
+def write_report(results_dir: str | Path,
+                 warn: Callable[[str], None] | None = None) -> list[Path]:
     """Write the Markdown, CSV and LaTeX tables of a collected results folder; return paths.
 
     Needs trials.parquet (run collect_results first); raises RecordError when it is missing.
+    ``warn`` is given each warning the report states (``pooling_warnings``), for a console.
     """
     from ablate.collect import load_tables
     from ablate.setting import sweep_info
@@ -285,6 +288,8 @@ def write_report(results_dir: str | Path) -> list[Path]:
     summary, claims = arm_summary(trials, order=list(info.order)), check_claims(trials)
     papers = paper_numbers(summary, trials)
     md, written = [], []
+    for line in pooling_warnings(trials) if warn is not None else []:
+        warn(line)
     for sweep in sorted(trials["sweep"].unique()):
         mine = trials[trials["sweep"] == sweep]
         parts, tex = _sweep_section(sweep, mine, summary[summary["sweep"] == sweep],

@@ -55,7 +55,6 @@ one-line :class:`~ablate.errors.SpecError` with file, line and key path.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import re
 import typing
@@ -81,6 +80,7 @@ from ablate.config import (
     RecipeConfig,
     Resources,
     TrialConfig,
+    type_hints,
 )
 from ablate.errors import SpecError, closest, path_problem, unknown_name_hint
 from ablate.record import METRICS
@@ -105,13 +105,12 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"  # a safe folder name:
 _MODULE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # a dotted module name
 
 
-_hints = functools.cache(typing.get_type_hints)  # the dataclasses' annotations, resolved once
 
 
 def _field_type(cls: type, name: str) -> Any:
     """The pydantic type of one dataclass field: its type with the declared bounds."""
     f = cls.__dataclass_fields__[name]
-    kind = _hints(cls)[name]
+    kind = type_hints(cls)[name]
     bounds = dict(f.metadata.get("bounds", {}))
     choices = bounds.pop("choices", None)
     optional = type(None) in typing.get_args(kind)

@@ -48,7 +48,7 @@ import torch
 from ablate import checkpoint, curves, devices, record
 from ablate import distributed as dist
 from ablate.augment import BatchPrep
-from ablate.bookkeeping import checkpoint_changes, describe_changes
+from ablate.bookkeeping import config_diff, describe_changes
 from ablate.config import RecipeConfig, Trial, batch_split_error
 from ablate.data import Loaders, build_loaders, checked_batches, load_splits, mix_seeds
 from ablate.distributed import Ranks
@@ -139,17 +139,18 @@ def check_folder(tdir: Path, trial: Trial) -> list[str]:
     its checkpoints and results would be taken for ``trial``'s. RecordError for checkpoints
     that would fail the trial (``record.check_checkpoints``), TrialError for checkpoints of an
     unfinished trial trained under another configuration than ``trial``'s (a default changed
-    in the code: ``bookkeeping.checkpoint_changes``); returns a warning for each checkpoint it
+    in the code: ``bookkeeping.config_diff``); returns a warning for each checkpoint it
     will skip (``train_trial`` logs them). Writes nothing."""
     tdir = Path(tdir)
     if (tdir / "trial.json").exists():
-        held = record.read_trial(tdir).id
-        if held != trial.id:
-            raise TrialError(f"folder holds trial {held}, not {trial.id}", file=tdir,
+        held = record.read_trial(tdir)
+        if held.id != trial.id:
+            raise TrialError(f"folder holds trial {held.id}, not {trial.id}", file=tdir,
                              hint="give each trial its own folder")
         notes = record.check_checkpoints(tdir)  # RecordError for one that is no file
         if record.read_state(tdir) not in record.FINISHED \
-                and (changes := checkpoint_changes(tdir, trial)):
+                and record.epoch_checkpoints(tdir / record.CHECKPOINTS) \
+                and (changes := config_diff(held.config, trial.config)):
             raise TrialError(f"the checkpoints of trial {trial.id} were trained under another "
                              f"configuration ({describe_changes(changes)}); resuming them "
                              "would train a mix of the two", file=tdir / "trial.json",

@@ -12,6 +12,11 @@ from typing import Any
 from ablate.cli.live import duration
 
 
+def warn(line: str) -> None:
+    """A warning on stderr, as every command says them (stdout stays data)."""
+    print(f"ablate: warning: {line}", file=sys.stderr, flush=True)
+
+
 def print_triage(work: Any, trials: list, results: Path, *, name: str) -> None:
     """What the run found: finished, held and to-run counts, and trials run under another
     configuration than the plan's now."""
@@ -19,7 +24,7 @@ def print_triage(work: Any, trials: list, results: Path, *, name: str) -> None:
           + (f"{len(work.held)} held (failed before), " if work.held else "")
           + f"{len(work.todo)} to run; results in {results}", flush=True)
     for note in work.notes:
-        print(f"ablate: warning: {note}", file=sys.stderr, flush=True)
+        warn(note)
     if work.changes:
         print(f"ablate: {len(work.changes)} trials were run with another configuration "
               f"than the plan's now ({describe_changes(work.changes)}): "

@@ -323,8 +323,9 @@ def _per_trial(r: dict[str, Any]) -> str:
 
 
 def _changed_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [f"  {r['id']} [{r['label']}]: " + "; ".join(
-        f"{k} {old!r} -> {new!r}" for k, (old, new) in r["changed"].items()) for r in rows[:10]]
+    from ablate.bookkeeping import describe_changes
+
+    lines = [f"  {r['id']} [{r['label']}]: {describe_changes(r['changed'])}" for r in rows[:10]]
     return lines + (["  ..."] if len(rows) > 10 else [])
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 
@@ -42,11 +41,12 @@ def add_parser(sub) -> None:
 
 
 def _collect(results_dir: Path, quiet: bool = False, full: bool = False) -> None:
+    from ablate.cli.display import warn
     from ablate.collect import collect_results
 
     summary = collect_results(results_dir, full=full)
-    for warning in summary.warnings:  # on stderr, as ablate run says them: stdout stays data
-        print(f"ablate: warning: {warning}", file=sys.stderr)
+    for warning in summary.warnings:
+        warn(warning)
     if summary.written or not quiet:
         print(f"collected {summary.rows} trials ({summary.new} new, {summary.updated} updated, "
               f"{summary.unchanged} unchanged, {summary.skipped} skipped), "
@@ -72,12 +72,10 @@ def figures_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from ablate.collect import load_tables
-    from ablate.report import pooling_warnings, write_report
+    from ablate.cli.display import warn
+    from ablate.report import write_report
 
     _collect(args.results_dir, quiet=True)
-    for path in write_report(args.results_dir):
+    for path in write_report(args.results_dir, warn=warn):
         print(path)
-    for line in pooling_warnings(load_tables(Path(args.results_dir))[0]):
-        print(f"ablate: warning: {line}", file=sys.stderr)
     return 0

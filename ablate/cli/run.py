@@ -312,6 +312,7 @@ def _results_up_to_date(results: Path) -> bool:
 
 def _make_results(results: Path) -> None:
     """Collect the tables, draw the figures, write the report; say where each went."""
+    from ablate.cli.display import warn
     from ablate.collect import collect_results
     from ablate.errors import AblateError
     from ablate.figures import draw_figures
@@ -323,10 +324,11 @@ def _make_results(results: Path) -> None:
         print(f"ablate: no tables: {err}", file=sys.stderr)
         return
     for warning in summary.warnings:
-        print(f"ablate: warning: {warning}", file=sys.stderr)
+        warn(warning)
     print(f"ablate: tables: {results / 'trials.parquet'}, {results / 'epochs.parquet'} "
           f"({summary.rows} trials)")
-    for what, make in (("figures", draw_figures), ("report", write_report)):
+    for what, make in (("figures", draw_figures),
+                       ("report", lambda path: write_report(path, warn=warn))):
         try:
             paths = make(results)
         except AblateError as err:
@@ -334,11 +336,6 @@ def _make_results(results: Path) -> None:
             continue
         folders = sorted({str(Path(p).parent) for p in paths})
         print(f"ablate: {what}: {len(paths)} files in {', '.join(folders) or results}")
-    from ablate.collect import load_tables
-    from ablate.report import pooling_warnings
-
-    for line in pooling_warnings(load_tables(results)[0]):
-        print(f"ablate: warning: {line}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------ status
