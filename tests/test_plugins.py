@@ -149,11 +149,23 @@ def test_a_plugin_that_registers_a_timm_model_of_its_own_is_an_arm(tmp_path, mon
     assert "lab_resnet_tiny" in capsys.readouterr().out
 
 
+def _refused_plan(tmp_path: Path, module: str, source: str, arms: str) -> str:
+    """``ablate plan`` in a fresh process of a sweep whose plugin ``module`` holds ``source``:
+    its one line of error, checked to be one line, exit status 2 and no traceback."""
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+    sweep = _sweep(tmp_path / "lab.yaml", arms, plugins=f"plugins: [{module}]")
+    out = subprocess.run([sys.executable, "-m", "ablate", "plan", str(sweep), "--no-data-check"],
+                         cwd=tmp_path, text=True, capture_output=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    return line
+
+
 def test_a_plugin_mixer_of_the_wrong_shape_is_blamed_not_the_image_size(tmp_path):
     """ablate's backbones take any image size, so a failing forward pass of a plugin's mixer
     is the plugin's bug: the line named data.img_size and said to change it."""
-    lab = tmp_path / "halving_lab.py"
-    lab.write_text(textwrap.dedent("""\
+    line = _refused_plan(tmp_path, "halving_lab", """\
         from ablate.models import Mixer, register_mixer
 
         @register_mixer
@@ -163,14 +175,7 @@ def test_a_plugin_mixer_of_the_wrong_shape_is_blamed_not_the_image_size(tmp_path
 
             def forward(self, x):
                 return x[..., : x.shape[-1] // 2]  # half the channels: the wrong shape
-        """))
-    sweep = _sweep(tmp_path / "lab.yaml", "half: {model.mixer: halving}\n",
-                   plugins="plugins: [halving_lab]")
-    out = subprocess.run([sys.executable, "-m", "ablate", "plan", str(sweep), "--no-data-check"],
-                         cwd=tmp_path, text=True, capture_output=True, timeout=300)
-    assert out.returncode == 2, out.stderr
-    line = out.stderr.strip()
-    assert len(line.splitlines()) == 1 and "Traceback" not in line
+        """, "half: {model.mixer: halving}\n")
     assert "arms.half.model.mixer: dwnet_nano with the plugin mixer 'halving' fails its " \
            "forward pass at 32x32" in line
     assert "check the plugin's code" in line and "img_size" not in line
@@ -179,8 +184,7 @@ def test_a_plugin_mixer_of_the_wrong_shape_is_blamed_not_the_image_size(tmp_path
 def test_a_plugin_mixer_that_cannot_be_built_is_blamed_in_one_line(tmp_path):
     """A mixer whose constructor does not take the contract's arguments made ``ablate plan``
     end in a traceback (exit status 1) instead of one line naming the arm and the plugin."""
-    lab = tmp_path / "signature_lab.py"
-    lab.write_text(textwrap.dedent("""\
+    line = _refused_plan(tmp_path, "signature_lab", """\
         from ablate.models import Mixer, register_mixer
 
         @register_mixer
@@ -193,14 +197,7 @@ def test_a_plugin_mixer_that_cannot_be_built_is_blamed_in_one_line(tmp_path):
 
             def forward(self, x):
                 return x
-        """))
-    sweep = _sweep(tmp_path / "lab.yaml", "pos: {model.mixer: positional}\n",
-                   plugins="plugins: [signature_lab]")
-    out = subprocess.run([sys.executable, "-m", "ablate", "plan", str(sweep), "--no-data-check"],
-                         cwd=tmp_path, text=True, capture_output=True, timeout=300)
-    assert out.returncode == 2, out.stderr
-    line = out.stderr.strip()
-    assert len(line.splitlines()) == 1 and "Traceback" not in line
+        """, "pos: {model.mixer: positional}\n")
     assert "arms.pos.model.mixer: dwnet_nano with the plugin mixer 'positional' cannot be " \
            "built: TypeError: " in line and "unexpected keyword argument 'num_groups'" in line
     assert "Mixer(dim, *, num_groups, kernel_size, shift)" in line
