@@ -208,7 +208,8 @@ def claim_table(claims: list[Claim]):
             needed = f"at least {stats.MIN_SEEDS}"
         rows.append([claim, c.metric, f"{c.n_arm} vs {c.n_than}",
                      _num(c.diff, signed=True) + ci, c.test or "–", _p(c.p, c.alpha), c.verdict,
-                     needed, _num(c.detectable) if c.detectable is not None else ""])
+                     needed, "" if c.detectable is None else
+                     "none yet" if math.isinf(c.detectable) else _num(c.detectable)])
     return header, rows
 
 

@@ -19,9 +19,14 @@ as a trial fails or seeds are added to one arm. The unpaired test is valid eithe
 shared seeds do correlate the arms it only errs on the side of "not decided".
 
 Welch's test does not assume equal spreads. Its degrees of freedom are Welch-Satterthwaite's,
-and the 95% confidence interval of the difference of means uses the same. When both arms have
-no spread at all (identical values per arm), a nonzero difference is treated as shown and a
-zero difference as not shown; the test's name then says so.
+and the 95% confidence interval of the difference of means uses the same. When neither arm has
+any spread (every seed of an arm gave the same value, as happens with a coarse metric on a small
+validation set), there is no spread to estimate and Welch's test is undefined; each one-sided
+test is then the exact permutation test of the difference of means. Of the C(n_a + n_b, n_a)
+ways to split the pooled values into the two arms only the observed one is as extreme, so a
+difference in the tested direction has p = 1 / C(n_a + n_b, n_a) and any other has p 1. Two
+seeds per arm can then never decide (p 1/6), and at alpha 0.05 it takes four (p 1/70). The
+test's name says when this rule decided.
 
 The claims of one sweep are corrected together for multiplicity (Holm): every claim's deciding
 p (the smaller of its "agreed" and "contradicted" p) is Holm-adjusted, and a claim is decided
@@ -31,7 +36,9 @@ Seeds needed (power 0.8 at a given alpha; the report passes alpha / k for k clai
 Holm holds the first claim to; equal seeds per arm and each arm's observed spread): for
 ``>``/``<`` at the observed difference, for ``~`` at a true difference of zero (the margin is the distance to prove). The smallest detectable
 difference is the true difference (for ``~``: the margin) that the current seeds would decide
-with power 0.8. Power comes from the noncentral t distribution (scipy.stats.nct).
+with power 0.8. Power comes from the noncentral t distribution (scipy.stats.nct); for arms
+without spread, from the permutation test above (seeds needed: the fewest per arm whose p is
+below alpha; detectable: any nonzero difference once the current seeds reach that, none before).
 """
 
 from __future__ import annotations
@@ -81,16 +88,27 @@ def _se_df(va: float, vb: float, na: float, nb: float) -> tuple[float, float]:
     return se, (ua + ub) ** 2 / (ua ** 2 / (na - 1) + ub ** 2 / (nb - 1))
 
 
+def flat_p(n_a: int, n_b: int) -> float:
+    """p of the exact permutation test when neither arm has spread and the difference lies in
+    the tested direction: the observed split is the one most extreme of C(n_a + n_b, n_a)."""
+    splits = math.comb(n_a + n_b, n_a)
+    return 1.0 / splits if splits < 1e300 else 0.0  # an int past float's range: p underflows
+
+
 def one_sided_p(a: np.ndarray, b: np.ndarray, shift: float, alternative: str) -> float:
     """p of Welch's one-sided test of mean(a) - mean(b) against ``shift``.
 
     ``alternative`` "greater": H1 is mean(a) - mean(b) > shift; "less": < shift.
     """
     diff = float(a.mean() - b.mean()) - shift
-    if a.var(ddof=1) == 0 and b.var(ddof=1) == 0:  # scipy answers nan: decide by the sign
+    se, df = _se_df(a.var(ddof=1), b.var(ddof=1), len(a), len(b))
+    if se == 0:  # no spread: exact permutation test
         shown = diff > 0 if alternative == "greater" else diff < 0
-        return 0.0 if shown else 1.0
-    return float(stats.ttest_ind(a - shift, b, equal_var=False, alternative=alternative).pvalue)
+        return flat_p(len(a), len(b)) if shown else 1.0
+    # the statistic by hand rather than scipy.stats.ttest_ind, which warns of "catastrophic
+    # cancellation" whenever one arm is flat (a coarse metric does that) though the p is exact
+    t_stat = diff / se
+    return float(stats.t.sf(t_stat, df) if alternative == "greater" else stats.t.cdf(t_stat, df))
 
 
 def claim_test(op: str, arm: Sequence[float], than: Sequence[float],
@@ -104,10 +122,10 @@ def claim_test(op: str, arm: Sequence[float], than: Sequence[float],
         raise ValueError(f"needs at least {MIN_SEEDS} values per arm")
     low, high = welch_ci(a, b)
     diff = float(a.mean() - b.mean())
-    flat = a.var(ddof=1) == 0 and b.var(ddof=1) == 0  # one_sided_p decides by the sign
+    flat = a.var(ddof=1) == 0 and b.var(ddof=1) == 0  # one_sided_p: the permutation test
     if op in (">", "<"):
         toward, away = ("greater", "less") if op == ">" else ("less", "greater")
-        name = f"no spread in either arm: sign of the difference ({op})" if flat else \
+        name = f"no spread in either arm: exact permutation test ({op})" if flat else \
             f"Welch t, one-sided ({op})"
         return Test(diff, low, high, one_sided_p(a, b, 0.0, toward),
                     one_sided_p(a, b, 0.0, away), name)
@@ -116,7 +134,8 @@ def claim_test(op: str, arm: Sequence[float], than: Sequence[float],
     inside = max(one_sided_p(a, b, -margin, "greater"), one_sided_p(a, b, margin, "less"))
     outside = min(1.0, 2 * min(one_sided_p(a, b, margin, "greater"),
                                one_sided_p(a, b, -margin, "less")))
-    name = "no spread in either arm: the difference against" if flat else "TOST, Welch t, margin"
+    name = "no spread in either arm: exact permutation tests, margin" if flat else \
+        "TOST, Welch t, margin"
     return Test(diff, low, high, inside, outside, f"{name} ±{margin:g}")
 
 
@@ -160,8 +179,8 @@ def power_one_sided(delta: float, sd_a: float, sd_b: float, n: int, alpha: float
     ``sides`` 1: one-sided in the direction of ``delta``; 2: two-sided.
     """
     se, df = _se_df(sd_a ** 2, sd_b ** 2, n, n)
-    if se == 0:
-        return 1.0 if delta else 0.0
+    if se == 0:  # no spread: the permutation test decides a nonzero difference or never
+        return 1.0 if delta and flat_p(n, n) < alpha / sides else 0.0
     crit = float(stats.t.ppf(1 - alpha / sides, df))
     nc = abs(delta) / se
     power = _nct_sf(crit, df, nc)
@@ -178,7 +197,7 @@ def power_equivalence(margin: float, sd_a: float, sd_b: float, n: int, delta: fl
     """
     se, df = _se_df(sd_a ** 2, sd_b ** 2, n, n)
     if se == 0:
-        return 1.0 if abs(delta) < margin else 0.0
+        return 1.0 if abs(delta) < margin and flat_p(n, n) < alpha else 0.0
     crit = float(stats.t.ppf(1 - alpha, df))
     miss = 2 - _nct_sf(crit, df, (margin - delta) / se) - _nct_sf(crit, df, (margin + delta) / se)
     return max(0.0, 1.0 - miss)
@@ -207,10 +226,14 @@ def seeds_needed(op: str, diff: float, sd_a: float, sd_b: float, margin: float |
 
 def detectable(op: str, sd_a: float, sd_b: float, n_a: int, n_b: int, alpha: float = ALPHA,
                power: float = POWER) -> float:
-    """Smallest true difference (``~``: margin) the current seeds decide with ``power``."""
+    """Smallest true difference (``~``: margin) the current seeds decide with ``power``.
+
+    inf when no difference would do: arms without spread whose seeds are too few for the
+    permutation test to reach alpha.
+    """
     se, df = _se_df(sd_a ** 2, sd_b ** 2, n_a, n_b)
     if se == 0:
-        return 0.0
+        return 0.0 if flat_p(n_a, n_b) < alpha else math.inf
     crit = float(stats.t.ppf(1 - alpha, df))
     if op == "~":
         def gap(m):

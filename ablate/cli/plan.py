@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -201,7 +202,10 @@ def build_report(sweep: Any, trials: list, results_dir: str, *, stats: bool) -> 
 
         from ablate.report import plan_claims
 
-        claims = [asdict(c) for c in plan_claims(trials, results_dir)]
+        # strict JSON for --json: an undecided claim's detectable is null when no difference
+        # is detectable at its seeds (inf in the Claim)
+        claims = [{**asdict(c), "detectable": None if c.detectable == math.inf else
+                   c.detectable} for c in plan_claims(trials, results_dir)]
     return {
         "sweep": {"name": sweep.name, "description": sweep.description,
                   "path": str(sweep.path), "results_dir": results_dir,
@@ -399,8 +403,10 @@ def _claim_lines(claims: list[dict[str, Any]]) -> list[str]:
         line = f"  {c['arm']} {c['op']} {c['than']}{margin} ({c['metric']}, n {c['n_arm']} vs " \
                f"{c['n_than']}): {c['verdict']}"
         if c["verdict"] == "not decided":
-            line += f"; {c['seeds_needed'] or 'more than 1000'} seeds per arm would decide it, " \
-                    f"the current ones detect {c['detectable']:.2f}"
+            found = c["detectable"]
+            line += f"; {c['seeds_needed'] or 'more than 1000'} seeds per arm would decide it, " + \
+                ("the current ones detect no difference" if found is None else
+                 f"the current ones detect {found:.2f}")
         out.append(line)
     return out
 

@@ -294,3 +294,28 @@ def test_an_infinite_final_value_is_not_a_seed_of_the_arm_summary():
     table still counted it in n, and the mean was inf."""
     summary = arm_summary(trials_frame({"a": [1.0, 3.0, float("inf")]}, {}))
     assert summary.loc[0, "n"] == 2 and summary.loc[0, "mean"] == pytest.approx(2.0)
+
+
+def test_a_claim_between_arms_without_spread_detects_nothing_until_the_seeds_suffice(
+        tmp_path, capsys, monkeypatch):
+    # every seed of static and of attention gave the same top-1: the permutation test needs
+    # C(n_a + n_b, n_a) > 20 at alpha 0.05, and 2 vs 3 seeds give only 10 splits
+    monkeypatch.setitem(TOP1, "static", [80.0, 80.0, 80.0])
+    monkeypatch.setitem(TOP1, "attention", [80.5, 80.5, 80.5])  # seed 2 failed: n 2
+    results = make_demo(tmp_path, monkeypatch)
+    claims = {c.arm: c for c in check_claims(_collected(results))}
+    flat = claims["attention"]
+    assert flat.verdict == UNDECIDED and flat.test.startswith("no spread in either arm")
+    assert flat.detectable == float("inf") and flat.seeds_needed == 4
+    header, rows = claim_table([flat])
+    assert rows[0][header.index("smallest detectable")] == "none yet"
+    sweep = str(tmp_path / "demo.yaml")
+    assert main(["plan", sweep, "--results", str(results), "--no-stats"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines()
+                if x.startswith("  attention > static"))
+    assert line.endswith("4 seeds per arm would decide it, the current ones detect no difference")
+    assert main(["plan", sweep, "--results", str(results), "--no-stats", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "Infinity" not in out  # strict JSON
+    by_arm = {c["arm"]: c for c in json.loads(out)["claims"]}
+    assert by_arm["attention"]["detectable"] is None

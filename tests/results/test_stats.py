@@ -5,7 +5,9 @@ freedom and a standard error of sqrt(2); Student's t with 2 df has a closed form
 and interval below is computed without scipy.
 """
 
+import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -86,15 +88,77 @@ def test_holm_adjusts_step_down_and_can_undo_a_verdict():
     assert stats.decide([shown, noise], alpha=0.1)[0][0] == AGREED
 
 
-def test_arms_without_spread_are_decided_by_the_sign():
-    assert stats.decide([stats.claim_test(">", [1.0, 1.0], [0.0, 0.0])])[0][0] == AGREED
-    assert stats.decide([stats.claim_test(">", [1.0, 1.0], [1.0, 1.0])])[0][0] == UNDECIDED
+def _permutation_p(a, b, shift, greater):
+    """One-sided permutation p by enumerating every split of the pooled values (a - shift, b)."""
+    pooled = [x - shift for x in a] + list(b)
+    observed = np.mean(a) - shift - np.mean(b)
+    sign = 1 if greater else -1
+    splits = list(itertools.combinations(range(len(pooled)), len(a)))
+    as_extreme = 0
+    for chosen in splits:
+        rest = [pooled[i] for i in range(len(pooled)) if i not in chosen]
+        d = np.mean([pooled[i] for i in chosen]) - np.mean(rest)
+        as_extreme += sign * d >= sign * observed - 1e-12
+    return as_extreme / len(splits)
+
+
+@pytest.mark.parametrize("a, b, shift", [
+    ([1.0, 1.0, 1.0], [0.0, 0.0], 0.0),   # 3 vs 2: 1 of 10 splits
+    ([0.0, 0.0], [1.0, 1.0, 1.0], 0.0),
+    ([1.0] * 4, [0.0] * 4, 0.0),          # 4 vs 4: 1 of 70
+    ([1.0, 1.0, 1.0], [0.0, 0.0], 0.5),   # against a margin: the shifted arms still differ
+    ([1.0, 1.0, 1.0], [0.0, 0.0], 1.5),   # shifted past the other arm: the other direction
+])
+def test_arms_without_spread_get_the_exact_permutation_p(a, b, shift):
+    for alternative in ("greater", "less"):
+        expected = _permutation_p(a, b, shift, alternative == "greater")
+        got = stats.one_sided_p(np.array(a), np.array(b), shift, alternative)
+        assert got == pytest.approx(expected)
+    assert min(stats.one_sided_p(np.array(a), np.array(b), shift, alt)
+               for alt in ("greater", "less")) == pytest.approx(1 / math.comb(len(a) + len(b), len(a)))
+
+
+def test_two_seeds_without_spread_never_decide_and_four_do():
+    two = stats.claim_test(">", [51.0, 51.0], [50.0, 50.0])
+    assert (two.p_agree, two.p_contra) == pytest.approx((1 / 6, 1.0))
+    assert stats.decide([two])[0][0] == UNDECIDED
+    four = stats.claim_test(">", [51.0] * 4, [50.0] * 4)
+    assert stats.decide([four]) == [(AGREED, pytest.approx(1 / 70))]
+    assert stats.decide([stats.claim_test("<", [51.0] * 4, [50.0] * 4)])[0][0] == CONTRADICTED
+    assert stats.decide([stats.claim_test(">", [1.0] * 4, [1.0] * 4)])[0][0] == UNDECIDED
     # the report's test column names the rule that decided, not Welch's test (p nan there)
-    assert stats.claim_test("<", [1.0, 1.0], [0.0, 0.0]).test == \
-        "no spread in either arm: sign of the difference (<)"
+    assert two.test == "no spread in either arm: exact permutation test (>)"
     assert stats.claim_test("~", [1.0, 1.0], [1.0, 1.0], 0.5).test == \
-        "no spread in either arm: the difference against ±0.5"
+        "no spread in either arm: exact permutation tests, margin ±0.5"
     assert stats.claim_test(">", [1.0, 3.0], [0.0, 0.0]).test == "Welch t, one-sided (>)"
+
+
+def test_about_equal_without_spread_is_shown_inside_the_margin_at_enough_seeds():
+    inside = stats.claim_test("~", [50.2] * 4, [50.0] * 4, 0.5)
+    assert stats.decide([inside]) == [(AGREED, pytest.approx(1 / 70))]
+    outside = stats.claim_test("~", [51.0] * 4, [50.0] * 4, 0.5)
+    assert stats.decide([outside]) == [(CONTRADICTED, pytest.approx(2 / 70))]
+    assert stats.decide([stats.claim_test("~", [50.2] * 2, [50.0] * 2, 0.5)])[0][0] == UNDECIDED
+
+
+def test_seeds_and_detectable_difference_without_spread_follow_the_permutation_test():
+    # p 1/C(2n, n) < alpha: 1/70 < 0.05 at n 4, but 1/70 > 0.01, 1/252 < 0.01 at n 5
+    assert stats.seeds_needed(">", 1.0, 0.0, 0.0) == 4
+    assert stats.seeds_needed(">", 1.0, 0.0, 0.0, alpha=0.01) == 5
+    assert stats.seeds_needed(">", 0.0, 0.0, 0.0) is None
+    assert stats.seeds_needed("~", 0.0, 0.0, 0.0, margin=0.5) == 4
+    assert stats.detectable(">", 0.0, 0.0, 2, 2) == math.inf
+    assert stats.detectable(">", 0.0, 0.0, 4, 4) == 0.0
+    assert stats.detectable(">", 0.0, 0.0, 3, 2) == math.inf  # 1/10 > 0.05
+
+
+def test_one_arm_without_spread_is_welch_with_the_other_arms_df_and_no_warning():
+    # se = sqrt(var(a) / 3) = sqrt(1 / 3), df = 3 - 1: the flat arm adds nothing to either
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's ttest_ind warns of cancellation here
+        test = stats.claim_test(">", [1.0, 2.0, 3.0], [0.5, 0.5])
+    assert test.p_agree == pytest.approx(t.sf(1.5 / math.sqrt(1 / 3), 2), rel=1e-9)
+    assert test.test == "Welch t, one-sided (>)"
 
 
 def test_a_claim_needs_two_values_per_arm_and_about_equal_a_margin():
