@@ -264,11 +264,13 @@ _METHOD = (
     "the data order, but different models draw different weights from it, and an unpaired "
     "test stays valid when seed sets differ. alpha = {alpha:g}; p is Holm-adjusted across "
     "the {k} tested claims of this sweep. The confidence interval of a difference uses "
-    "Welch-Satterthwaite degrees of freedom. For an undecided claim: the seeds per arm that "
-    "would decide it with 80% power (at the observed difference and spread; for `~` at a "
-    "true difference of zero), and the smallest difference (for `~`: margin) the current "
-    "seeds decide with 80% power, both at alpha / {k}, the level Holm holds the first "
-    "claim to.\n")
+    "Welch-Satterthwaite degrees of freedom. Where neither arm has any spread, each "
+    "one-sided test is the exact permutation test (p = 1 / C(n_a + n_b, n_a)). For an "
+    "undecided claim: the seeds per arm that would decide it with 80% power (at the observed "
+    "difference and spread; for `~` at a true difference of zero), and the smallest "
+    "difference (for `~`: margin) the current seeds decide with 80% power, both at "
+    "alpha / {k}, the level Holm holds the first claim to; power is Welch's exact power for "
+    "normally distributed seeds.\n")
 
 
 def write_report(results_dir: str | Path,
