@@ -36,6 +36,18 @@ def test_paper_models_have_the_paper_parameter_count(arch):
     assert count_params(model) == PAPER_PARAMS[arch]
 
 
+def test_local_mlp_tiny_is_swin_tiny_with_the_attention_swapped_for_window_mlps():
+    """No published count: derive it from Swin-T's. Each block drops its attention (qkv and
+    output Linear with biases, a 13x13 relative-position table per head) and gains, per group of
+    32 channels, a 49x49 spatial weight and a 49 bias; the norms, FFN, stem and head stay."""
+    depths, dims = (2, 2, 6, 2), (96, 192, 384, 768)
+    attention = sum(d * (4 * c * c + 4 * c + 13 * 13 * (c // 32)) for d, c in zip(depths, dims))
+    window_mlp = sum(d * (c // 32) * (49 * 49 + 49) for d, c in zip(depths, dims))
+    with torch.device("meta"):
+        model = create_model("local_mlp_tiny", num_classes=1000)
+    assert count_params(model) == PAPER_PARAMS["ablate_swin_tiny"] - attention + window_mlp
+
+
 def _uniform_like_default(t: torch.Tensor, bound: float) -> bool:
     """Within +-bound, with the spread of a uniform there (std bound/sqrt(3))."""
     std = t.std().item()
