@@ -213,10 +213,22 @@ def claim_table(claims: list[Claim]):
     return header, rows
 
 
+# what Markdown would read as markup in a table cell: an error message's "<class 'int'>" is an
+# HTML tag to a renderer, and would vanish. "<" only where it can open a tag, "]" only where it
+# closes a link's text, "_" only where it can open or close emphasis (not in dwnet_nano)
+_MD_MARKUP = re.compile(r"[\\`*|~]|<(?=[A-Za-z/!?])|\](?=\()|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+
+
+def md_escape(text: str) -> str:
+    """``text`` as it should read in a Markdown table cell (markup characters escaped)."""
+    return _MD_MARKUP.sub(lambda m: "\\" + m.group(0), text)
+
+
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table; columns of numbers are right-aligned, the first and text ones left."""
+    """A Markdown table of plain-text cells (escaped); columns of numbers are right-aligned,
+    the first and text ones left."""
     def line(cells):
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(map(md_escape, cells)) + " |"
 
     def numeric(j: int) -> bool:
         cells = [r[j] for r in rows if r[j] not in ("", "–", "baseline")]

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import re
 import types
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from ablate.report import (
     check_claims,
     claim_table,
     tex_escape,
+    to_markdown,
     write_report,
 )
 
@@ -120,6 +122,23 @@ def test_a_p_value_is_never_rounded_across_alpha():
 
     assert cell(0.0496, AGREED) == "0.0496"  # not 0.050 beside "agreed" at alpha 0.05
     assert cell(0.0504, UNDECIDED) == "0.050" and cell(0.1394, UNDECIDED) == "0.139"
+
+
+def test_markdown_cells_read_back_as_the_text_they_hold():
+    # a renderer (markdown-it, GitHub's flavour of tables and strikethrough) shows each cell as
+    # written: an error message's <class 'int'> is not swallowed as an HTML tag, *x* and _x_
+    # are not emphasis, [a](b) is not a link, a | does not split the cell
+    from html import unescape
+
+    from markdown_it import MarkdownIt
+
+    cells = ["TypeError: expected <class 'int'>, got <b>", "*x* and _y_ in dwnet_nano",
+             "see [a](b) or `c` \\ ~d~", "a | b", "+0.60 [-0.70, +1.90]", "< 0.001"]
+    html = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(
+        to_markdown(["reason"], [[c] for c in cells]))
+    shown = [unescape(td) for td in re.findall(r"<td>(.*?)</td>", html)]
+    assert shown == cells
+    assert to_markdown(["arm"], [["dwnet_nano"]]).endswith("| dwnet_nano |\n")  # left as it is
 
 
 def test_tex_escape_handles_the_special_characters():
