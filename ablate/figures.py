@@ -28,6 +28,7 @@ import matplotlib
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, MaxNLocator
 from matplotlib.transforms import Bbox
 from scipy.stats import t as student_t
@@ -292,10 +293,28 @@ def plot_arms(trials: pd.DataFrame, metric: str = METRIC):
 
 
 def plot_cost(trials: pd.DataFrame, cost: str = "params", metric: str = METRIC):
-    """Accuracy against parameters or FLOPs, one labelled point per arm, the baseline a star."""
+    """Accuracy against parameters or FLOPs, one labelled point per arm, the baseline a star.
+
+    Each point carries its arm's name where the names fit without covering each other, a point
+    or the axes' edge; where they do not (many arms, long names), each point carries a number
+    and the legend is the key from numbers to names.
+    """
     summary = arm_summary(trials, metric).dropna(subset=[cost, "mean"])
     if summary[cost].nunique() < 2:  # every arm costs the same: nothing to plot against
         return None
+    xs, ys, names = summary[cost].tolist(), summary["mean"].tolist(), arm_names(summary)
+    fig, ax = _cost_axes(summary, cost, metric, key=None)
+    placed, clean = _place(fig, ax, xs, ys, names, fallback=False)
+    if not clean:
+        numbers = [str(k) for k in range(1, len(names) + 1)]
+        fig, ax = _cost_axes(summary, cost, metric,
+                             key=[f"{k}  {name}" for k, name in zip(numbers, names)])
+        _place(fig, ax, xs, ys, numbers, fallback=True)
+    return fig
+
+
+def _cost_axes(summary: pd.DataFrame, cost: str, metric: str, key: list[str] | None):
+    """The cost scatter without its point labels; ``key`` adds legend entries (no marker)."""
     fig, ax = _new_axes(f"{label(metric)} vs {label(cost)}")
     ax.errorbar(summary[cost], summary["mean"], yerr=ci_half_width(summary["std"], summary["n"]),
                 fmt="o", capsize=3, color=PALETTE[0], label="arms")
@@ -308,10 +327,16 @@ def plot_cost(trials: pd.DataFrame, cost: str = "params", metric: str = METRIC):
     ax.set_xlabel(label(cost))
     ax.set_ylabel(label(metric))
     _finish(fig, ax, interval_note(summary["n"]))
-    if len(summary) <= 30:  # beyond that the labels cover the points
-        place_labels(fig, ax, summary[cost].tolist(), summary["mean"].tolist(),
-                     arm_names(summary))
-    return fig
+    if key:  # below the axes, in as many columns as the figure's width holds
+        width, height = fig.get_size_inches()
+        longest = max(len(k) for k in key)
+        ncol = max(1, min(len(key), int(width / (0.05 * longest + 0.2))))  # 6 pt: ~0.05 in
+        rows = -(-len(key) // ncol)
+        fig.set_size_inches(width, height + 0.11 * rows + 0.3)
+        fig.legend([Line2D([], [], linestyle="none")] * len(key), key, loc="outside lower center",
+                   ncol=ncol, fontsize=6, handlelength=0, handletextpad=0, frameon=False,
+                   columnspacing=1.5, title="points", title_fontsize=7, alignment="left")
+    return fig, ax
 
 
 # Offsets (points) tried for a label, nearest first; then farther out, with a leader line.
@@ -320,10 +345,18 @@ _OFFSETS = [(5, 4), (5, -10), (-5, 4), (-5, -10), (0, 10), (0, -16)]
 
 def place_labels(fig: Figure, ax, xs: list, ys: list, names: list[str]) -> list:
     """Annotate each point with its name where it overlaps no other label, no point and stays
-    inside the axes; returns the annotations.
+    inside the axes (where no spot is free: the one inside the axes that overlaps least);
+    returns the annotations.
 
     The layout is fixed first (and then frozen), so that what is checked is what is saved.
     """
+    return _place(fig, ax, xs, ys, names, fallback=True)[0]
+
+
+def _place(fig: Figure, ax, xs: list, ys: list, names: list[str],
+           fallback: bool) -> tuple[list, bool]:
+    """place_labels, and whether every label found a free spot. Without ``fallback`` it stops
+    at the first label that finds none (the caller then labels otherwise)."""
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     fig.set_layout_engine("none")
@@ -332,32 +365,41 @@ def place_labels(fig: Figure, ax, xs: list, ys: list, names: list[str]) -> list:
     points = [to_px((x, y)) for x, y in zip(xs, ys)]
     frame = ax.get_window_extent(renderer)
     taken = [Bbox.from_bounds(px - 4, py - 4, 8, 8) for px, py in points]
-    placed = []
-    order = sorted(range(len(names)), key=lambda i: (-ys[i], xs[i]))
-    for i in order:
+    placed, clean = [], True
+
+    def annotate(i: int, dx: float, dy: float, step: int):
+        text = ax.annotate(names[i], (xs[i], ys[i]), xytext=(dx * step, dy * step),
+                           textcoords="offset points", fontsize=6,
+                           ha="left" if dx >= 0 else "right",
+                           arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"}
+                           if step > 1 else None)
+        box = text.get_window_extent(renderer)
+        outside = not (frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1))
+        return text, (outside, sum(box.overlaps(t) for t in taken), step)
+
+    for i in sorted(range(len(names)), key=lambda i: (-ys[i], xs[i])):
+        chosen, best = None, None
         for step in range(1, 6):
-            tries = [(dx * step, dy * step) for dx, dy in _OFFSETS]
-            chosen = None
-            for dx, dy in tries:
-                text = ax.annotate(names[i], (xs[i], ys[i]), xytext=(dx, dy),
-                                   textcoords="offset points", fontsize=6,
-                                   ha="left" if dx >= 0 else "right",
-                                   arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"}
-                                   if step > 1 else None)
-                box = text.get_window_extent(renderer)
-                inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
-                if inside and not any(box.overlaps(t) for t in taken):
+            for dx, dy in _OFFSETS:
+                text, cost = annotate(i, dx, dy, step)
+                if cost[:2] == (False, 0):
                     chosen = text
                     break
                 text.remove()
+                best = min(best or (cost, dx, dy), (cost, dx, dy))
             if chosen is not None:
                 break
-        if chosen is None:  # nowhere free: the nearest spot, rather than no label
-            chosen = ax.annotate(names[i], (xs[i], ys[i]), xytext=_OFFSETS[0],
-                                 textcoords="offset points", fontsize=6)
+        if chosen is None:
+            if not fallback:
+                for text in placed:
+                    text.remove()
+                return [], False
+            clean = False  # nowhere free: inside the axes before outside, fewest overlaps
+            (_, _, step), dx, dy = best
+            chosen = annotate(i, dx, dy, step)[0]
         taken.append(chosen.get_window_extent(renderer))
         placed.append(chosen)
-    return placed
+    return placed, clean
 
 
 def plot_learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str = METRIC):

@@ -1,3 +1,4 @@
+import matplotlib
 import pytest
 
 from ablate import figures
@@ -168,6 +169,38 @@ def test_cost_scatter_labels_never_overlap(cost):
     for x, y in [(p if cost == "params" else 160 * p, acc) for _, p, acc in MAIN]:
         px, py = ax.transData.transform((x, y))
         assert not any(b.contains(px, py) for b in boxes)
+
+
+def test_a_crowded_cost_scatter_numbers_its_points_and_keys_them_below():
+    # 30 arms with long names in a narrow range: the names cannot all sit beside their points
+    rows = [{"arm": f"idynamic_dwnet_group_size_{i:02d}_center_linear",
+             "role": "baseline" if i == 0 else "arm", "params": 1e6 + 9e5 * ((7 * i) % 30),
+             "flops": 1e8, "final/val/top1": 70.0 + (11 * i) % 12 + 0.2 * s}
+            for i in range(30) for s in range(2)]
+    with matplotlib.rc_context(figures.STYLE):
+        fig = figures.plot_cost(frame(rows), "params")
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    frame_box = ax.get_window_extent(renderer)
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert sorted(int(t.get_text()) for t in ax.texts) == list(range(1, 31))
+    for i, a in enumerate(boxes):
+        assert frame_box.contains(a.x0, a.y0) and frame_box.contains(a.x1, a.y1)
+        assert not any(a.overlaps(b) for b in boxes[i + 1:]), "two numbers overlap"
+    key = next(lg for lg in fig.legends if lg.get_title().get_text() == "points")
+    entries = [t.get_text() for t in key.get_texts()]
+    assert entries[:2] == ["1  idynamic_dwnet_group_size_00_center_linear",
+                           "2  idynamic_dwnet_group_size_01_center_linear"]
+    # each number sits at its own arm's point
+    number_at = {t.get_text(): t.xy for t in ax.texts}
+    name_of = dict(e.split("  ") for e in entries)
+    for r in rows[::2]:
+        k = next(k for k, n in name_of.items() if n == r["arm"])
+        assert number_at[k][0] == r["params"]
+    whole = fig.bbox
+    for legend in fig.legends:  # the key fits in the figure
+        b = legend.get_window_extent(renderer)
+        assert whole.contains(b.x0, b.y0) and whole.contains(b.x1, b.y1)
 
 
 def test_an_architecture_only_sweep_gets_a_per_arm_figure(tmp_path):
