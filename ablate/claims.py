@@ -198,8 +198,7 @@ def plan_claims(trials: list, results_dir: str | Path) -> list[Claim]:
 
 
 def _sd(x: list[float]) -> float:
-    m = sum(x) / len(x)
-    return math.sqrt(sum((v - m) ** 2 for v in x) / (len(x) - 1))
+    return math.sqrt(stats.variance(np.asarray(x, dtype=float)))
 
 
 def claims_csv(claims: list[Claim]) -> str:

@@ -71,10 +71,23 @@ class Test:
     test: str  # the test's name, for the report
 
 
+def mean(x: np.ndarray) -> float:
+    """The mean; exactly the value when every value is the same (the mean of five 0.1s rounds
+    to 0.10000000000000002, and two flat arms of 0.1 would differ)."""
+    return float(x[0]) if bool(np.all(x == x[0])) else float(x.mean())
+
+
+def variance(x: np.ndarray) -> float:
+    """Sample variance (ddof 1); exactly 0 when every value is the same. numpy's two-pass
+    variance of [0.1, 0.1, 0.1] is 2.9e-34 (the mean rounds), which Welch's test would read as
+    a real, tiny spread and call any difference shown at p 1e-34."""
+    return 0.0 if bool(np.all(x == x[0])) else float(x.var(ddof=1))
+
+
 def welch_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Confidence interval of mean(a) - mean(b) with Welch-Satterthwaite degrees of freedom."""
-    diff = float(a.mean() - b.mean())
-    se, df = _se_df(a.var(ddof=1), b.var(ddof=1), len(a), len(b))
+    diff = mean(a) - mean(b)
+    se, df = _se_df(variance(a), variance(b), len(a), len(b))
     if se == 0:
         return diff, diff
     half = float(stats.t.ppf(0.5 + level / 2, df)) * se
@@ -102,8 +115,8 @@ def one_sided_p(a: np.ndarray, b: np.ndarray, shift: float, alternative: str) ->
 
     ``alternative`` "greater": H1 is mean(a) - mean(b) > shift; "less": < shift.
     """
-    diff = float(a.mean() - b.mean()) - shift
-    se, df = _se_df(a.var(ddof=1), b.var(ddof=1), len(a), len(b))
+    diff = mean(a) - mean(b) - shift
+    se, df = _se_df(variance(a), variance(b), len(a), len(b))
     if se == 0:  # no spread: exact permutation test
         shown = diff > 0 if alternative == "greater" else diff < 0
         return flat_p(len(a), len(b)) if shown else 1.0
@@ -123,8 +136,8 @@ def claim_test(op: str, arm: Sequence[float], than: Sequence[float],
     if min(len(a), len(b)) < MIN_SEEDS:
         raise ValueError(f"needs at least {MIN_SEEDS} values per arm")
     low, high = welch_ci(a, b)
-    diff = float(a.mean() - b.mean())
-    flat = a.var(ddof=1) == 0 and b.var(ddof=1) == 0  # one_sided_p: the permutation test
+    diff = mean(a) - mean(b)
+    flat = variance(a) == 0 and variance(b) == 0  # one_sided_p: the permutation test
     if op in (">", "<"):
         toward, away = ("greater", "less") if op == ">" else ("less", "greater")
         name = f"no spread in either arm: exact permutation test ({op})" if flat else \

@@ -67,6 +67,14 @@ def test_claims_are_decided_together_from_the_seeds():
     assert claims["e"].verdict == NEEDS_MARGIN  # a record written before margins existed
 
 
+def test_flat_arms_plan_seeds_by_the_permutation_test_whatever_their_value():
+    # 0.1 repeated: a sum-based sd would be 1e-17, not 0, and the plan Welch's at that spread
+    (claim,) = check_claims(trials_frame({"a": [0.1] * 3, "b": [0.7] * 2},
+                                         {"b": {"op": ">", "than": "a"}}))
+    assert claim.verdict == UNDECIDED and claim.test.startswith("no spread")
+    assert claim.detectable == float("inf") and claim.seeds_needed == 4
+
+
 def test_a_single_clear_claim_is_agreed_and_its_mirror_contradicted():
     values = {"a": [0.0, 2.0], "b": [5.0, 7.0]}
     (claim,) = check_claims(trials_frame(values, {"b": {"op": ">", "than": "a"}}))

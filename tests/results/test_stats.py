@@ -133,6 +133,17 @@ def test_two_seeds_without_spread_never_decide_and_four_do():
     assert stats.claim_test(">", [1.0, 3.0], [0.0, 0.0]).test == "Welch t, one-sided (>)"
 
 
+def test_arms_of_one_repeated_value_have_no_spread_despite_rounding():
+    # numpy's mean of [0.1] * 5 is 0.10000000000000002 and its variance of [0.1] * 3 is 2.9e-34:
+    # read as a real spread, Welch's test would call 0.7 > 0.1 shown at p 1e-34, and two flat
+    # arms of 0.1 would differ
+    shown = stats.claim_test(">", [0.7] * 5, [0.1] * 3)
+    assert shown.test.startswith("no spread") and shown.p_agree == pytest.approx(1 / 56)
+    same = stats.claim_test(">", [0.1] * 5, [0.1] * 4)
+    assert same.diff == 0.0 and (same.p_agree, same.p_contra) == (1.0, 1.0)
+    assert stats.welch_ci(np.array([0.1] * 5), np.array([0.1] * 4)) == (0.0, 0.0)
+
+
 def test_about_equal_without_spread_is_shown_inside_the_margin_at_enough_seeds():
     inside = stats.claim_test("~", [50.2] * 4, [50.0] * 4, 0.5)
     assert stats.decide([inside]) == [(AGREED, pytest.approx(1 / 70))]
