@@ -26,14 +26,13 @@ from pathlib import Path
 
 import matplotlib
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, MaxNLocator
-from matplotlib.transforms import Bbox
 from scipy.stats import t as student_t
 
 from ablate import record
+from ablate.labels import place_labels
 from ablate.report import METRIC, arm_summary, natural_key
 
 LABELS = {
@@ -304,12 +303,11 @@ def plot_cost(trials: pd.DataFrame, cost: str = "params", metric: str = METRIC):
         return None
     xs, ys, names = summary[cost].tolist(), summary["mean"].tolist(), arm_names(summary)
     fig, ax = _cost_axes(summary, cost, metric, key=None)
-    placed, clean = _place(fig, ax, xs, ys, names, fallback=False)
-    if not clean:
+    if not place_labels(fig, ax, xs, ys, names, or_none=True):
         numbers = [str(k) for k in range(1, len(names) + 1)]
         fig, ax = _cost_axes(summary, cost, metric,
                              key=[f"{k}  {name}" for k, name in zip(numbers, names)])
-        _place(fig, ax, xs, ys, numbers, fallback=True)
+        place_labels(fig, ax, xs, ys, numbers)
     return fig
 
 
@@ -337,69 +335,6 @@ def _cost_axes(summary: pd.DataFrame, cost: str, metric: str, key: list[str] | N
                    ncol=ncol, fontsize=6, handlelength=0, handletextpad=0, frameon=False,
                    columnspacing=1.5, title="points", title_fontsize=7, alignment="left")
     return fig, ax
-
-
-# Offsets (points) tried for a label, nearest first; then farther out, with a leader line.
-_OFFSETS = [(5, 4), (5, -10), (-5, 4), (-5, -10), (0, 10), (0, -16)]
-
-
-def place_labels(fig: Figure, ax, xs: list, ys: list, names: list[str]) -> list:
-    """Annotate each point with its name where it overlaps no other label, no point and stays
-    inside the axes (where no spot is free: the one inside the axes that overlaps least);
-    returns the annotations.
-
-    The layout is fixed first (and then frozen), so that what is checked is what is saved.
-    """
-    return _place(fig, ax, xs, ys, names, fallback=True)[0]
-
-
-def _place(fig: Figure, ax, xs: list, ys: list, names: list[str],
-           fallback: bool) -> tuple[list, bool]:
-    """place_labels, and whether every label found a free spot. Without ``fallback`` it stops
-    at the first label that finds none (the caller then labels otherwise)."""
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    fig.set_layout_engine("none")
-    renderer = canvas.get_renderer()
-    to_px = ax.transData.transform
-    points = [to_px((x, y)) for x, y in zip(xs, ys)]
-    frame = ax.get_window_extent(renderer)
-    taken = [Bbox.from_bounds(px - 4, py - 4, 8, 8) for px, py in points]
-    placed, clean = [], True
-
-    def annotate(i: int, dx: float, dy: float, step: int):
-        text = ax.annotate(names[i], (xs[i], ys[i]), xytext=(dx * step, dy * step),
-                           textcoords="offset points", fontsize=6,
-                           ha="left" if dx >= 0 else "right",
-                           arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"}
-                           if step > 1 else None)
-        box = text.get_window_extent(renderer)
-        outside = not (frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1))
-        return text, (outside, sum(box.overlaps(t) for t in taken), step)
-
-    for i in sorted(range(len(names)), key=lambda i: (-ys[i], xs[i])):
-        chosen, best = None, None
-        for step in range(1, 6):
-            for dx, dy in _OFFSETS:
-                text, cost = annotate(i, dx, dy, step)
-                if cost[:2] == (False, 0):
-                    chosen = text
-                    break
-                text.remove()
-                best = min(best or (cost, dx, dy), (cost, dx, dy))
-            if chosen is not None:
-                break
-        if chosen is None:
-            if not fallback:
-                for text in placed:
-                    text.remove()
-                return [], False
-            clean = False  # nowhere free: inside the axes before outside, fewest overlaps
-            (_, _, step), dx, dy = best
-            chosen = annotate(i, dx, dy, step)[0]
-        taken.append(chosen.get_window_extent(renderer))
-        placed.append(chosen)
-    return placed, clean
 
 
 def plot_learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str = METRIC):

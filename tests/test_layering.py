@@ -8,8 +8,8 @@
              (raybackend with raycluster and raytrain, inprocess): trials run (on one process or several
              data-parallel ones) and are recorded (never re-planned here), or a few of their
              steps are timed
-    results  rows, columns, collect, stats, claims, setting, report, figures: records become
-             tables, verdicts and figures (no torch, no run)
+    results  rows, columns, collect, stats, claims, setting, report, figures (with labels):
+             records become tables, verdicts and figures (no torch, no run)
     cli      the command line and the logic of its management commands (manage: reset, prune),
              which may use everything
 
@@ -37,7 +37,7 @@ LAYERS = {
             "ablate.runner", "ablate.raybackend", "ablate.raycluster", "ablate.raytrain", "ablate.inprocess",
             "ablate.estimate"],
     "results": ["ablate.rows", "ablate.columns", "ablate.collect", "ablate.stats",
-                "ablate.claims", "ablate.setting", "ablate.report", "ablate.figures"],
+                "ablate.claims", "ablate.setting", "ablate.report", "ablate.figures", "ablate.labels"],
     "cli": ["ablate.cli", "ablate.__main__", "ablate.manage"],
 }
 MAY_IMPORT = {

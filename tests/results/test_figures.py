@@ -203,6 +203,30 @@ def test_a_crowded_cost_scatter_numbers_its_points_and_keys_them_below():
         assert whole.contains(b.x0, b.y0) and whole.contains(b.x1, b.y1)
 
 
+def test_a_label_with_no_free_spot_takes_the_least_bad_one_inside_or_gives_up():
+    from matplotlib.figure import Figure
+
+    from ablate.labels import place_labels
+
+    def crowded():  # ten points on one spot at the right edge: ten labels cannot all be free
+        fig = Figure(figsize=(3, 2), layout="constrained")
+        ax = fig.add_subplot()
+        ax.plot([0.0, 1.0], [0.0, 1.0], "o")
+        return fig, ax, [1.0] * 10, [0.5] * 10, [f"a long label number {k}" for k in range(10)]
+
+    fig, ax, xs, ys, names = crowded()
+    placed = place_labels(fig, ax, xs, ys, names)
+    renderer = fig.canvas.get_renderer()
+    frame_box = ax.get_window_extent(renderer)
+    boxes = [t.get_window_extent(renderer) for t in placed]
+    assert sorted(t.get_text() for t in placed) == sorted(names)
+    assert any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])  # crowded
+    # at the right edge every label still reads leftwards, inside the axes, not off them
+    assert all(frame_box.contains(b.x0, b.y0) and frame_box.contains(b.x1, b.y1) for b in boxes)
+    fig, ax, xs, ys, names = crowded()
+    assert place_labels(fig, ax, xs, ys, names, or_none=True) is None and not ax.texts
+
+
 def test_an_architecture_only_sweep_gets_a_per_arm_figure(tmp_path):
     rows = main_comparison_rows()
     ax = figures.plot_arms(frame(rows)).axes[0]
