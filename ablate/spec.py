@@ -55,7 +55,6 @@ one-line :class:`~ablate.errors.SpecError` with file, line and key path.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import typing
 from dataclasses import MISSING, dataclass, field
@@ -82,15 +81,10 @@ from ablate.config import (
     TrialConfig,
     type_hints,
 )
-from ablate.errors import SpecError, closest, path_problem, unknown_name_hint
-from ablate.record import METRICS
+from ablate.errors import SpecError, path_problem, unknown_name_hint
+from ablate.expected import ALPHA, expected_to_yaml, parse_expected
 from ablate.sweepfile import KeyPath, _dotted, _load_tree, _show, _where, apply_overrides
 
-DIRECTION = re.compile(r"^\s*(>|<|~)\s*(\S.*?)\s*$")
-MARGIN = re.compile(r"^(.*?)\s*(?:±|\+-|\+/-)\s*([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)"
-                    r"(?:[eE][-+]?[0-9]+)?)\s*$")
-ALPHA = 0.05
-METRIC = re.compile(r"^[A-Za-z0-9_]+/[A-Za-z0-9_.]+$")
 
 
 def _d(cls: type, name: str) -> Any:
@@ -236,7 +230,7 @@ class Sweep:
                 "arms": {label: dict(ov) for label, ov in self.arms},
                 "baseline": self.baseline,
                 "exclude": [{k: list(v) for k, v in cond} for cond in self.exclude],
-                "seeds": list(self.seeds), "expected": _expected_to_yaml(self.expected),
+                "seeds": list(self.seeds), "expected": expected_to_yaml(self.expected),
                 "alpha": self.alpha,
                 "max_trials": self.max_trials, "max_concurrent": self.max_concurrent,
                 "max_retries": self.max_retries, "plugins": list(self.plugins)}
@@ -396,7 +390,7 @@ def _to_sweep(spec: _SweepSpec, path: Path, locs: dict) -> Sweep:
     if len(set(spec.seeds)) != len(spec.seeds):
         dup = next(s for s in spec.seeds if spec.seeds.count(s) > 1)
         raise err(f"seed {dup} listed twice", "seeds")
-    expected = {label: _parse_expected(label, m, err, spec.alpha)
+    expected = {label: parse_expected(label, m, err, spec.alpha)
                 for label, m in spec.expected.items()}
     ext = spec.extends if isinstance(spec.extends, list) else [spec.extends or ""]
     ext = tuple((path.parent / e).resolve() for e in ext if e)
@@ -516,64 +510,6 @@ def _exclude(conditions: list[dict[str, Any]], err: Any) -> tuple:
                                      for v in values)))
         out.append(tuple(items))
     return tuple(out)
-
-
-def _parse_expected(label: str, metrics: dict[str, Any], err: Any,
-                    alpha: float = ALPHA) -> dict[str, Any]:
-    """number -> number; "> LABEL" -> {"op": ">", "than": LABEL}; "~ LABEL ± 0.5" also gets
-    "margin": 0.5. A claim gets "alpha" when the sweep's differs from the default."""
-    out: dict[str, Any] = {}
-    for metric, value in metrics.items():
-        if not METRIC.match(metric):
-            raise err(f"metric '{metric}' is not of the form split/name", "expected", label,
-                      metric, hint="e.g. val/top1")
-        if metric not in METRICS:
-            raise err(f"metric '{metric}' is never recorded", "expected", label, metric,
-                      hint=(f"did you mean '{near}'? " if (near := closest(metric, METRICS))
-                            else "") + f"a trial records {', '.join(METRICS)}")
-        out[metric] = _parse_claim(value, err, ("expected", label, metric)) \
-            if isinstance(value, str) else value
-        if isinstance(out[metric], dict) and out[metric]["than"] == label:
-            raise err(f"the claim compares '{label}' with itself", "expected", label, metric,
-                      hint="name another trial's label after the operator")
-        if isinstance(out[metric], dict) and alpha != ALPHA:
-            out[metric]["alpha"] = alpha
-    return out
-
-
-def _parse_claim(value: str, err: Any, at: KeyPath) -> dict[str, Any]:
-    m = DIRECTION.match(value)
-    if not m:
-        raise err(f"expected a number or a claim '> LABEL', '< LABEL' or '~ LABEL ± MARGIN', "
-                  f"got {_show(value)}", *at)
-    op, than = m.group(1), m.group(2)
-    margin = MARGIN.match(than)
-    if margin:
-        than = margin.group(1)
-    if op == "~" and not margin:
-        raise err(f"'~' (about equal) needs a margin in the metric's units, got {_show(value)}",
-                  *at, hint=f"e.g. \"~ {than} ± 0.5\": agreed when the difference is shown to "
-                  "lie within ±0.5")
-    if op != "~" and margin:
-        raise err(f"a margin applies to '~' only, got {_show(value)}", *at,
-                  hint=f"write \"{op} {than}\"")
-    out: dict[str, Any] = {"op": op, "than": than}
-    if margin:
-        out["margin"] = float(margin.group(2))
-        if not math.isfinite(out["margin"]):
-            raise err(f"the margin must be a finite number, got {_show(value)}", *at,
-                      hint="give the margin in the metric's units, e.g. ± 0.5")
-        if out["margin"] <= 0:
-            raise err(f"the margin must be > 0, got {_show(value)}", *at)
-    return out
-
-
-def _expected_to_yaml(expected: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    def claim(v: dict[str, Any]) -> str:
-        return f"{v['op']} {v['than']}" + (f" ± {v['margin']!r}" if "margin" in v else "")
-
-    return {label: {m: (claim(v) if isinstance(v, dict) else v) for m, v in metrics.items()}
-            for label, metrics in expected.items()}
 
 
 def _same(a: Any, b: Any) -> bool:

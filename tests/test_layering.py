@@ -2,7 +2,7 @@
 
     core     errors, config, record, failures, plugins, provenance: what every layer shares
     build    models, data, augment, checkpoint, caches: how one model and one data set are made
-    sweep    sweepfile, spec: reading a sweep file
+    sweep    sweepfile, expected, spec: reading a sweep file
     plan     plan: a sweep file becomes trials (checks models and data, so it builds on build)
     run      train, distributed, curves, bookkeeping, estimate, runner and its backends
              (raybackend with raycluster and raytrain, inprocess): trials run (on one process or several
@@ -31,7 +31,7 @@ LAYERS = {
              "ablate.plugins", "ablate.provenance"],
     "build": ["ablate.models", "ablate.data", "ablate.datafiles", "ablate.augment",
               "ablate.checkpoint", "ablate.modelcache", "ablate.deepcheck"],
-    "sweep": ["ablate.sweepfile", "ablate.spec"],
+    "sweep": ["ablate.sweepfile", "ablate.expected", "ablate.spec"],
     "plan": ["ablate.plan"],
     "run": ["ablate.train", "ablate.devices", "ablate.distributed", "ablate.curves", "ablate.bookkeeping",
             "ablate.runner", "ablate.raybackend", "ablate.raycluster", "ablate.raytrain", "ablate.inprocess",
