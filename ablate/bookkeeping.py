@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ablate import record
+from ablate import files, record
 from ablate.config import Trial, TrialConfig
 from ablate.errors import RecordError, TrialError
 from ablate.failures import Failure, classify_record
@@ -60,7 +60,7 @@ def write_manifest(results_dir: Path, *, name: str, source: str | None, trials: 
                 retired[t.id] = t
     if overrides is None:
         overrides = old.get("overrides", []) if old is not None else []
-    record.write_json_atomic(results_dir / MANIFEST, {
+    files.write_json_atomic(results_dir / MANIFEST, {
         "schema": record.RECORD_SCHEMA, "name": name, "source": source,
         "description": description, "max_concurrent": max_concurrent,
         "overrides": list(overrides),

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ablate import record
+from ablate import files, record
 
 CKPT_FORMAT = 1
 BEST = "best.pt"
@@ -44,7 +44,7 @@ def epoch_path(ckpt_dir: Path, epoch: int) -> Path:
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """torch.save ``obj`` to ``path`` via a temporary file, fsync and rename."""
-    with record.atomic_file(path, "wb") as f:
+    with files.atomic_file(path, "wb") as f:
         torch.save(obj, f)
     _fsync_dir(path.parent)
 

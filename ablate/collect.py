@@ -10,7 +10,7 @@ Collecting is incremental and atomic: ``.collect-manifest.json`` keeps each tria
 signature (name, size and modification time of each of its files, so an edit in place is seen
 even when the folder's own time stays) and its number of epoch rows; unchanged trials' rows are
 reused from the previous tables (less the columns that only rows now gone filled), every file
-is written through ``ablate.record.atomic_files`` (temporary names, renamed into place, the
+is written through ``ablate.files.atomic_files`` (temporary names, renamed into place, the
 manifest last), and nothing is written when nothing changed. ``collect_results(...,
 full=True)`` rereads everything, as a collect does when the previous tables cannot be read. A
 trial whose records are corrupt or of an unknown version, or whose metrics.jsonl lost an epoch
@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ablate import record
+from ablate import files, record
 
 from ablate.columns import TABLE_SCHEMA, epoch_column_order, to_table, trial_column_order
 from ablate.errors import RecordError
@@ -190,15 +190,15 @@ def _write_tables(results_dir: Path, tables: dict[str, pa.Table]) -> dict[str, l
     A failure while writing leaves every previous table untouched; the renames follow each
     other, and a crash between them is caught by the manifest check on the next collect.
     """
-    with record.atomic_files([results_dir / name for name in tables], "wb") as files:
-        for table, f in zip(tables.values(), files):
+    with files.atomic_files([results_dir / name for name in tables], "wb") as outs:
+        for table, f in zip(tables.values(), outs):
             _write_parquet(table, f)
     return {name: [(st := (results_dir / name).stat()).st_mtime_ns, st.st_size]
             for name in tables}
 
 
 def _write_manifest(results_dir: Path, manifest: dict[str, Any]) -> None:
-    with record.atomic_file(results_dir / MANIFEST_FILE) as f:
+    with files.atomic_file(results_dir / MANIFEST_FILE) as f:
         f.write(json.dumps(manifest, sort_keys=True))
 
 

@@ -151,7 +151,7 @@ def _read_cache(path: Path) -> dict | None:
 
 def _write_cache(path: Path, entry: dict) -> None:
     """Best effort: a cache that cannot be written only means checking again next time."""
-    from ablate.record import atomic_file
+    from ablate.files import atomic_file
 
     try:
         with atomic_file(path) as f:

@@ -31,7 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, MaxNLocator
 from scipy.stats import t as student_t
 
-from ablate import record
+from ablate import files
 from ablate.labels import place_labels
 from ablate.report import METRIC, arm_summary, natural_key
 
@@ -399,7 +399,7 @@ def make_figures(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str = METRI
 def save_figure(fig: Figure, path: Path) -> Path:
     """Save ``fig`` to ``path`` (format from the suffix) without dates or version stamps."""
     fmt = path.suffix.lstrip(".")
-    with matplotlib.rc_context(STYLE), record.atomic_file(path, "wb") as f:
+    with matplotlib.rc_context(STYLE), files.atomic_file(path, "wb") as f:
         fig.savefig(f, format=fmt, metadata=METADATA.get(fmt))
     return path
 
@@ -415,7 +415,7 @@ def draw_figures(results_dir: str | Path, formats=("png", "pdf")) -> list[Path]:
     results_dir = Path(results_dir)
     trials, epochs = load_tables(results_dir)
     out = results_dir / "figures"
-    record.output_dir(out)  # RecordError when a file is in the way
+    files.output_dir(out)  # RecordError when a file is in the way
     paths = []
     for name, fig in make_figures(trials, epochs).items():
         paths += [save_figure(fig, out / f"{name}.{fmt}") for fmt in formats]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import ablate
-from ablate.record import atomic_file
+from ablate.files import atomic_file
 
 MAX_ENTRIES = 4096
 

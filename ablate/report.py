@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ablate import record, stats
+from ablate import files, record, stats
 
 # The claims' names are re-exported: callers (figures, the notebook) import them from here.
 from ablate.claims import (  # noqa: F401
@@ -298,7 +298,7 @@ def write_report(results_dir: str | Path,
     results_dir = Path(results_dir)
     trials, _ = load_tables(results_dir)
     out = results_dir / "tables"
-    record.output_dir(out)  # RecordError when a file is in the way
+    files.output_dir(out)  # RecordError when a file is in the way
     info = sweep_info(results_dir)
     summary, claims = arm_summary(trials, order=list(info.order)), check_claims(trials)
     papers = paper_numbers(summary, trials)
@@ -369,6 +369,6 @@ def pooling_warnings(trials: pd.DataFrame) -> list[str]:
 
 
 def _write(path: Path, text: str) -> Path:
-    with record.atomic_file(path) as f:
+    with files.atomic_file(path) as f:
         f.write(text)
     return path

@@ -1,6 +1,6 @@
 """The package's layers: each module imports only from its own layer and the layers it builds on.
 
-    core     errors, config, record, failures, plugins, provenance: what every layer shares
+    core     errors, config, files, record, failures, plugins, provenance: what every layer shares
     build    models, data, augment, checkpoint, caches: how one model and one data set are made
     sweep    sweepfile, expected, spec: reading a sweep file
     plan     plan: a sweep file becomes trials (checks models and data, so it builds on build)
@@ -27,7 +27,7 @@ import ablate
 
 PACKAGE = Path(ablate.__file__).parent
 LAYERS = {
-    "core": ["ablate.errors", "ablate.config", "ablate.record", "ablate.failures",
+    "core": ["ablate.errors", "ablate.config", "ablate.files", "ablate.record", "ablate.failures",
              "ablate.plugins", "ablate.provenance"],
     "build": ["ablate.models", "ablate.data", "ablate.datafiles", "ablate.augment",
               "ablate.checkpoint", "ablate.modelcache", "ablate.deepcheck"],

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate import record
+from ablate import files, record
 from ablate.config import ModelConfig, Trial, TrialConfig
 from ablate.errors import RecordError
 
@@ -61,15 +61,15 @@ def test_corrupt_or_future_json_raises_record_error_naming_the_file(tdir):
 def test_atomic_write_leaves_old_file_when_serialisation_fails(tdir):
     record.write_result(tdir, {"final": {"val/top1": 1.0}})
     with pytest.raises(TypeError):
-        record.write_json_atomic(tdir / "result.json", {1j: 1})  # complex keys can't be JSON
+        files.write_json_atomic(tdir / "result.json", {1j: 1})  # complex keys can't be JSON
     assert record.read_result(tdir)["final"] == {"val/top1": 1.0}
     assert not list(tdir.glob(".result.json.*"))  # no temporary left behind
 
 
 def test_two_writers_of_one_file_never_share_a_temporary(tdir):
     path = tdir / "result.json"
-    with record.atomic_file(path) as outer:
-        with record.atomic_file(path) as inner:
+    with files.atomic_file(path) as outer:
+        with files.atomic_file(path) as inner:
             names = {Path(outer.name).name, Path(inner.name).name}
             inner.write('{"who": "inner"}')
         assert len(names) == 2 and all(f".{os.getpid()}." in n for n in names)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ablate import bookkeeping, raybackend, record, runner
+from ablate import bookkeeping, files, raybackend, record, runner
 from ablate.cli import main
 from ablate.errors import RecordError, TrialError
 from tests.runner.conftest import tiny_trial
@@ -83,7 +83,7 @@ def test_running_trial_is_interrupted_only_when_stale_and_no_driver(tmp_path):
     t = tiny_trial()
     tdir = _write(tmp_path, t, record.RUNNING, epochs=1)
     raw = json.loads((tdir / "state.json").read_text())
-    record.write_json_atomic(tdir / "state.json", {**raw, "updated": T})
+    files.write_json_atomic(tdir / "state.json", {**raw, "updated": T})
     for p in tdir.iterdir():
         os.utime(p, (T, T))
     stale, fresh = T + bookkeeping.STALE_S + 5, T + bookkeeping.STALE_S - 5
