@@ -10,9 +10,10 @@ enters the id through the fingerprint of its content, computed here when folders
 a plan made without the data (``check_data=False``) has provisional ids for folder data.
 
 The expansion is :mod:`ablate.plan.expand`'s; the checks, each a one-line SpecError pointing
-at the key that caused it, are :mod:`ablate.plan.checks`' (recipes, models and their axis
-combinations, data folders, the expected-result labels, duplicate trials, and trials whose
-axes only restate the model's defaults, so that they build another trial's network again);
+at the key that caused it, are :mod:`ablate.plan.checks`' (recipes, data folders, the
+expected-result labels, duplicate trials) and :mod:`ablate.plan.modelchecks`' (models and their
+axis combinations at their image sizes, and trials whose axes only restate the model's
+defaults, so that they build another trial's network again);
 an empty plan and the size limit ``max_trials`` (unless ``confirm``) are checked here. Nothing
 in the package prints, imports Ray, or builds a model's weights (the model checks run on the
 meta device).
@@ -26,7 +27,7 @@ from typing import Any
 
 from ablate.config import Trial
 from ablate.errors import SpecError, closest
-from ablate.plan import checks
+from ablate.plan import checks, modelchecks
 from ablate.plan.checks import num_classes, split_sizes  # noqa: F401  (part of the API)
 from ablate.plan.expand import apply_exclude, expand
 from ablate.plugins import load_plugins
@@ -90,11 +91,11 @@ def plan_trials(sweep: Sweep, *, confirm: bool = False, check_data: bool = True,
     # what earlier plans learned about these models (read once; each check saves its part)
     cache = ModelCache(loaded_plugins())
     checks.check_recipes(sweep, kept, cache)
-    checks.check_models(sweep, kept, cache)
+    modelchecks.check_models(sweep, kept, cache)
     fingerprints, folder_sizes = checks.check_data(sweep, kept, check_data)
     checks.check_splits(sweep, kept, folder_sizes)
     checks.check_duplicates(sweep, kept, fingerprints)
-    checks.check_same_models(sweep, kept, fingerprints, cache)
+    modelchecks.check_same_models(sweep, kept, fingerprints, cache)
     if len(kept) > sweep.max_trials and not confirm:
         raise sweep.error(f"the plan has {len(kept)} trials, more than max_trials="
                           f"{sweep.max_trials}", "max_trials",
