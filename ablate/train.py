@@ -119,7 +119,9 @@ def train_trial(trial: Trial, tdir: Path, *, report: Report | None = None,
     try:
         run = _setup(trial, tdir, device, ranks)
         start_epoch = _resume(run)
-        return _train_epochs(run, start_epoch, report)
+        result = _train_epochs(run, start_epoch, report)
+        dist.barrier()  # the ranks leave together, once the main rank's record is written
+        return result
     except Exception as e:
         if ranks.main:
             record.write_state(tdir, record.FAILED, error=_error_record(e))
