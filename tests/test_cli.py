@@ -33,6 +33,21 @@ def test_project_error_is_one_line_and_exit_status_2(monkeypatch, capsys):
                    "did you mean 'model'?\n")
 
 
+@pytest.mark.parametrize("argv, text", [
+    (["plan"], "ablate plan: error: the following arguments are required: sweep"),
+    (["figures", "results/x", "--format", "jpg"], "argument --format: invalid choice: 'jpg'"),
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["plan", "sweeps/x.yaml", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_a_misused_command_line_is_one_line_and_exit_status_2(argv, text, capsys):
+    # argparse prints its usage block first; the one line says where the usage is instead
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and text in err and "--help'" in err
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch):
     parser = cli.build_parser()
     parser.set_defaults(func=lambda args: {}["missing"])

@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from ablate.errors import AblateError
 
@@ -77,8 +78,17 @@ def _seeds(text: str | None) -> tuple[int, ...]:
     return tuple(dict.fromkeys(seeds))
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, with a misused command line reported as the project's errors are:
+    one line (argparse puts its usage block first), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}; see '{self.prog} --help'", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ablate",
         description=(
             "Run ablation studies of vision models (local attention vs dynamic depth-wise "
