@@ -72,6 +72,9 @@ def write_manifest(results_dir: Path, *, name: str, source: str | None, trials: 
 def read_manifest(results_dir: Path) -> dict[str, Any]:
     """``sweep.json`` with its trials as :class:`Trial` objects; RecordError if absent/bad."""
     path = Path(results_dir) / MANIFEST
+    if Path(results_dir).is_file():
+        raise RecordError("is a file, not a results folder", file=results_dir,
+                          hint=record.folder_hint(results_dir))
     rewrite = record.manifest_hint(results_dir)
     obj = record.read_sweep_json(results_dir)
     if obj is None:
@@ -80,7 +83,7 @@ def read_manifest(results_dir: Path) -> dict[str, Any]:
                               "before it wrote its plan (nothing ran)", file=path,
                               hint="run 'ablate run SWEEP.yaml' again")
         raise RecordError("no sweep.json: not a results folder of 'ablate run'", file=path,
-                          hint="pass the folder 'ablate run' wrote, e.g. results/<sweep name>")
+                          hint=record.folder_hint(results_dir))
     try:
         trials = [Trial.from_dict(d) for d in obj["trials"]]
         for i, t in enumerate(trials):

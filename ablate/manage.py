@@ -48,10 +48,20 @@ class Prunable:
 
 
 def check_results_dir(results_dir: Path) -> None:
-    """RecordError unless ``results_dir`` is a folder (before its lock creates it)."""
-    if not Path(results_dir).is_dir():
+    """RecordError unless ``results_dir`` is a results folder of 'ablate run' with a readable
+    plan: checked before the command takes the folder's lock, which would write a lock file
+    into any folder (a sweeps/ folder, an empty one)."""
+    if not Path(results_dir).exists():
         raise RecordError("no such results folder", file=results_dir,
-                          hint="pass the folder 'ablate run' wrote, e.g. results/<sweep name>")
+                          hint=record.folder_hint(results_dir))
+    bookkeeping.read_manifest(results_dir)
+
+
+def check_filters(ids: tuple[str, ...], arms: tuple[str, ...], failed: bool) -> None:
+    """TrialError unless reset is told which trials to delete."""
+    if not (ids or arms or failed):
+        raise TrialError("say which trials to reset", key="reset",
+                         hint="give --trial ID, --arm LABEL or --failed (they combine)")
 
 
 def choose_trials(results_dir: Path, *, ids: tuple[str, ...] = (), arms: tuple[str, ...] = (),
@@ -62,9 +72,7 @@ def choose_trials(results_dir: Path, *, ids: tuple[str, ...] = (), arms: tuple[s
     ``--only`` takes them (``--arm``); ``failed``: state failed. TrialError when no filter is
     given or an id or label matches no trial of the folder.
     """
-    if not (ids or arms or failed):
-        raise TrialError("say which trials to reset", key="reset",
-                         hint="give --trial ID, --arm LABEL or --failed (they combine)")
+    check_filters(ids, arms, failed)
     rows = bookkeeping.sweep_status(Path(results_dir))
     if ids:
         wanted = {_match_id(i, [r.id for r in rows]) for i in ids}

@@ -90,6 +90,16 @@ def read_sweep_json(results_dir: str | Path) -> dict[str, Any] | None:
         raise RecordError(e.what, file=path, hint=manifest_hint(results_dir)) from None
 
 
+def folder_hint(path: str | Path) -> str:
+    """What to pass instead of ``path`` where a results folder belongs; a sweep file (the
+    common mix-up: 'ablate status sweeps/x.yaml') is named as one."""
+    p = Path(path)
+    if p.is_file() and p.suffix in (".yaml", ".yml"):
+        return (f"that is a sweep file: pass the results folder it ran into (results/{p.stem} "
+                "unless the sweep sets name: or the run was given --results)")
+    return "pass the folder 'ablate run' wrote, e.g. results/<sweep name>"
+
+
 def manifest_hint(results_dir: str | Path) -> str:
     """How to mend an unreadable sweep.json: write it anew from the sweep file."""
     rewrite = (f"rewrite it from the sweep file with 'ablate run SWEEP.yaml --results "

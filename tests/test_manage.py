@@ -155,6 +155,27 @@ def test_a_folder_that_is_not_there_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "nope").exists()
 
 
+@pytest.mark.parametrize("command", [["prune"], ["prune", "--dry-run"], ["reset", "--yes"],
+                                     ["reset", "--failed", "--yes"]])
+def test_a_folder_that_is_not_a_results_folder_is_left_as_it_was(tmp_path, capsys, command):
+    # the lock was taken first: a .driver.lock appeared in sweeps/ or any empty folder, and
+    # prune there said "freed 0.0 MB" with exit status 0
+    (tmp_path / "README.md").write_text("x")
+    assert main([command[0], str(tmp_path), *command[1:]]) == 2
+    _one_line_error(capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]
+
+
+@pytest.mark.parametrize("command", [["status"], ["resume"], ["prune"], ["reset", "--failed"]])
+def test_a_sweep_file_given_for_the_results_folder_is_named_as_one(tmp_path, capsys, command):
+    sweep = tmp_path / "group_size.yaml"
+    sweep.write_text("description: d\n")
+    assert main([command[0], str(sweep), *command[1:]]) == 2
+    line = _one_line_error(capsys)
+    assert "that is a sweep file" in line and "results/group_size" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["group_size.yaml"]
+
+
 def test_prune_keeps_the_best_of_finished_trials_and_all_of_the_others(folder, capsys):
     _, results, trials = folder
     ckpt = [record.trial_dir(results, t.id) / "checkpoints" for t in trials]

@@ -45,6 +45,7 @@ def reset_command(args: argparse.Namespace) -> int:
     from ablate import bookkeeping, manage
     from ablate.errors import TrialError
 
+    manage.check_filters(tuple(args.trial), tuple(args.arm), args.failed)
     manage.check_results_dir(args.results)
     with bookkeeping.driver_lock(args.results):
         chosen = manage.choose_trials(args.results, ids=tuple(args.trial),

@@ -202,8 +202,11 @@ def check_not_a_file(results: Path, key: str, existing: Path | None = None) -> N
     if existing is None:
         existing = next(p for p in (*path.parents[::-1], path)[::-1] if _exists(p))
     if existing == path and not path.is_dir():
-        raise TrialError("is a file, not a results folder", file=results, key=key,
-                         hint="pass a folder (it is created if missing)")
+        from ablate.record import folder_hint
+
+        hint = folder_hint(results) if Path(results).suffix in (".yaml", ".yml") else \
+            "pass a folder (it is created if missing)"
+        raise TrialError("is a file, not a results folder", file=results, key=key, hint=hint)
     if not existing.is_dir():
         raise TrialError(f"{existing} is a file, so no folder can be made under it",
                          file=results, key=key, hint="pass another results folder")
