@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 import time
@@ -134,15 +135,54 @@ def read_json(path: Path) -> dict[str, Any] | None:
         obj = json.loads(path.read_text())
     except OSError as e:  # a folder where the file should be, or a file the system refuses
         raise unreadable(path, e) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except ValueError as e:  # bad JSON or UTF-8, or an integer past Python's 4300 digits
         raise RecordError(f"corrupt JSON ({e.msg if hasattr(e, 'msg') else e})", file=path,
-                          hint="delete the file or the trial folder to recompute it") from None
+                          hint=RECOMPUTE) from None
     if not isinstance(obj, dict):
         raise RecordError("expected a JSON object", file=path)
     schema = obj.get("schema", RECORD_SCHEMA)
     if schema != RECORD_SCHEMA:
         raise RecordError(f"unknown record schema {schema!r} (this ablate reads {RECORD_SCHEMA})",
                           file=path, hint="collect it with the ablate version that wrote it")
+    return obj
+
+
+RECOMPUTE = "delete the file or the trial folder to recompute it"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shape_problem(obj: dict[str, Any], mappings: tuple[str, ...],
+                   bounds: dict[str, tuple[float, float]]) -> str | None:
+    """What is wrong with a record JSON edited by hand: a key that must hold a mapping, or a
+    number within bounds (absent or null is fine), holds something else; None when nothing."""
+    for key in mappings:
+        if obj.get(key) is not None and not isinstance(obj[key], dict):
+            return f"'{key}' is {_json(obj[key])}, not a mapping"
+    for key, (low, high) in bounds.items():
+        value = obj.get(key)
+        if value is not None and not (_number(value) and low <= value <= high):
+            return f"'{key}' is {_json(value)}, not a number from {low:g} to {high:g}"
+    return None
+
+
+def _json(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_STATE_SHAPE = (("error",), {"updated": (0, 1e11), "attempt": (0, 1e9)})  # 1e11 s: year 5138
+_RESULT_SHAPE = (("final", "best"), {"epochs": (0, 1e9), "wall_time_s": (0, 1e11),
+                                     "params": (0, 1e15), "flops": (0, 1e21)})
+
+
+def _checked(path: Path, shape: tuple) -> dict[str, Any] | None:
+    """read_json, and RecordError when the record's shape is not what ablate writes."""
+    obj = read_json(path)
+    if obj is not None and (why := _shape_problem(obj, *shape)) is not None:
+        raise RecordError(why, file=path, hint=RECOMPUTE)
     return obj
 
 
@@ -154,20 +194,20 @@ def check_record(tdir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | No
     Returns the parsed state.json and result.json (None where absent), so callers read each
     only once.
     """
-    read_json(tdir / "trial.json")
+    if (tdir / "trial.json").exists():  # absent: restored from sweep.json by the run
+        read_trial(tdir)
     state = read_state_checked(tdir)
-    result = read_json(tdir / "result.json")
+    result = read_result(tdir)
     read_json(tdir / "provenance.json")
     return state, result
 
 
 def read_state_checked(tdir: Path) -> dict[str, Any] | None:
     """state.json parsed (None if absent); RecordError if corrupt, newer, or of no known state."""
-    state = read_json(tdir / "state.json")
+    state = _checked(tdir / "state.json", _STATE_SHAPE)
     if state is not None and state.get("state") not in STATES:
         raise RecordError(f"unknown state {state.get('state')!r} (expected one of "
-                          f"{', '.join(STATES)})", file=tdir / "state.json",
-                          hint="delete the file or the trial folder to recompute it")
+                          f"{', '.join(STATES)})", file=tdir / "state.json", hint=RECOMPUTE)
     return state
 
 
@@ -181,10 +221,20 @@ def read_trial(tdir: Path) -> Trial:
         raise RecordError("no trial.json", file=tdir, hint="if it was deleted, 'ablate resume' "
                           "of the results folder restores it from sweep.json; else delete the "
                           "folder")
+    hint = ("delete trial.json: 'ablate resume' of the results folder restores it from "
+            "sweep.json")
     try:
-        return Trial.from_dict(obj)
-    except (KeyError, TypeError, ValueError) as e:
-        raise RecordError(f"malformed trial record ({e})", file=tdir / "trial.json") from None
+        trial = Trial.from_dict(obj)
+    except KeyError as e:
+        raise RecordError(f"malformed trial record (no key {e})", file=tdir / "trial.json",
+                          hint=hint) from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise RecordError(f"malformed trial record ({e})", file=tdir / "trial.json",
+                          hint=hint) from None
+    if (why := trial.config.value_problem()) is not None:
+        raise RecordError(f"malformed trial record ({why})", file=tdir / "trial.json",
+                          hint=hint)
+    return trial
 
 
 def write_state(tdir: Path, state: str, **extra: Any) -> None:
@@ -196,8 +246,9 @@ def write_state(tdir: Path, state: str, **extra: Any) -> None:
 
 
 def read_state_raw(tdir: Path) -> dict[str, Any] | None:
+    """state.json parsed, or None where it is absent or cannot be used."""
     try:
-        return read_json(tdir / "state.json")
+        return _checked(tdir / "state.json", _STATE_SHAPE)
     except RecordError:
         return None
 
@@ -300,7 +351,7 @@ def write_result(tdir: Path, result: dict[str, Any]) -> None:
 
 
 def read_result(tdir: Path) -> dict[str, Any] | None:
-    return read_json(tdir / "result.json")
+    return _checked(tdir / "result.json", _RESULT_SHAPE)
 
 
 def write_provenance(tdir: Path, prov: dict[str, Any]) -> None:

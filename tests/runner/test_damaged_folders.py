@@ -5,6 +5,8 @@ a trial whose record cannot be read with a warning naming it, as for a corrupt J
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 
 import pytest
@@ -48,6 +50,24 @@ def _garbled(path):
     return path
 
 
+def _edited(name, change):
+    """A hand edit that leaves the record valid JSON of the wrong shape."""
+    def edit(r, t):
+        path = t / name
+        obj = json.loads(path.read_text())
+        change(obj)
+        path.write_text(json.dumps(obj))
+        return path
+    return edit
+
+
+def _digits(r, t):
+    path = t / "result.json"
+    path.write_text(path.read_text().replace('"epochs": ', '"epochs": 1' + "0" * 5000 + ", "
+                                             '"x": ', 1))
+    return path
+
+
 # name -> (what breaks, given (results, tdir): the path the line must name)
 BREAKS = {
     "trial folder is a file": lambda r, t: _file(t),
@@ -61,8 +81,19 @@ BREAKS = {
     "tables is a file": lambda r, t: _file(r / "tables"),
     "trials.parquet is a folder": lambda r, t: _folder(r / "trials.parquet"),
 }
+HAND_EDITS = {  # each was a traceback in collect/report/status, or a trial dropped in silence
+    "result.json best is a number": _edited("result.json", lambda o: o.update(best=5)),
+    "result.json epochs has 5000 digits": _digits,
+    "trial.json has no config": _edited("trial.json", lambda o: o.pop("config")),
+    "trial.json train is a list": _edited("trial.json", lambda o: o["config"].update(train=[])),
+    "trial.json epochs is a string": _edited("trial.json",
+                                             lambda o: o["config"]["train"].update(epochs="x")),
+    "state.json updated is NaN": _edited("state.json", lambda o: o.update(updated=math.nan)),
+    "state.json updated is 1e300": _edited("state.json", lambda o: o.update(updated=1e300)),
+}
+BREAKS.update(HAND_EDITS)
 TRIAL_LEVEL = ("trial folder is a file", "metrics.jsonl is a folder", "trial.json is a folder",
-               "state.json is a folder")
+               "state.json is a folder", *HAND_EDITS)
 # (break, command): 2 = one error line naming the path; "warn" = exit 0 with a warning line
 # naming it; "shown" = exit 0, the trial shown as corrupt or damaged (plan, as for bad JSON)
 CASES = [
