@@ -9,6 +9,7 @@ keys it sets point at their flag instead of a line, so a bad value is reported a
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,14 @@ def _read_yaml(path: Path) -> tuple[Any, dict[KeyPath, Loc]]:
     """Load one YAML document with the safe loader, recording the line of every key/item."""
     file = _display(path)
     try:
+        if path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
+            raise SpecError("is not a regular file (a named pipe or a device: reading it "
+                            "might never end)", file=file, hint="give the sweep file itself")
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise SpecError(f"is not UTF-8 text ({e.reason} at byte {e.start})", file=file,
+                        hint="save the sweep file as UTF-8") from None
+    except OSError as e:
         raise SpecError(f"cannot read sweep file ({type(e).__name__}: {e})", file=file,
                         hint="check the path; sweeps live in sweeps/NAME.yaml") from None
     try:

@@ -1,5 +1,6 @@
 """The sweep language: parsing, line numbers, extends, defaults and the shipped sweeps."""
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -267,3 +268,19 @@ def test_a_file_past_the_node_limit_says_which_limit_without_blaming_aliases(tmp
     assert f"more than {MAX_NODES:,} values" in info.value.what
     assert "alias" not in info.value.what.split("(")[0] and info.value.key == \
         "paired.model.group_size"
+
+
+def test_a_pipe_or_a_device_is_refused_before_it_is_read(tmp_path):
+    # reading a named pipe waited for a writer forever; /dev/zero filled the memory
+    fifo = tmp_path / "sweep.yaml"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(SpecError, match="is not a regular file"):
+            load_sweep(path)
+
+
+def test_a_file_not_in_utf8_says_so(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("description: café\n".encode("latin-1"))
+    with pytest.raises(SpecError, match=r"is not UTF-8 text \(.* at byte 16\); save the sweep file"):
+        load_sweep(latin)
