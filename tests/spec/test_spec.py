@@ -282,5 +282,5 @@ def test_a_pipe_or_a_device_is_refused_before_it_is_read(tmp_path):
 def test_a_file_not_in_utf8_says_so(tmp_path):
     latin = tmp_path / "latin.yaml"
     latin.write_bytes("description: café\n".encode("latin-1"))
-    with pytest.raises(SpecError, match=r"is not UTF-8 text \(.* at byte 16\); save the sweep file"):
+    with pytest.raises(SpecError, match=r"not UTF-8 text \(.* at byte 16\); save the sweep"):
         load_sweep(latin)
