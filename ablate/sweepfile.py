@@ -234,6 +234,11 @@ def _show(value: Any) -> str:
 
 def _where(locs: dict, path: Path, keys: KeyPath) -> dict[str, Any]:
     keys = tuple(keys)
+    if keys not in locs:  # a node that a --set created (an arm of its own) is at that flag
+        made = next((loc for k, loc in locs.items() if k[:len(keys)] == keys
+                     and str(loc[0]).startswith("--set ")), None)
+        if made is not None:
+            return {"file": made[0], "line": made[1]}
     while keys and keys not in locs:
         keys = keys[:-1]
     file, line = locs.get(keys, (_display(path), None))

@@ -144,6 +144,13 @@ BAD = [
     (["--set", "train.lr=1e-3,x"], "--set train.lr=1e-3,x: grid.train.lr[1]: expected a number"),
     (["--set", "train.lr=1e-3,,2e-3"], "--set train.lr=1e-3,,2e-3: the value is not YAML"),
     (["--set", "train.lr="], "--set train.lr=: no value given; write null to unset the key"),
+    # an arm the flag makes is the flag's, not the sweep file's line of arms:
+    (["--set", "arms.twin.model.arch=dwnet_nano"], "--set arms.twin.model.arch=dwnet_nano: "
+                                                    "arms.twin: trial 'twin, kernel_size=3' "
+                                                    "(seed 0) is identical to 'baseline, "),
+    (["--set", "arms.baseline.model.se=true"], "--set arms.baseline.model.se=true: "
+                                               "arms.baseline: arm 'baseline' has the "
+                                               "baseline's label"),
     (["--only", "sse"], "--only sse: no trial is labelled 'sse'; did you mean 'se'?"),
     (["--seeds", "7"], "--seeds 7: the plan has no seed 7; its seeds are 0, 1"),
     (["--seeds", "0,x"], "--seeds 0,x: expected seeds as whole numbers"),
